@@ -1,0 +1,132 @@
+//! The channel contract of Earshot.
+//!
+//! A channel turns what arrives on its wire into an [`Inbound`] and hands it to an [`Intake`]; the
+//! intake answers only after the case, its message and their outbox jobs are durably committed. The
+//! outbox later calls [`Channel::send`] with an [`Outbound`]. A channel crate depends on this crate
+//! only: it knows nothing of the store, the outbox or the other channels.
+
+mod api_error;
+mod case_ref;
+mod lang;
+mod types;
+pub mod webhooks;
+
+pub use api_error::ApiError;
+pub use case_ref::{CaseRef, CaseRefError};
+pub use lang::Lang;
+pub use types::*;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio_util::sync::CancellationToken;
+
+/// What the gateway offers a channel: durable intake.
+#[async_trait]
+pub trait Intake: Send + Sync {
+    /// Returns only after the case, the message and their outbox jobs are committed.
+    ///
+    /// An automatic message (`Inbound::automatic`) that belongs to no case is stored as a channel
+    /// event instead; its receipt then has empty ids and status `event`.
+    async fn submit(&self, msg: Inbound) -> Result<Receipt, IntakeError>;
+
+    /// Stores a bounce or report; returns once it is durable.
+    async fn record_event(&self, event: ChannelEvent) -> Result<(), IntakeError>;
+
+    /// Keeps a message that could not be parsed, with the reason; returns once it is durable.
+    async fn quarantine(
+        &self,
+        channel: ChannelKind,
+        source: &str,
+        raw: bytes::Bytes,
+        reason: &str,
+    ) -> Result<(), IntakeError>;
+
+    /// A pull channel's saved progress (IMAP UIDVALIDITY and UID, a Telegram offset).
+    async fn load_cursor(&self, name: &str) -> Result<Option<String>, IntakeError>;
+
+    async fn save_cursor(&self, name: &str, value: &str) -> Result<(), IntakeError>;
+
+    /// Takes or renews the named lease for `ttl`; false while another holder's lease is alive. With
+    /// several gateway instances on one database, this is how exactly one polls a mailbox.
+    async fn try_lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, IntakeError>;
+
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<(), IntakeError>;
+}
+
+/// One channel: push channels expose routes, pull channels run a loop; every channel can send.
+#[async_trait]
+pub trait Channel: Send + Sync + 'static {
+    fn kind(&self) -> ChannelKind;
+
+    /// Routes of a push channel, already bound to the intake.
+    fn routes(&self, _intake: Arc<dyn Intake>) -> Option<axum::Router> {
+        None
+    }
+
+    /// The loop of a pull channel (IMAP, Telegram long polling); returns when `shutdown` fires.
+    async fn run(&self, _intake: Arc<dyn Intake>, shutdown: CancellationToken) -> Result<(), ChannelError> {
+        shutdown.cancelled().await;
+        Ok(())
+    }
+
+    /// Delivers one outbound message; called by the outbox only.
+    async fn send(&self, msg: &Outbound) -> Result<Sent, SendError>;
+}
+
+/// Why intake refused or could not take a message.
+#[derive(Debug, thiserror::Error)]
+pub enum IntakeError {
+    /// The store could not commit; nothing was written. The sender should retry later.
+    #[error("the store is unavailable: {0}")]
+    Unavailable(String),
+    /// The gateway is shutting down and takes no new work.
+    #[error("the gateway is shutting down")]
+    ShuttingDown,
+}
+
+impl IntakeError {
+    pub fn is_transient(&self) -> bool {
+        true
+    }
+}
+
+impl From<IntakeError> for ApiError {
+    fn from(e: IntakeError) -> Self {
+        match e {
+            IntakeError::Unavailable(_) => ApiError::unavailable(
+                "store_unavailable",
+                "the complaint could not be stored; nothing was kept, retry later",
+            ),
+            IntakeError::ShuttingDown => {
+                ApiError::unavailable("shutting_down", "the gateway is shutting down; retry later")
+            }
+        }
+    }
+}
+
+/// The outcome of one delivery attempt by a channel.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SendError {
+    /// Worth retrying (4xx from SMTP, a timeout, 429/503 from an API).
+    #[error("transient: {reason}")]
+    Transient { reason: String, retry_after: Option<Duration> },
+    /// Retrying cannot help (5xx for the recipient, 400 from an API).
+    #[error("permanent: {reason}")]
+    Permanent { reason: String },
+    /// The peer could not be reached at all (connection refused, DNS); retried like transient.
+    #[error("unreachable: {reason}")]
+    Unreachable { reason: String },
+}
+
+impl SendError {
+    pub fn is_transient(&self) -> bool {
+        !matches!(self, SendError::Permanent { .. })
+    }
+}
+
+/// A pull channel's loop failed for good (bad credentials, say).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ChannelError(pub String);

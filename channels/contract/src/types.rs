@@ -1,0 +1,264 @@
+//! Pure data exchanged between channels and the gateway.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::Lang;
+
+/// The channel a message came through, and goes back through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ChannelKind {
+    Web,
+    Email,
+    Telegram,
+    Phone,
+}
+
+impl ChannelKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChannelKind::Web => "web",
+            ChannelKind::Email => "email",
+            ChannelKind::Telegram => "telegram",
+            ChannelKind::Phone => "phone",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<ChannelKind> {
+        match s {
+            "web" => Some(ChannelKind::Web),
+            "email" => Some(ChannelKind::Email),
+            "telegram" => Some(ChannelKind::Telegram),
+            "phone" => Some(ChannelKind::Phone),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for ChannelKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The id a channel gives a message (Message-ID, chat_id:message_id, MessageSid, webhook-id).
+/// Unique per channel: the store never keeps two messages with one `(channel, external_id)`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[serde(transparent)]
+pub struct ExternalId(pub String);
+
+impl std::fmt::Display for ExternalId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What kind of address an identity is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum IdentityKind {
+    /// A normalized (lower-cased) email address.
+    Email,
+    /// A phone number in E.164 form.
+    Phone,
+    /// A Telegram user id.
+    Telegram,
+    /// A user id on the company's web site.
+    WebUser,
+}
+
+impl IdentityKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IdentityKind::Email => "email",
+            IdentityKind::Phone => "phone",
+            IdentityKind::Telegram => "telegram",
+            IdentityKind::WebUser => "web_user",
+        }
+    }
+}
+
+/// One way to reach or recognise a customer.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+pub struct Identity {
+    pub kind: IdentityKind,
+    pub value: String,
+}
+
+/// What the customer told us about themselves.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct CustomerInfo {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Customer tier as the company names it (for example `gold`); used for priority.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tier: Option<String>,
+    /// The language the customer asked for, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub language: Option<Lang>,
+}
+
+/// Everything needed to answer in the same place the message came from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "channel", rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum ReplyRoute {
+    Web {
+        source: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        callback_url: Option<String>,
+    },
+    /// A reply in the customer's email thread.
+    Email {
+        /// The configured mailbox the message came to (and the reply goes from).
+        mailbox: String,
+        /// The customer's address (Reply-To when present, else From).
+        to: String,
+        /// The Message-ID of the customer's message (without angle brackets).
+        message_id: String,
+        /// The thread's References, ending with `message_id`.
+        references: Vec<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        subject: Option<String>,
+    },
+}
+
+/// References to earlier messages or cases seen in a message.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ThreadHint {
+    /// External ids of earlier messages (In-Reply-To, References).
+    #[serde(default)]
+    pub in_reply_to: Vec<ExternalId>,
+    /// Case references seen in the subject or text.
+    #[serde(default)]
+    pub case_refs: Vec<String>,
+}
+
+/// An attachment's description; content is not part of the schema.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct AttachmentMeta {
+    pub name: String,
+    pub media_type: String,
+    pub size: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    #[serde(default)]
+    pub truncated: bool,
+    /// The content, when kept (email attachments up to the configured size); never serialized.
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub content: Option<Bytes>,
+}
+
+/// Why a message is itself automatic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AutoKind {
+    AutoReply,
+    Bounce,
+    Report,
+    Bulk,
+}
+
+/// One message as a channel produced it: pure data, no I/O behind it.
+#[derive(Debug, Clone)]
+pub struct Inbound {
+    pub channel: ChannelKind,
+    /// The configured source, mailbox or bot name.
+    pub source: String,
+    pub external_id: ExternalId,
+    /// How to recognise the customer; the first is the primary one. Never empty.
+    pub identities: Vec<Identity>,
+    pub customer: CustomerInfo,
+    pub reply_route: ReplyRoute,
+    pub thread: Option<ThreadHint>,
+    pub subject: Option<String>,
+    pub text: String,
+    /// The language of the message, when the channel knows it better than the text does.
+    pub lang: Option<Lang>,
+    pub category: Option<String>,
+    pub order_id: Option<String>,
+    pub metadata: BTreeMap<String, serde_json::Value>,
+    pub attachments: Vec<AttachmentMeta>,
+    pub raw: Option<Bytes>,
+    pub received_at: OffsetDateTime,
+    pub automatic: Option<AutoKind>,
+}
+
+/// The acknowledgement text as rendered for the customer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AckText {
+    pub lang: Lang,
+    pub text: String,
+}
+
+/// What intake answers once the message is committed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Receipt {
+    pub case_id: String,
+    pub case_ref: String,
+    pub status: String,
+    /// True when this exact message was already stored; the ids are those of the original.
+    pub duplicate: bool,
+    /// True when the message was added to an existing case.
+    pub follow_up: bool,
+    pub ack: Option<AckText>,
+}
+
+/// What an outbound message is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutboundKind {
+    Ack,
+    StatusUpdate,
+    Survey,
+}
+
+/// One message to a customer, rendered, with the route to send it by.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Outbound {
+    /// Stable across retries: the idempotency key, `webhook-id` or Message-ID of this message.
+    pub id: String,
+    pub kind: OutboundKind,
+    pub case_id: String,
+    pub case_ref: String,
+    pub lang: Lang,
+    pub subject: Option<String>,
+    pub text: String,
+    /// An HTML alternative of `text`, for channels that send HTML (email).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub html: Option<String>,
+    pub reply_route: ReplyRoute,
+}
+
+/// Something a channel received that is not a customer's message: a bounce, a delivery or feedback
+/// report. Stored and counted; it creates no case.
+#[derive(Debug, Clone)]
+pub struct ChannelEvent {
+    pub channel: ChannelKind,
+    pub source: String,
+    pub kind: AutoKind,
+    pub external_id: ExternalId,
+    pub from: Option<String>,
+    pub subject: Option<String>,
+    /// Ids of the messages it is about (In-Reply-To, References, the reported message's Message-ID).
+    pub related_ids: Vec<String>,
+    /// Recipients a delivery report says failed.
+    pub failed_recipients: Vec<String>,
+    /// Why the channel classified it so, e.g. `Content-Type: multipart/report; report-type=delivery-status`.
+    pub reason: String,
+    pub raw: Option<Bytes>,
+}
+
+/// What a channel reports after a successful send.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Sent {
+    pub provider_id: Option<String>,
+}

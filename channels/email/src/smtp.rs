@@ -1,0 +1,159 @@
+//! SMTP out: acknowledgements and status updates as replies in the customer's thread.
+//!
+//! Every message carries `In-Reply-To`, `References`, `Subject: Re: <original> [Case REF]`,
+//! `Auto-Submitted: auto-replied` and a Message-ID made from the outbox job id, so every retry of one
+//! job is the same message. A 4xx or a refused connection is transient (the outbox retries); a 5xx is
+//! permanent (dead-lettered with the server's answer).
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use earshot_channel::{Outbound, ReplyRoute, SendError, Sent};
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use lettre::message::header::{Header, HeaderName, HeaderValue};
+use lettre::message::{Mailbox, MultiPart};
+use lettre::transport::smtp::authentication::Credentials;
+use lettre::transport::smtp::client::{Tls, TlsParameters};
+use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use secrecy::ExposeSecret;
+
+use crate::refs::strip_reply_prefixes;
+use crate::settings::{MailboxSettings, Security};
+
+/// `Auto-Submitted: auto-replied` (RFC 3834), so other responders do not answer us.
+#[derive(Clone)]
+struct AutoSubmitted;
+
+impl Header for AutoSubmitted {
+    fn name() -> HeaderName {
+        HeaderName::new_from_ascii_str("Auto-Submitted")
+    }
+    fn parse(_: &str) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
+        Ok(AutoSubmitted)
+    }
+    fn display(&self) -> HeaderValue {
+        HeaderValue::new(Self::name(), "auto-replied".to_owned())
+    }
+}
+
+struct Outgoing {
+    transport: AsyncSmtpTransport<Tokio1Executor>,
+    from: Mailbox,
+    domain: String,
+}
+
+pub struct SmtpSender {
+    by_mailbox: HashMap<String, Outgoing>,
+    per_recipient: DefaultKeyedRateLimiter<String>,
+}
+
+impl SmtpSender {
+    pub fn new(mailboxes: &[MailboxSettings], acks_per_hour: u32) -> Result<SmtpSender, String> {
+        let mut by_mailbox = HashMap::new();
+        for mb in mailboxes {
+            let s = &mb.smtp;
+            let tls = match s.security {
+                Security::Plain => Tls::None,
+                Security::Starttls => Tls::Required(TlsParameters::new(s.host.clone()).map_err(|e| e.to_string())?),
+                Security::Tls => Tls::Wrapper(TlsParameters::new(s.host.clone()).map_err(|e| e.to_string())?),
+            };
+            let mut b = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&s.host)
+                .port(s.port)
+                .tls(tls)
+                .timeout(Some(s.timeout));
+            if let (Some(u), Some(p)) = (&s.username, &s.password) {
+                b = b.credentials(Credentials::new(u.clone(), p.expose_secret().to_owned()));
+            }
+            let address = mb.address.parse().map_err(|e| format!("mailbox {}: address: {e}", mb.name))?;
+            let from = Mailbox::new(mb.display_name.clone(), address);
+            let domain =
+                mb.address.rsplit_once('@').map(|(_, d)| d.to_owned()).unwrap_or_else(|| "earshot.invalid".into());
+            by_mailbox.insert(mb.name.clone(), Outgoing { transport: b.build(), from, domain });
+        }
+        let quota = Quota::per_hour(NonZeroU32::new(acks_per_hour.max(1)).unwrap_or(NonZeroU32::MIN));
+        Ok(SmtpSender { by_mailbox, per_recipient: RateLimiter::keyed(quota) })
+    }
+
+    pub async fn send(&self, msg: &Outbound) -> Result<Sent, SendError> {
+        let ReplyRoute::Email { mailbox, to, message_id, references, subject } = &msg.reply_route else {
+            return Err(SendError::Permanent { reason: "not an email reply route".into() });
+        };
+        let out = self
+            .by_mailbox
+            .get(mailbox)
+            .ok_or_else(|| SendError::Permanent { reason: format!("mailbox {mailbox:?} is no longer configured") })?;
+        if let Err(not_until) = self.per_recipient.check_key(to) {
+            let wait = not_until.wait_time_from(DefaultClock::default().now());
+            return Err(SendError::Transient {
+                reason: format!("rate limit for {to}: too many messages this hour"),
+                retry_after: Some(wait.max(Duration::from_secs(1))),
+            });
+        }
+        let email = build(msg, out, to, message_id, references, subject.as_deref())?;
+        match out.transport.send(email).await {
+            Ok(resp) => Ok(Sent { provider_id: resp.message().next().map(str::to_owned) }),
+            Err(e) if e.is_permanent() => Err(SendError::Permanent { reason: e.to_string() }),
+            Err(e) if e.is_transient() || e.is_timeout() => {
+                Err(SendError::Transient { reason: e.to_string(), retry_after: None })
+            }
+            Err(e) => Err(SendError::Unreachable { reason: e.to_string() }),
+        }
+    }
+}
+
+/// `Re: <original subject> [Case REF]`, without stacking `Re:` prefixes or references.
+pub fn reply_subject(original: Option<&str>, case_ref: &str) -> String {
+    let base = original.map(strip_reply_prefixes).map(str::trim).filter(|s| !s.is_empty());
+    let tag = format!("[Case {case_ref}]");
+    match base {
+        Some(b) if b.contains(case_ref) => format!("Re: {b}"),
+        Some(b) => format!("Re: {b} {tag}"),
+        None => format!("Re: {tag}"),
+    }
+}
+
+fn build(
+    msg: &Outbound,
+    out: &Outgoing,
+    to: &str,
+    message_id: &str,
+    references: &[String],
+    subject: Option<&str>,
+) -> Result<Message, SendError> {
+    let bad = |what: &str, e: &dyn std::fmt::Display| SendError::Permanent { reason: format!("{what}: {e}") };
+    let to: Mailbox = to.parse().map_err(|e| bad("recipient address", &e))?;
+    let refs = references.iter().map(|r| format!("<{r}>")).collect::<Vec<_>>().join(" ");
+    let html = msg.html.clone().unwrap_or_else(|| format!("<pre>{}</pre>", html_escape(&msg.text)));
+    Message::builder()
+        .from(out.from.clone())
+        .to(to)
+        .subject(reply_subject(subject, &msg.case_ref))
+        .message_id(Some(format!("<{}@{}>", msg.id, out.domain)))
+        .in_reply_to(format!("<{message_id}>"))
+        .references(refs)
+        .header(AutoSubmitted)
+        .multipart(MultiPart::alternative_plain_html(msg.text.clone(), html))
+        .map_err(|e| bad("message", &e))
+}
+
+fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::reply_subject;
+
+    #[test]
+    fn reply_subjects() {
+        assert_eq!(reply_subject(Some("Broken cup"), "4827-1936-5"), "Re: Broken cup [Case 4827-1936-5]");
+        assert_eq!(reply_subject(Some("Re: RE: Broken cup"), "4827-1936-5"), "Re: Broken cup [Case 4827-1936-5]");
+        assert_eq!(
+            reply_subject(Some("回复: 杯子碎了 [Case 4827-1936-5]"), "4827-1936-5"),
+            "Re: 杯子碎了 [Case 4827-1936-5]"
+        );
+        assert_eq!(reply_subject(None, "4827-1936-5"), "Re: [Case 4827-1936-5]");
+    }
+}

@@ -1,0 +1,208 @@
+//! The web channel: signed JSON complaints POSTed by a web site's backend.
+//!
+//! `POST /v1/inbound/web/{source}` carries Standard Webhooks headers; the body is checked for size,
+//! signature, rate and shape — in that order, and before anything reaches intake, so a refused request
+//! changes nothing. Acknowledgements go back to the source's `callback_url`, signed with its secret.
+
+mod payload;
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use earshot_channel::webhooks::{self, SigningKey, VerifyError};
+use earshot_channel::{ApiError, Channel, ChannelKind, Intake, Outbound, ReplyRoute, SendError, Sent};
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use serde::Serialize;
+
+pub use payload::{Complaint, parse_complaint};
+
+/// One configured source, with its secret already resolved and decoded.
+#[derive(Debug, Clone)]
+pub struct SourceSettings {
+    pub name: String,
+    pub key: SigningKey,
+    pub callback_url: Option<String>,
+    pub rate_per_sec: NonZeroU32,
+    pub burst: NonZeroU32,
+}
+
+/// Everything the web channel needs, resolved by the gateway's config module.
+#[derive(Debug, Clone)]
+pub struct WebSettings {
+    pub max_body_bytes: usize,
+    pub callback_timeout: Duration,
+    pub sources: Vec<SourceSettings>,
+}
+
+struct Source {
+    settings: SourceSettings,
+    limiter: DefaultDirectRateLimiter,
+}
+
+/// The web channel. Cheap to share: everything is behind one `Arc`.
+#[derive(Clone)]
+pub struct WebChannel {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    max_body_bytes: usize,
+    callback_timeout: Duration,
+    sources: HashMap<String, Source>,
+    client: reqwest::Client,
+}
+
+impl WebChannel {
+    pub fn new(settings: WebSettings, client: reqwest::Client) -> WebChannel {
+        let sources = settings
+            .sources
+            .into_iter()
+            .map(|s| {
+                let quota = Quota::per_second(s.rate_per_sec).allow_burst(s.burst);
+                (s.name.clone(), Source { limiter: RateLimiter::direct(quota), settings: s })
+            })
+            .collect();
+        WebChannel {
+            inner: Arc::new(Inner {
+                max_body_bytes: settings.max_body_bytes,
+                callback_timeout: settings.callback_timeout,
+                sources,
+                client,
+            }),
+        }
+    }
+
+    pub fn source_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.inner.sources.keys().cloned().collect();
+        names.sort();
+        names
+    }
+}
+
+#[derive(Clone)]
+struct RouteState {
+    channel: WebChannel,
+    intake: Arc<dyn Intake>,
+}
+
+#[async_trait]
+impl Channel for WebChannel {
+    fn kind(&self) -> ChannelKind {
+        ChannelKind::Web
+    }
+
+    fn routes(&self, intake: Arc<dyn Intake>) -> Option<axum::Router> {
+        let state = RouteState { channel: self.clone(), intake };
+        Some(axum::Router::new().route("/v1/inbound/web/{source}", post(inbound)).with_state(state))
+    }
+
+    async fn send(&self, msg: &Outbound) -> Result<Sent, SendError> {
+        let ReplyRoute::Web { source, callback_url } = &msg.reply_route else {
+            return Err(SendError::Permanent { reason: "not a web reply route".into() });
+        };
+        let Some(url) = callback_url else {
+            return Err(SendError::Permanent { reason: format!("source {source} has no callback_url") });
+        };
+        let Some(src) = self.inner.sources.get(source) else {
+            return Err(SendError::Permanent { reason: format!("source {source} is no longer configured") });
+        };
+        let body = serde_json::to_vec(&CallbackBody {
+            kind: "case.acknowledged",
+            case_id: &msg.case_id,
+            case_ref: &msg.case_ref,
+            lang: msg.lang.as_str(),
+            text: &msg.text,
+        })
+        .map_err(|e| SendError::Permanent { reason: e.to_string() })?;
+        webhooks::post_signed(
+            &self.inner.client,
+            url,
+            &src.settings.key,
+            &msg.id,
+            body.into(),
+            self.inner.callback_timeout,
+        )
+        .await?;
+        Ok(Sent::default())
+    }
+}
+
+#[derive(Serialize)]
+struct CallbackBody<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    case_id: &'a str,
+    case_ref: &'a str,
+    lang: &'static str,
+    text: &'a str,
+}
+
+async fn inbound(
+    State(st): State<RouteState>,
+    Path(source): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let inner = &st.channel.inner;
+    let src = inner
+        .sources
+        .get(&source)
+        .ok_or_else(|| ApiError::not_found(format!("no web source named {source:?} is configured")))?;
+
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("the body is larger than max_body_bytes ({} bytes)", inner.max_body_bytes),
+        )
+    };
+    let declared =
+        headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > inner.max_body_bytes) {
+        return Err(too_large());
+    }
+    let body = axum::body::to_bytes(body, inner.max_body_bytes).await.map_err(|_| too_large())?;
+
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let now = time::OffsetDateTime::now_utc();
+    src.settings
+        .key
+        .verify(
+            header(webhooks::HEADER_ID),
+            header(webhooks::HEADER_TIMESTAMP),
+            header(webhooks::HEADER_SIGNATURE),
+            &body,
+            now.unix_timestamp(),
+        )
+        .map_err(signature_error)?;
+    let webhook_id = header(webhooks::HEADER_ID).unwrap_or_default().to_owned();
+
+    if let Err(not_until) = src.limiter.check() {
+        let wait = not_until.wait_time_from(DefaultClock::default().now());
+        return Err(ApiError::rate_limited(wait.max(Duration::from_secs(1))));
+    }
+
+    let complaint = parse_complaint(&body)?;
+    let inbound = complaint.into_inbound(&src.settings, &webhook_id, now);
+    let receipt = st.intake.submit(inbound).await?;
+    Ok((StatusCode::ACCEPTED, Json(receipt)).into_response())
+}
+
+fn signature_error(e: VerifyError) -> ApiError {
+    let code = match e {
+        VerifyError::MissingHeader(_) => "missing_signature",
+        VerifyError::InvalidTimestamp | VerifyError::StaleTimestamp(_) => "stale_timestamp",
+        VerifyError::NoMatch => "invalid_signature",
+    };
+    ApiError::unauthorized(code, e.to_string())
+}

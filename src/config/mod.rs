@@ -1,0 +1,361 @@
+//! The configuration file: plain serde structs with documented defaults.
+//!
+//! Parsing is lenient about *missing* values (they become `None`) so that [`resolve`] can report every
+//! problem at once with its key path; unknown keys are refused by `deny_unknown_fields`. Secrets stay
+//! as written (`env:NAME` or a literal) until [`resolve`] turns them into `SecretString`s.
+
+mod resolve;
+
+use std::path::Path;
+
+use serde::Deserialize;
+
+pub use resolve::{DbSettings, Endpoint, OutboxSettings, Problem, Settings, resolve};
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub database: DatabaseConfig,
+    #[serde(default)]
+    pub downstream: Vec<DownstreamConfig>,
+    #[serde(default)]
+    pub channels: ChannelsConfig,
+    #[serde(default)]
+    pub intake: IntakeConfig,
+    #[serde(default)]
+    pub outbox: OutboxConfig,
+    #[serde(default)]
+    pub sla: SlaConfig,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address to listen on. Default `127.0.0.1:8080`.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// The URL customers and systems reach this gateway at. Default `http://<listen>`.
+    pub public_url: Option<String>,
+    /// Bearer token for the admin routes; `env:NAME` allowed. Without it the admin routes answer 401.
+    pub admin_token: Option<String>,
+    /// How long shutdown waits for in-flight requests and deliveries. Default `30s`.
+    #[serde(default = "default_shutdown_grace")]
+    pub shutdown_grace: String,
+    /// Folder of message templates, relative to the config file. Default `templates`; the shipped
+    /// templates are built in and used for any file the folder lacks.
+    #[serde(default = "default_templates")]
+    pub templates: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// `sqlite://path` (relative to the working directory; created if missing) or `postgres://…`.
+    #[serde(default = "default_db_url")]
+    pub url: String,
+    /// Connection pool size (readers on SQLite; all connections on PostgreSQL). Default 8.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: u32,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DownstreamConfig {
+    pub name: Option<String>,
+    pub url: Option<String>,
+    /// `whsec_…` Standard Webhooks secret; `env:NAME` allowed.
+    pub secret: Option<String>,
+    /// Per-attempt timeout. Default 15.
+    #[serde(default = "default_timeout_secs")]
+    pub timeout_secs: u64,
+    /// Attempts before a job is dead-lettered. Default 12.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelsConfig {
+    pub web: Option<WebConfig>,
+    pub email: Option<EmailConfig>,
+    /// Reserved for the Telegram channel; this version refuses a config that sets it.
+    pub telegram: Option<toml::Value>,
+    /// Reserved for the phone channel; this version refuses a config that sets it.
+    pub phone: Option<toml::Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebConfig {
+    /// Largest accepted body. Default 65536.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: usize,
+    /// Timeout of one acknowledgement POST to a `callback_url`. Default 10.
+    #[serde(default = "default_callback_timeout_secs")]
+    pub callback_timeout_secs: u64,
+    #[serde(default)]
+    pub sources: Vec<WebSourceConfig>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebSourceConfig {
+    pub name: Option<String>,
+    /// `whsec_…` secret shared with the web site's backend; `env:NAME` allowed.
+    pub secret: Option<String>,
+    /// Where acknowledgements are POSTed, signed with `secret`. Optional.
+    pub callback_url: Option<String>,
+    /// Sustained requests per second from this source. Default 50.
+    #[serde(default = "default_rate")]
+    pub rate_limit_per_sec: u32,
+    /// Requests allowed at once above the sustained rate. Default 100.
+    #[serde(default = "default_burst")]
+    pub rate_limit_burst: u32,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmailConfig {
+    /// At most one acknowledgement per sender address within this window. Default `10m`.
+    #[serde(default = "default_ack_window")]
+    pub ack_window: String,
+    /// How long an address that bounced one of our messages gets nothing more. Default `7d`.
+    #[serde(default = "default_undeliverable_for")]
+    pub undeliverable_for: String,
+    /// Attachment content is kept up to this size; larger ones keep metadata only. Default 10 MiB.
+    #[serde(default = "default_max_attachment_bytes")]
+    pub max_attachment_bytes: usize,
+    /// Messages to one recipient per hour, whatever else holds (a loop breaker). Default 5.
+    #[serde(default = "default_acks_per_hour")]
+    pub max_acks_per_recipient_per_hour: u32,
+    #[serde(default)]
+    pub mailboxes: Vec<MailboxConfig>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MailboxConfig {
+    pub name: Option<String>,
+    /// The mailbox's address: acknowledgements come from it, and it is never acknowledged.
+    pub address: Option<String>,
+    /// Display name on acknowledgements, e.g. "Example Support".
+    pub display_name: Option<String>,
+    pub imap: Option<ImapConfig>,
+    pub smtp: Option<SmtpConfig>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImapConfig {
+    pub host: Option<String>,
+    /// Default 993 for `tls`, 143 otherwise.
+    pub port: Option<u16>,
+    /// `tls` (default), `starttls`, or `plain` (unencrypted; for local tests only).
+    #[serde(default = "default_security")]
+    pub security: String,
+    pub username: Option<String>,
+    /// `env:NAME` allowed.
+    pub password: Option<String>,
+    #[serde(default = "default_folder")]
+    pub folder: String,
+    /// Use IMAP IDLE when the server offers it. Default true.
+    #[serde(default = "default_true")]
+    pub idle: bool,
+    /// Seconds between checks without IDLE (and the longest IDLE wait). Default 60.
+    #[serde(default = "default_poll_secs")]
+    pub poll_secs: u64,
+    /// Move committed messages to this folder instead of flagging them `\Seen`.
+    pub move_to: Option<String>,
+    /// Messages fetched and committed per round. Default 200.
+    #[serde(default = "default_imap_batch")]
+    pub batch: u32,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmtpConfig {
+    pub host: Option<String>,
+    /// Default 465 for `tls`, 587 for `starttls`, 25 for `plain`.
+    pub port: Option<u16>,
+    #[serde(default = "default_security")]
+    pub security: String,
+    pub username: Option<String>,
+    /// `env:NAME` allowed.
+    pub password: Option<String>,
+    /// Seconds per SMTP conversation. Default 30.
+    #[serde(default = "default_smtp_timeout")]
+    pub timeout_secs: u64,
+}
+
+fn default_ack_window() -> String {
+    "10m".into()
+}
+fn default_undeliverable_for() -> String {
+    "7d".into()
+}
+fn default_max_attachment_bytes() -> usize {
+    10 * 1024 * 1024
+}
+fn default_acks_per_hour() -> u32 {
+    5
+}
+fn default_security() -> String {
+    "tls".into()
+}
+fn default_folder() -> String {
+    "INBOX".into()
+}
+fn default_true() -> bool {
+    true
+}
+fn default_poll_secs() -> u64 {
+    60
+}
+fn default_imap_batch() -> u32 {
+    200
+}
+fn default_smtp_timeout() -> u64 {
+    30
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IntakeConfig {
+    /// Most submissions committed in one transaction. Default 256.
+    #[serde(default = "default_max_batch")]
+    pub max_batch: usize,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboxConfig {
+    /// Concurrent delivery loops. Default 4.
+    #[serde(default = "default_workers")]
+    pub workers: usize,
+    /// Delay before each retry; the last one repeats. ±20% jitter is added.
+    #[serde(default = "default_retry_schedule")]
+    pub retry_schedule: Vec<String>,
+    /// How long a leased job is reserved before another worker may take it. Default `60s`.
+    #[serde(default = "default_lease")]
+    pub lease: String,
+    /// How often idle workers look for due jobs. Default `1s` (new jobs wake them at once).
+    #[serde(default = "default_poll")]
+    pub poll_interval: String,
+    /// Attempts before a channel job (acknowledgement, status update) is dead-lettered. Default 12.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    /// Longest `Retry-After` honoured. Default `6h`.
+    #[serde(default = "default_max_retry_after")]
+    pub max_retry_after: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlaConfig {
+    /// Due time of the first answer. Default `1h`.
+    #[serde(default = "default_first_response")]
+    pub first_response: String,
+    /// Due time of a first solution. Default `24h`.
+    #[serde(default = "default_resolution")]
+    pub resolution: String,
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:8080".into()
+}
+fn default_shutdown_grace() -> String {
+    "30s".into()
+}
+fn default_templates() -> String {
+    "templates".into()
+}
+fn default_db_url() -> String {
+    "sqlite://data/earshot.db".into()
+}
+fn default_max_connections() -> u32 {
+    8
+}
+fn default_timeout_secs() -> u64 {
+    15
+}
+fn default_max_attempts() -> u32 {
+    12
+}
+fn default_max_body_bytes() -> usize {
+    65536
+}
+fn default_callback_timeout_secs() -> u64 {
+    10
+}
+fn default_rate() -> u32 {
+    50
+}
+fn default_burst() -> u32 {
+    100
+}
+fn default_max_batch() -> usize {
+    256
+}
+fn default_workers() -> usize {
+    4
+}
+fn default_retry_schedule() -> Vec<String> {
+    ["5s", "5m", "30m", "2h", "5h", "10h", "10h"].map(String::from).to_vec()
+}
+fn default_lease() -> String {
+    "60s".into()
+}
+fn default_poll() -> String {
+    "1s".into()
+}
+fn default_max_retry_after() -> String {
+    "6h".into()
+}
+fn default_first_response() -> String {
+    "1h".into()
+}
+fn default_resolution() -> String {
+    "24h".into()
+}
+
+macro_rules! default_from_serde {
+    ($($t:ty),*) => {$(
+        impl Default for $t {
+            fn default() -> Self {
+                // An empty table gets every documented default, the same as in a file.
+                toml::from_str("").unwrap_or_else(|e| unreachable!("defaults of {} parse: {e}", stringify!($t)))
+            }
+        }
+    )*};
+}
+default_from_serde!(ServerConfig, DatabaseConfig, IntakeConfig, OutboxConfig, SlaConfig);
+
+/// Why a config file could not be read at all.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("{path}: {key}: {message}")]
+    Parse { path: String, key: String, message: String },
+}
+
+impl Config {
+    /// Reads and parses a file; the error names the key path of the first value that does not parse.
+    pub fn load(path: &Path) -> Result<Config, LoadError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| LoadError::Read { path: path.display().to_string(), source })?;
+        Self::parse(&text).map_err(|(key, message)| LoadError::Parse { path: path.display().to_string(), key, message })
+    }
+
+    pub fn parse(text: &str) -> Result<Config, (String, String)> {
+        let de = toml::Deserializer::new(text);
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let msg = e.into_inner().message().to_owned();
+            (if key == "." { "(top level)".into() } else { key }, msg)
+        })
+    }
+}

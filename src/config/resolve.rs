@@ -1,0 +1,549 @@
+//! Turning a parsed [`Config`] into checked [`Settings`], collecting every problem with its key path.
+//!
+//! A problem message never contains a secret's value: only the key path and what is wrong with it.
+
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use earshot_channel::webhooks::SigningKey;
+use secrecy::SecretString;
+
+use super::Config;
+
+/// One problem in a config file, e.g. `channels.web.sources[0].secret: missing`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub key: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+/// A downstream ticket-store endpoint, checked.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    pub name: String,
+    pub url: String,
+    pub key: SigningKey,
+    pub timeout: Duration,
+    pub max_attempts: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct DbSettings {
+    pub url: String,
+    pub max_connections: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct OutboxSettings {
+    pub workers: usize,
+    pub retry_schedule: Vec<Duration>,
+    pub lease: Duration,
+    pub poll_interval: Duration,
+    pub max_attempts: u32,
+    pub max_retry_after: Duration,
+}
+
+/// Everything the gateway runs with, checked and with secrets resolved.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub public_url: String,
+    pub admin_token: Option<SecretString>,
+    pub shutdown_grace: Duration,
+    pub templates_dir: PathBuf,
+    pub database: DbSettings,
+    pub downstream: Vec<Endpoint>,
+    pub web: Option<WebOut>,
+    pub email: Option<EmailOut>,
+    /// At most one email acknowledgement per address within this window.
+    pub ack_window: Duration,
+    /// How long a bounced address is suppressed.
+    pub undeliverable_for: Duration,
+    pub max_batch: usize,
+    pub outbox: OutboxSettings,
+    pub sla_first_response: Duration,
+    pub sla_resolution: Duration,
+}
+
+struct Checker {
+    problems: Vec<Problem>,
+}
+
+impl Checker {
+    fn problem(&mut self, key: impl Into<String>, message: impl Into<String>) {
+        self.problems.push(Problem { key: key.into(), message: message.into() });
+    }
+
+    fn required<'a>(&mut self, key: &str, value: Option<&'a str>) -> Option<&'a str> {
+        match value.map(str::trim) {
+            Some(v) if !v.is_empty() => Some(v),
+            _ => {
+                self.problem(key, "missing");
+                None
+            }
+        }
+    }
+
+    /// `env:NAME` is read from the environment; anything else is the secret itself.
+    fn secret(&mut self, key: &str, value: &str) -> Option<String> {
+        match value.strip_prefix("env:") {
+            Some(name) => match std::env::var(name) {
+                Ok(v) if !v.is_empty() => Some(v),
+                _ => {
+                    self.problem(key, format!("environment variable {name} is not set"));
+                    None
+                }
+            },
+            None => Some(value.to_owned()),
+        }
+    }
+
+    fn whsec(&mut self, key: &str, value: Option<&str>) -> Option<SigningKey> {
+        let raw = self.required(key, value)?;
+        let secret = self.secret(key, raw)?;
+        match SigningKey::from_whsec(&secret) {
+            Ok(k) => Some(k),
+            Err(e) => {
+                self.problem(key, e.to_string());
+                None
+            }
+        }
+    }
+
+    fn duration(&mut self, key: &str, value: &str) -> Option<Duration> {
+        match humantime::parse_duration(value) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                self.problem(key, format!("{value:?} is not a duration like \"30s\" or \"5m\" ({e})"));
+                None
+            }
+        }
+    }
+
+    fn http_url(&mut self, key: &str, value: &str) -> Option<String> {
+        match reqwest::Url::parse(value) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Some(value.to_owned()),
+            Ok(_) => {
+                self.problem(key, format!("{value:?} is not an http(s) URL"));
+                None
+            }
+            Err(e) => {
+                self.problem(key, format!("{value:?} is not a URL ({e})"));
+                None
+            }
+        }
+    }
+
+    fn positive(&mut self, key: &str, value: u64) {
+        if value == 0 {
+            self.problem(key, "must be greater than 0");
+        }
+    }
+}
+
+/// Checks `cfg`; `base` is the folder of the config file, against which `templates` is resolved.
+pub fn resolve(cfg: &Config, base: &Path) -> Result<Settings, Vec<Problem>> {
+    let mut c = Checker { problems: Vec::new() };
+
+    let listen = match cfg.server.listen.parse::<SocketAddr>() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            c.problem("server.listen", format!("{:?} is not an address like 127.0.0.1:8080", cfg.server.listen));
+            None
+        }
+    };
+    let public_url = match &cfg.server.public_url {
+        Some(u) => c.http_url("server.public_url", u),
+        None => Some(format!("http://{}", cfg.server.listen)),
+    };
+    let admin_token =
+        cfg.server.admin_token.as_deref().and_then(|t| c.secret("server.admin_token", t)).map(SecretString::from);
+    if admin_token.as_ref().is_some_and(|t| secrecy::ExposeSecret::expose_secret(t).len() < 16) {
+        c.problem("server.admin_token", "must be at least 16 characters");
+    }
+    let shutdown_grace = c.duration("server.shutdown_grace", &cfg.server.shutdown_grace);
+
+    let url = cfg.database.url.trim();
+    if !(url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        c.problem("database.url", "must start with sqlite:// or postgres://");
+    }
+    if cfg.database.max_connections == 0 {
+        c.problem("database.max_connections", "must be greater than 0");
+    }
+
+    let mut downstream = Vec::new();
+    let mut names = std::collections::HashSet::new();
+    for (i, d) in cfg.downstream.iter().enumerate() {
+        let p = format!("downstream[{i}]");
+        let name = c.required(&format!("{p}.name"), d.name.as_deref()).map(str::to_owned);
+        if let Some(n) = &name
+            && !names.insert(n.clone())
+        {
+            c.problem(format!("{p}.name"), format!("{n:?} is used by another downstream"));
+        }
+        let url = c.required(&format!("{p}.url"), d.url.as_deref()).and_then(|u| c.http_url(&format!("{p}.url"), u));
+        let key = c.whsec(&format!("{p}.secret"), d.secret.as_deref());
+        c.positive(&format!("{p}.timeout_secs"), d.timeout_secs);
+        c.positive(&format!("{p}.max_attempts"), u64::from(d.max_attempts));
+        if let (Some(name), Some(url), Some(key)) = (name, url, key) {
+            downstream.push(Endpoint {
+                name,
+                url,
+                key,
+                timeout: Duration::from_secs(d.timeout_secs),
+                max_attempts: d.max_attempts.max(1),
+            });
+        }
+    }
+
+    let web = cfg.channels.web.as_ref().and_then(|w| resolve_web(&mut c, w));
+    let email = cfg.channels.email.as_ref().and_then(|e| resolve_email(&mut c, e));
+    let ack_window = cfg
+        .channels
+        .email
+        .as_ref()
+        .map_or(Some(Duration::from_secs(600)), |e| c.duration("channels.email.ack_window", &e.ack_window));
+    let undeliverable_for = cfg.channels.email.as_ref().map_or(Some(Duration::from_secs(7 * 86400)), |e| {
+        c.duration("channels.email.undeliverable_for", &e.undeliverable_for)
+    });
+    for (key, section) in [("channels.telegram", &cfg.channels.telegram), ("channels.phone", &cfg.channels.phone)] {
+        if section.is_some() {
+            c.problem(key, "this version of Earshot has no such channel yet; remove the section");
+        }
+    }
+
+    // Each batch is one multi-row statement per table; past ~1000 items SQLite's bind-parameter limit
+    // (32,766) comes into reach once outbox jobs are counted.
+    if !(1..=1000).contains(&cfg.intake.max_batch) {
+        c.problem("intake.max_batch", "must be between 1 and 1000");
+    }
+    let o = &cfg.outbox;
+    c.positive("outbox.workers", o.workers as u64);
+    c.positive("outbox.max_attempts", u64::from(o.max_attempts));
+    let mut schedule = Vec::new();
+    if o.retry_schedule.is_empty() {
+        c.problem("outbox.retry_schedule", "must list at least one delay");
+    }
+    for (i, s) in o.retry_schedule.iter().enumerate() {
+        if let Some(d) = c.duration(&format!("outbox.retry_schedule[{i}]"), s) {
+            schedule.push(d);
+        }
+    }
+    let lease = c.duration("outbox.lease", &o.lease);
+    let poll = c.duration("outbox.poll_interval", &o.poll_interval);
+    let max_retry_after = c.duration("outbox.max_retry_after", &o.max_retry_after);
+    let first = c.duration("sla.first_response", &cfg.sla.first_response);
+    let resolution = c.duration("sla.resolution", &cfg.sla.resolution);
+
+    if !c.problems.is_empty() {
+        return Err(c.problems);
+    }
+    let missing = || vec![Problem { key: "(internal)".into(), message: "a checked value is missing".into() }];
+    Ok(Settings {
+        listen: listen.ok_or_else(missing)?,
+        public_url: public_url.ok_or_else(missing)?,
+        admin_token,
+        shutdown_grace: shutdown_grace.ok_or_else(missing)?,
+        templates_dir: base.join(&cfg.server.templates),
+        database: DbSettings { url: url.to_owned(), max_connections: cfg.database.max_connections },
+        downstream,
+        web,
+        email,
+        ack_window: ack_window.ok_or_else(missing)?,
+        undeliverable_for: undeliverable_for.ok_or_else(missing)?,
+        max_batch: cfg.intake.max_batch,
+        outbox: OutboxSettings {
+            workers: o.workers,
+            retry_schedule: schedule,
+            lease: lease.ok_or_else(missing)?,
+            poll_interval: poll.ok_or_else(missing)?,
+            max_attempts: o.max_attempts,
+            max_retry_after: max_retry_after.ok_or_else(missing)?,
+        },
+        sla_first_response: first.ok_or_else(missing)?,
+        sla_resolution: resolution.ok_or_else(missing)?,
+    })
+}
+
+/// The web channel's settings, or nothing when the channel is not compiled in.
+#[cfg(feature = "web")]
+pub type WebOut = earshot_channel_web::WebSettings;
+#[cfg(not(feature = "web"))]
+pub type WebOut = std::convert::Infallible;
+
+fn resolve_web(c: &mut Checker, w: &super::WebConfig) -> Option<WebOut> {
+    if w.max_body_bytes < 256 {
+        c.problem("channels.web.max_body_bytes", "must be at least 256");
+    }
+    c.positive("channels.web.callback_timeout_secs", w.callback_timeout_secs);
+    let mut sources = Vec::new();
+    let mut names = std::collections::HashSet::new();
+    for (i, s) in w.sources.iter().enumerate() {
+        let p = format!("channels.web.sources[{i}]");
+        let name = c.required(&format!("{p}.name"), s.name.as_deref()).map(str::to_owned);
+        if let Some(n) = &name {
+            if !n.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_') {
+                c.problem(format!("{p}.name"), "use letters, digits, - and _ only (it is part of a URL)");
+            } else if !names.insert(n.clone()) {
+                c.problem(format!("{p}.name"), format!("{n:?} is used by another source"));
+            }
+        }
+        let key = c.whsec(&format!("{p}.secret"), s.secret.as_deref());
+        let callback = s.callback_url.as_deref().and_then(|u| c.http_url(&format!("{p}.callback_url"), u));
+        let rate = NonZeroU32::new(s.rate_limit_per_sec);
+        let burst = NonZeroU32::new(s.rate_limit_burst);
+        if rate.is_none() {
+            c.problem(format!("{p}.rate_limit_per_sec"), "must be greater than 0");
+        }
+        if burst.is_none() {
+            c.problem(format!("{p}.rate_limit_burst"), "must be greater than 0");
+        }
+        #[cfg(feature = "web")]
+        if let (Some(name), Some(key), Some(rate_per_sec), Some(burst)) = (name, key, rate, burst) {
+            sources.push(earshot_channel_web::SourceSettings {
+                name,
+                key,
+                callback_url: callback,
+                rate_per_sec,
+                burst,
+            });
+        }
+        #[cfg(not(feature = "web"))]
+        let _ = (name, key, callback, rate, burst, &mut sources);
+    }
+    #[cfg(feature = "web")]
+    {
+        Some(earshot_channel_web::WebSettings {
+            max_body_bytes: w.max_body_bytes,
+            callback_timeout: Duration::from_secs(w.callback_timeout_secs),
+            sources,
+        })
+    }
+    #[cfg(not(feature = "web"))]
+    {
+        let _ = sources;
+        c.problem("channels.web", "this build has no web channel (cargo feature `web`)");
+        None
+    }
+}
+
+/// The email channel's settings, or nothing when the channel is not compiled in.
+#[cfg(feature = "email")]
+pub type EmailOut = earshot_channel_email::settings::EmailSettings;
+#[cfg(not(feature = "email"))]
+pub type EmailOut = std::convert::Infallible;
+
+#[cfg(feature = "email")]
+fn security(c: &mut Checker, key: &str, v: &str) -> Option<earshot_channel_email::settings::Security> {
+    use earshot_channel_email::settings::Security;
+    match v {
+        "tls" => Some(Security::Tls),
+        "starttls" => Some(Security::Starttls),
+        "plain" => Some(Security::Plain),
+        _ => {
+            c.problem(key, format!("{v:?} is not one of tls, starttls, plain"));
+            None
+        }
+    }
+}
+
+#[cfg(feature = "email")]
+fn resolve_email(c: &mut Checker, e: &super::EmailConfig) -> Option<EmailOut> {
+    use earshot_channel_email::settings::{EmailSettings, ImapSettings, MailboxSettings, Security, SmtpSettings};
+    let mut mailboxes = Vec::new();
+    let mut names = std::collections::HashSet::new();
+    if e.mailboxes.is_empty() {
+        c.problem("channels.email.mailboxes", "configure at least one [[channels.email.mailboxes]]");
+    }
+    for (i, m) in e.mailboxes.iter().enumerate() {
+        let p = format!("channels.email.mailboxes[{i}]");
+        let name = c.required(&format!("{p}.name"), m.name.as_deref()).map(str::to_owned);
+        if let Some(n) = &name
+            && !names.insert(n.clone())
+        {
+            c.problem(format!("{p}.name"), format!("{n:?} is used by another mailbox"));
+        }
+        let address = c.required(&format!("{p}.address"), m.address.as_deref()).map(str::to_lowercase);
+        if let Some(a) = &address
+            && !a.contains('@')
+        {
+            c.problem(format!("{p}.address"), format!("{a:?} is not an email address"));
+        }
+        let imap = match &m.imap {
+            None => {
+                c.problem(format!("{p}.imap"), "missing");
+                None
+            }
+            Some(im) => {
+                let k = format!("{p}.imap");
+                let host = c.required(&format!("{k}.host"), im.host.as_deref()).map(str::to_owned);
+                let sec = security(c, &format!("{k}.security"), &im.security);
+                let user = c.required(&format!("{k}.username"), im.username.as_deref()).map(str::to_owned);
+                let pass = c
+                    .required(&format!("{k}.password"), im.password.as_deref())
+                    .and_then(|v| c.secret(&format!("{k}.password"), v));
+                c.positive(&format!("{k}.poll_secs"), im.poll_secs);
+                c.positive(&format!("{k}.batch"), u64::from(im.batch));
+                match (host, sec, user, pass) {
+                    (Some(host), Some(security), Some(username), Some(password)) => Some(ImapSettings {
+                        port: im.port.unwrap_or(if security == Security::Tls { 993 } else { 143 }),
+                        host,
+                        security,
+                        username,
+                        password: password.into(),
+                        folder: im.folder.clone(),
+                        idle: im.idle,
+                        poll: Duration::from_secs(im.poll_secs.max(1)),
+                        move_to: im.move_to.clone(),
+                        batch: im.batch.max(1),
+                    }),
+                    _ => None,
+                }
+            }
+        };
+        let smtp = match &m.smtp {
+            None => {
+                c.problem(format!("{p}.smtp"), "missing");
+                None
+            }
+            Some(sm) => {
+                let k = format!("{p}.smtp");
+                let host = c.required(&format!("{k}.host"), sm.host.as_deref()).map(str::to_owned);
+                let sec = security(c, &format!("{k}.security"), &sm.security);
+                let pass = sm.password.as_deref().and_then(|v| c.secret(&format!("{k}.password"), v));
+                if sm.username.is_some() != sm.password.is_some() {
+                    c.problem(format!("{k}.password"), "username and password go together");
+                }
+                c.positive(&format!("{k}.timeout_secs"), sm.timeout_secs);
+                match (host, sec) {
+                    (Some(host), Some(security)) => Some(SmtpSettings {
+                        port: sm.port.unwrap_or(match security {
+                            Security::Tls => 465,
+                            Security::Starttls => 587,
+                            Security::Plain => 25,
+                        }),
+                        host,
+                        security,
+                        username: sm.username.clone(),
+                        password: pass.map(Into::into),
+                        timeout: Duration::from_secs(sm.timeout_secs.max(1)),
+                    }),
+                    _ => None,
+                }
+            }
+        };
+        if let (Some(name), Some(address), Some(imap), Some(smtp)) = (name, address, imap, smtp) {
+            mailboxes.push(MailboxSettings { name, address, display_name: m.display_name.clone(), imap, smtp });
+        }
+    }
+    c.positive("channels.email.max_acks_per_recipient_per_hour", u64::from(e.max_acks_per_recipient_per_hour));
+    Some(EmailSettings {
+        mailboxes,
+        max_attachment_bytes: e.max_attachment_bytes,
+        max_acks_per_recipient_per_hour: e.max_acks_per_recipient_per_hour,
+        instance: format!("{}-{}", hostname(), std::process::id()),
+    })
+}
+
+#[cfg(not(feature = "email"))]
+fn resolve_email(c: &mut Checker, _: &super::EmailConfig) -> Option<EmailOut> {
+    c.problem("channels.email", "this build has no email channel (cargo feature `email`)");
+    None
+}
+
+/// This machine's name, for lease holders in logs (`/etc/hostname`, else "earshot").
+fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .map(|s| s.trim().to_owned())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "earshot".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(toml: &str) -> Result<Settings, Vec<String>> {
+        let cfg = Config::parse(toml).map_err(|(k, m)| vec![format!("{k}: {m}")])?;
+        resolve(&cfg, Path::new(".")).map_err(|ps| ps.iter().map(ToString::to_string).collect())
+    }
+
+    #[test]
+    fn the_example_config_is_valid() {
+        let text = include_str!("../../config/earshot.example.toml");
+        let s = check(text).expect("example config resolves");
+        assert_eq!(s.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(s.outbox.retry_schedule.len(), 7);
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_key_path() {
+        let problems = check(
+            r#"
+            [server]
+            listen = "nonsense"
+            admin_token = "env:EARSHOT_TEST_SURELY_UNSET_VARIABLE"
+            [[downstream]]
+            name = "t"
+            url = "ftp://x"
+            secret = "whsec_c2VjcmV0LWZvci10aWNrZXRzLWV4YW1wbGU="
+            [channels.web]
+            [[channels.web.sources]]
+            name = "site"
+            [channels.email]
+            [[channels.email.mailboxes]]
+            name = "support"
+            address = "support@example.com"
+            imap = { host = "127.0.0.1", security = "plain", username = "u" }
+            smtp = { host = "127.0.0.1", security = "smoke-signals" }
+            "#,
+        )
+        .expect_err("invalid");
+        for want in [
+            "server.listen: \"nonsense\" is not an address like 127.0.0.1:8080",
+            "server.admin_token: environment variable EARSHOT_TEST_SURELY_UNSET_VARIABLE is not set",
+            "downstream[0].url: \"ftp://x\" is not an http(s) URL",
+            "channels.web.sources[0].secret: missing",
+            "channels.email.mailboxes[0].imap.password: missing",
+            "channels.email.mailboxes[0].smtp.security: \"smoke-signals\" is not one of tls, starttls, plain",
+        ] {
+            assert!(problems.iter().any(|p| p == want), "missing {want:?} in {problems:#?}");
+        }
+        assert_eq!(problems.len(), 6, "{problems:#?}");
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_with_their_path() {
+        let err = check("[server]\nlisten = \"127.0.0.1:1\"\nlisen = 3\n").expect_err("unknown key");
+        assert!(err[0].starts_with("server"), "{err:?}");
+    }
+
+    #[test]
+    fn email_defaults() {
+        let s = check(
+            r#"
+            [channels.email]
+            [[channels.email.mailboxes]]
+            name = "support"
+            address = "Support@Example.com"
+            imap = { host = "imap.example.com", username = "u", password = "p" }
+            smtp = { host = "smtp.example.com", security = "starttls" }
+            "#,
+        )
+        .expect("valid");
+        let e = s.email.expect("email on");
+        let mb = &e.mailboxes[0];
+        assert_eq!((mb.address.as_str(), mb.imap.port, mb.smtp.port), ("support@example.com", 993, 587));
+        assert_eq!(mb.imap.folder, "INBOX");
+        assert_eq!(s.ack_window, Duration::from_secs(600));
+    }
+}

@@ -1,0 +1,119 @@
+//! Admin routes (bearer token): cases, the outbox and its dead letters, the quarantine.
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::{get, post};
+use secrecy::ExposeSecret;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::AppState;
+use super::error::ApiError;
+
+pub fn routes() -> axum::Router<AppState> {
+    axum::Router::new()
+        .route("/v1/cases", get(list_cases))
+        .route("/v1/cases/{id}", get(show_case))
+        .route("/v1/outbox", get(list_outbox))
+        .route("/v1/outbox/{id}/replay", post(replay))
+        .route("/v1/outbox/replay-dead", post(replay_dead))
+        .route("/v1/quarantine", get(quarantine))
+}
+
+/// Constant-time comparison, so the token cannot be guessed byte by byte from timings.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn authorize(st: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(token) = &st.admin_token else {
+        return Err(ApiError::unauthorized("admin_disabled", "admin routes are disabled: set server.admin_token"));
+    };
+    let given = headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(|| ApiError::unauthorized("missing_token", "send Authorization: Bearer <server.admin_token>"))?;
+    if same(given.trim().as_bytes(), token.expose_secret().as_bytes()) {
+        Ok(())
+    } else {
+        Err(ApiError::unauthorized("invalid_token", "the bearer token is not the admin token"))
+    }
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    limit: Option<i64>,
+    state: Option<String>,
+}
+
+fn limit(q: &ListQuery) -> i64 {
+    q.limit.unwrap_or(50).clamp(1, 1000)
+}
+
+async fn list_cases(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Value>, ApiError> {
+    authorize(&st, &headers)?;
+    let rows = st.store.list_cases(limit(&q)).await?;
+    Ok(Json(json!({ "cases": rows })))
+}
+
+async fn show_case(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    authorize(&st, &headers)?;
+    let case =
+        crate::cases::load(&*st.store, &id).await?.ok_or_else(|| ApiError::not_found(format!("no case {id}")))?;
+    Ok(Json(serde_json::to_value(case).unwrap_or_default()))
+}
+
+async fn list_outbox(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Value>, ApiError> {
+    authorize(&st, &headers)?;
+    if let Some(s) = q.state.as_deref()
+        && !matches!(s, "pending" | "leased" | "done" | "dead")
+    {
+        return Err(ApiError::bad_request("invalid_field", "state must be pending, leased, done or dead", "state"));
+    }
+    let jobs = st.store.list_jobs(q.state.as_deref(), limit(&q)).await?;
+    Ok(Json(json!({ "jobs": jobs })))
+}
+
+async fn replay(State(st): State<AppState>, headers: HeaderMap, Path(id): Path<i64>) -> Result<Json<Value>, ApiError> {
+    authorize(&st, &headers)?;
+    if st.store.replay_job(id, crate::now_ms()).await? {
+        st.outbox_wake.notify_one();
+        tracing::info!(job = id, "Dead job replayed by admin API.");
+        Ok(Json(json!({ "replayed": 1 })))
+    } else {
+        Err(ApiError::new(StatusCode::CONFLICT, "not_dead", format!("job {id} does not exist or is not dead")))
+    }
+}
+
+async fn replay_dead(State(st): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+    authorize(&st, &headers)?;
+    let n = st.store.replay_all_dead(crate::now_ms()).await?;
+    st.outbox_wake.notify_one();
+    tracing::info!(jobs = n, "All dead jobs replayed by admin API.");
+    Ok(Json(json!({ "replayed": n })))
+}
+
+/// Messages a channel could not parse, kept raw (newest first); `?limit=`.
+async fn quarantine(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Value>, ApiError> {
+    authorize(&st, &headers)?;
+    let items = st.store.list_quarantine(limit(&q)).await?;
+    Ok(Json(json!({ "items": items })))
+}

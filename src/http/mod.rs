@@ -1,0 +1,34 @@
+//! The HTTP surface: channel routes, operations routes, admin routes, schemas.
+
+mod admin;
+pub mod error;
+mod ops;
+
+use std::sync::Arc;
+
+use earshot_channel::Intake;
+use metrics_exporter_prometheus::PrometheusHandle;
+use secrecy::SecretString;
+use tokio::sync::Notify;
+
+use crate::channels::Channels;
+use crate::store::Store;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<dyn Store>,
+    pub metrics: Option<PrometheusHandle>,
+    pub admin_token: Option<SecretString>,
+    pub outbox_wake: Arc<Notify>,
+}
+
+/// Every route of the gateway.
+pub fn router(state: AppState, channels: &Channels, intake: Arc<dyn Intake>) -> axum::Router {
+    let mut app = axum::Router::new().merge(ops::routes()).merge(admin::routes()).with_state(state);
+    for (_, channel) in channels.all() {
+        if let Some(routes) = channel.routes(intake.clone()) {
+            app = app.merge(routes);
+        }
+    }
+    app
+}

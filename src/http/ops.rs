@@ -1,0 +1,117 @@
+//! Health, readiness, metrics, and the published schemas.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::{Value, json};
+
+use super::AppState;
+
+pub fn routes() -> axum::Router<AppState> {
+    axum::Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/v1/schema/case.json", get(|| async { Json(crate::schema::case_json_schema()) }))
+        .route("/v1/schema/event.json", get(|| async { Json(crate::schema::event_json_schema()) }))
+        .route("/openapi.json", get(|| async { Json(openapi()) }))
+}
+
+/// The process is up and serving.
+async fn healthz() -> Json<Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+/// The database answers and every migration is applied.
+async fn readyz(State(st): State<AppState>) -> Response {
+    match st.store.ready().await {
+        Ok(()) => (StatusCode::OK, Json(json!({ "status": "ready", "database": st.store.backend() }))).into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "Not ready.");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({ "status": "not_ready", "reason": "database unavailable or not migrated" })),
+            )
+                .into_response()
+        }
+    }
+}
+
+async fn metrics(State(st): State<AppState>) -> Response {
+    let Some(handle) = &st.metrics else {
+        return (StatusCode::NOT_FOUND, "metrics recorder not installed\n").into_response();
+    };
+    // Outbox gauges are read at scrape time: the store is the truth, not a counter that drifts.
+    match st.store.job_counts().await {
+        Ok(counts) => {
+            for state in ["pending", "leased", "done", "dead"] {
+                let n = counts.iter().find(|(s, _)| s == state).map_or(0, |(_, n)| *n);
+                metrics::gauge!("earshot_outbox_jobs", "state" => state).set(n as f64);
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "Could not count outbox jobs for /metrics."),
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], handle.render()).into_response()
+}
+
+/// A short OpenAPI description of the public routes, for integrators' tooling.
+fn openapi() -> Value {
+    let error = json!({ "$ref": "#/components/schemas/Error" });
+    json!({
+        "openapi": "3.1.0",
+        "info": { "title": "Earshot", "version": env!("CARGO_PKG_VERSION") },
+        "paths": {
+            "/v1/inbound/web/{source}": { "post": {
+                "summary": "Submit a complaint from a web site's backend (Standard Webhooks signed)",
+                "parameters": [
+                    { "name": "source", "in": "path", "required": true, "schema": { "type": "string" } },
+                    { "name": "webhook-id", "in": "header", "required": true, "schema": { "type": "string" } },
+                    { "name": "webhook-timestamp", "in": "header", "required": true, "schema": { "type": "string" } },
+                    { "name": "webhook-signature", "in": "header", "required": true, "schema": { "type": "string" } }
+                ],
+                "requestBody": { "required": true, "content": { "application/json": { "schema": { "$ref": "#/components/schemas/WebComplaint" } } } },
+                "responses": {
+                    "202": { "description": "Stored", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Receipt" } } } },
+                    "400": { "description": "Malformed body", "content": { "application/json": { "schema": error } } },
+                    "401": { "description": "Bad or missing signature, stale timestamp" },
+                    "404": { "description": "Unknown source" },
+                    "413": { "description": "Body over max_body_bytes" },
+                    "429": { "description": "Rate limited; see Retry-After" },
+                    "503": { "description": "Not stored; retry" }
+                }
+            }},
+            "/healthz": { "get": { "responses": { "200": { "description": "Up" } } } },
+            "/readyz": { "get": { "responses": { "200": { "description": "Ready" }, "503": { "description": "Not ready" } } } },
+            "/metrics": { "get": { "responses": { "200": { "description": "Prometheus text" } } } },
+            "/v1/schema/case.json": { "get": { "responses": { "200": { "description": "JSON Schema of a case" } } } },
+            "/v1/cases": { "get": { "security": [{ "bearer": [] }], "responses": { "200": { "description": "Newest cases" } } } },
+            "/v1/cases/{id}": { "get": { "security": [{ "bearer": [] }], "responses": { "200": { "description": "One case" }, "404": { "description": "No such case" } } } },
+            "/v1/outbox": { "get": { "security": [{ "bearer": [] }], "responses": { "200": { "description": "Outbox jobs (?state=dead)" } } } },
+            "/v1/outbox/{id}/replay": { "post": { "security": [{ "bearer": [] }], "responses": { "200": { "description": "Replayed" }, "409": { "description": "Not dead" } } } },
+            "/v1/outbox/replay-dead": { "post": { "security": [{ "bearer": [] }], "responses": { "200": { "description": "All dead jobs replayed" } } } },
+            "/v1/quarantine": { "get": { "security": [{ "bearer": [] }], "responses": { "200": { "description": "Quarantined messages" } } } }
+        },
+        "components": {
+            "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer" } },
+            "schemas": {
+                "Error": { "type": "object", "required": ["code", "detail"], "properties": {
+                    "code": { "type": "string" }, "detail": { "type": "string" }, "field": { "type": "string" } } },
+                "Receipt": { "type": "object", "required": ["case_id", "case_ref", "status", "duplicate"], "properties": {
+                    "case_id": { "type": "string" }, "case_ref": { "type": "string" }, "status": { "type": "string" },
+                    "duplicate": { "type": "boolean" }, "follow_up": { "type": "boolean" },
+                    "ack": { "type": ["object", "null"], "properties": { "lang": { "type": "string" }, "text": { "type": "string" } } } } },
+                "WebComplaint": { "type": "object", "required": ["text", "customer"], "properties": {
+                    "customer": { "type": "object", "properties": {
+                        "name": { "type": "string" }, "email": { "type": "string" }, "phone": { "type": "string" },
+                        "user_id": { "type": "string" }, "language": { "type": "string" }, "tier": { "type": "string" } } },
+                    "subject": { "type": "string" }, "text": { "type": "string" }, "category": { "type": "string" },
+                    "order_id": { "type": "string" },
+                    "attachments": { "type": "array", "items": { "type": "object", "required": ["name", "media_type"], "properties": {
+                        "name": { "type": "string" }, "media_type": { "type": "string" }, "size": { "type": "integer" }, "url": { "type": "string" } } } },
+                    "metadata": { "type": "object" } } }
+            }
+        }
+    })
+}

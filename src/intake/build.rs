@@ -1,0 +1,284 @@
+//! Rendering a submission into the rows of a new case: case, message, outbox jobs, acknowledgement.
+//! Pure apart from reading the clock and generating ids.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use earshot_channel::{AckText, Inbound, Lang, Outbound, OutboundKind, ReplyRoute};
+use time::OffsetDateTime;
+
+use crate::config::Endpoint;
+use crate::notify::{AckContext, Templates, spell_duration};
+use crate::schema::{
+    Case, CaseEvent, CaseEventData, CaseId, CaseRef, CaseStatus, Customer, CustomerId, Direction, EventId, EventType,
+    Message, MessageId, SCHEMA_VERSION, Sla,
+};
+use crate::store::{NewCase, NewJob};
+
+/// Everything needed to turn an [`Inbound`] into a [`NewCase`].
+pub struct Builder {
+    pub templates: Arc<Templates>,
+    /// The gateway's own addresses (email mailboxes): never acknowledged.
+    pub own_addresses: std::collections::HashSet<String>,
+    /// At most one email acknowledgement per address within this window.
+    pub ack_window: Duration,
+    pub downstream: Arc<[Endpoint]>,
+    pub channel_max_attempts: i64,
+    pub sla_first_response: Duration,
+    pub sla_resolution: Duration,
+}
+
+/// Outbox destination of a downstream endpoint.
+pub fn downstream_destination(name: &str) -> String {
+    format!("downstream:{name}")
+}
+
+/// Outbox destination of a channel's sends.
+pub fn channel_destination(kind: earshot_channel::ChannelKind) -> String {
+    format!("channel:{}", kind.as_str())
+}
+
+fn ms(t: OffsetDateTime) -> i64 {
+    (t.unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+/// Whether an acknowledgement has to be sent (and so needs an outbox job) for this route. A web
+/// source without a `callback_url` gets its acknowledgement in the HTTP answer only.
+fn ack_needs_send(route: &ReplyRoute) -> bool {
+    match route {
+        ReplyRoute::Web { callback_url, .. } => callback_url.is_some(),
+        ReplyRoute::Email { .. } => true,
+        // Routes of channels added later answer through the channel itself.
+        _ => true,
+    }
+}
+
+impl Builder {
+    /// The language to answer in: what the customer or channel said, else what the text is written in.
+    pub fn lang_of(inbound: &Inbound) -> Lang {
+        inbound.lang.or(inbound.customer.language).unwrap_or_else(|| Lang::detect(&inbound.text))
+    }
+
+    fn ack_context<'a>(&self, inbound: &'a Inbound, case_ref: &'a str) -> (Lang, AckContext<'a>) {
+        let lang = Self::lang_of(inbound);
+        let ctx = AckContext {
+            case_ref,
+            customer_name: inbound.customer.name.as_deref(),
+            subject: inbound.subject.as_deref(),
+            first_response: spell_duration(self.sla_first_response, lang),
+        };
+        (lang, ctx)
+    }
+
+    fn ack_html(&self, inbound: &Inbound, case_ref: &str) -> Option<String> {
+        let (lang, ctx) = self.ack_context(inbound, case_ref);
+        self.templates.ack_html(inbound.channel, lang, &ctx)
+    }
+
+    pub fn ack_text(&self, inbound: &Inbound, case_ref: &str) -> Option<AckText> {
+        let (lang, ctx) = self.ack_context(inbound, case_ref);
+        match self.templates.ack(inbound.channel, lang, &ctx) {
+            Ok(text) => Some(AckText { lang, text }),
+            Err(e) => {
+                // Templates are test-rendered at start, so this is a value the template cannot take;
+                // the case is still stored, without an acknowledgement text.
+                tracing::error!(error = %e, "Acknowledgement template failed.");
+                None
+            }
+        }
+    }
+
+    /// Renders every row of a new case. `customer_id` is the known customer of one of its identities,
+    /// or `None` for a new customer.
+    /// The address an email acknowledgement would go to, if the route is email.
+    pub fn email_recipient(inbound: &Inbound) -> Option<&str> {
+        match &inbound.reply_route {
+            ReplyRoute::Email { to, .. } => Some(to),
+            _ => None,
+        }
+    }
+
+    /// Whether the gateway must stay silent towards this sender whatever else holds.
+    pub fn is_own_address(&self, inbound: &Inbound) -> bool {
+        Self::email_recipient(inbound).is_some_and(|to| self.own_addresses.contains(&to.to_lowercase()))
+    }
+
+    /// Renders a follow-up: the message joins `case`, which downstream hears as `case.message_added`.
+    pub fn build_follow_up(
+        &self,
+        inbound: &Inbound,
+        mut case: Case,
+        now: OffsetDateTime,
+    ) -> Result<NewCase, serde_json::Error> {
+        let message = self.message(inbound, case.lang);
+        let message_json = serde_json::to_string(&message)?;
+        case.messages.push(message.clone());
+        case.updated_at = now;
+        let mut jobs = Vec::new();
+        if !self.downstream.is_empty() {
+            let event = CaseEvent {
+                kind: EventType::CaseMessageAdded,
+                timestamp: now,
+                data: CaseEventData { case: case.clone() },
+            };
+            let payload = serde_json::to_string(&event)?;
+            for ep in self.downstream.iter() {
+                jobs.push(NewJob {
+                    event_id: EventId::generate().0,
+                    kind: "case.message_added",
+                    destination: downstream_destination(&ep.name),
+                    payload: payload.clone(),
+                    max_attempts: i64::from(ep.max_attempts),
+                });
+            }
+        }
+        Ok(NewCase {
+            channel: inbound.channel.as_str(),
+            external_id: inbound.external_id.0.clone(),
+            case_id: case.id.0.clone(),
+            seq: 0,
+            case_ref: case.case_ref.to_string(),
+            status: "",
+            source: inbound.source.clone(),
+            customer_id: case.customer.id.0.clone(),
+            customer_name: None,
+            identities: inbound.identities.clone(),
+            message_id: message.id.0,
+            message_json,
+            case_json: String::new(),
+            now_ms: ms(now),
+            jobs,
+            follow_up: true,
+            raw: inbound.raw.clone(),
+            attachments: inbound.attachments.clone(),
+            ack_address: None,
+        })
+    }
+
+    fn message(&self, inbound: &Inbound, lang: Lang) -> Message {
+        Message {
+            id: MessageId::generate(),
+            direction: Direction::Inbound,
+            channel: inbound.channel,
+            source: inbound.source.clone(),
+            external_id: inbound.external_id.0.clone(),
+            subject: inbound.subject.clone(),
+            text: inbound.text.clone(),
+            lang,
+            attachments: inbound.attachments.clone(),
+            automatic: inbound.automatic,
+            received_at: inbound.received_at,
+        }
+    }
+
+    /// Renders every row of a new case. `customer_id` is the known customer of one of its identities,
+    /// or `None` for a new customer; `send_ack` is false when the acknowledgement must not be sent
+    /// (automatic message, own address, suppressed or recently acknowledged recipient).
+    pub fn build(
+        &self,
+        inbound: &Inbound,
+        seq: i64,
+        customer_id: Option<String>,
+        now: OffsetDateTime,
+        send_ack: bool,
+    ) -> Result<(NewCase, Option<AckText>), serde_json::Error> {
+        let case_id = CaseId::generate();
+        let case_ref = CaseRef::from_seq(seq as u64);
+        let lang = Self::lang_of(inbound);
+        let customer_id = match customer_id {
+            Some(id) => CustomerId(id),
+            None => CustomerId::for_identity(&inbound.identities[0]),
+        };
+        let message = self.message(inbound, lang);
+        let mut case = Case {
+            schema_version: SCHEMA_VERSION,
+            id: case_id.clone(),
+            case_ref: case_ref.clone(),
+            status: CaseStatus::New,
+            channel: inbound.channel,
+            source: inbound.source.clone(),
+            subject: inbound.subject.clone(),
+            lang,
+            category: inbound.category.clone(),
+            order_id: inbound.order_id.clone(),
+            customer: Customer {
+                id: customer_id.clone(),
+                name: inbound.customer.name.clone(),
+                tier: inbound.customer.tier.clone(),
+                language: inbound.customer.language,
+                identities: inbound.identities.clone(),
+            },
+            ticket_id: None,
+            metadata: inbound.metadata.clone(),
+            sla: Sla { first_response_due: now + self.sla_first_response, resolution_due: now + self.sla_resolution },
+            messages: vec![],
+            created_at: now,
+            updated_at: now,
+        };
+        let case_json = serde_json::to_string(&case)?;
+        let message_json = serde_json::to_string(&message)?;
+        case.messages.push(message.clone());
+
+        let ack = self.ack_text(inbound, case_ref.as_str());
+        let mut jobs = Vec::with_capacity(self.downstream.len() + 1);
+        let mut ack_address = None;
+        if let Some(ack) = ack.as_ref().filter(|_| send_ack && ack_needs_send(&inbound.reply_route)) {
+            ack_address = Self::email_recipient(inbound).map(str::to_owned);
+            let id = EventId::generate();
+            let outbound = Outbound {
+                id: id.0.clone(),
+                kind: OutboundKind::Ack,
+                case_id: case_id.0.clone(),
+                case_ref: case_ref.to_string(),
+                lang: ack.lang,
+                subject: inbound.subject.clone(),
+                text: ack.text.clone(),
+                html: self.ack_html(inbound, case_ref.as_str()),
+                reply_route: inbound.reply_route.clone(),
+            };
+            jobs.push(NewJob {
+                event_id: id.0,
+                kind: "ack",
+                destination: channel_destination(inbound.channel),
+                payload: serde_json::to_string(&outbound)?,
+                max_attempts: self.channel_max_attempts,
+            });
+        }
+        if !self.downstream.is_empty() {
+            let event = CaseEvent { kind: EventType::CaseCreated, timestamp: now, data: CaseEventData { case } };
+            let payload = serde_json::to_string(&event)?;
+            for ep in self.downstream.iter() {
+                jobs.push(NewJob {
+                    event_id: EventId::generate().0,
+                    kind: "case.created",
+                    destination: downstream_destination(&ep.name),
+                    payload: payload.clone(),
+                    max_attempts: i64::from(ep.max_attempts),
+                });
+            }
+        }
+
+        let new = NewCase {
+            channel: inbound.channel.as_str(),
+            external_id: inbound.external_id.0.clone(),
+            case_id: case_id.0,
+            seq,
+            case_ref: case_ref.to_string(),
+            status: CaseStatus::New.as_str(),
+            source: inbound.source.clone(),
+            customer_id: customer_id.0,
+            customer_name: inbound.customer.name.clone(),
+            identities: inbound.identities.clone(),
+            message_id: message.id.0,
+            message_json,
+            case_json,
+            now_ms: ms(now),
+            jobs,
+            follow_up: false,
+            raw: inbound.raw.clone(),
+            attachments: inbound.attachments.clone(),
+            ack_address,
+        };
+        Ok((new, ack))
+    }
+}

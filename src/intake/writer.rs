@@ -1,0 +1,295 @@
+//! The group-commit writer: one task, one transaction per batch.
+//!
+//! It takes the first queued submission, then everything else already queued (up to `max_batch`), and
+//! commits them together. While a batch commits, new submissions queue and form the next batch, so
+//! the batch size follows the load by itself: one item when idle, hundreds under load.
+//!
+//! Failure rules: an item that cannot even be rendered fails alone. If the batch transaction fails, the
+//! items are retried one transaction each, so one bad item does not fail the others; an item whose own
+//! transaction fails too is answered `Unavailable` (503). A transaction either commits whole or not at
+//! all, so no failure leaves half a case behind.
+
+use std::collections::{HashMap, HashSet};
+
+use earshot_channel::{IntakeError, Receipt};
+use time::OffsetDateTime;
+use tokio::sync::mpsc;
+
+use super::{Builder, Submission, WriterContext};
+use crate::store::{Committed, NewCase};
+
+/// One distinct message of a batch and everyone waiting for it (concurrent identical deliveries).
+struct Group {
+    first: Submission,
+    copies: Vec<Submission>,
+}
+
+pub(super) async fn run(mut rx: mpsc::Receiver<Submission>, ctx: WriterContext) {
+    let mut batch = Vec::with_capacity(ctx.max_batch);
+    while rx.recv_many(&mut batch, ctx.max_batch).await > 0 {
+        let size = batch.len();
+        commit(&ctx, std::mem::take(&mut batch)).await;
+        metrics::histogram!("earshot_batch_size").record(size as f64);
+    }
+    tracing::debug!("Intake writer stopped: queue closed and drained.");
+}
+
+async fn commit(ctx: &WriterContext, batch: Vec<Submission>) {
+    // Identical deliveries in one batch become one group: the store sees each key once.
+    let mut groups: Vec<Group> = Vec::new();
+    let mut index: HashMap<(earshot_channel::ChannelKind, String), usize> = HashMap::new();
+    for s in batch {
+        let key = (s.inbound.channel, s.inbound.external_id.0.clone());
+        match index.get(&key) {
+            Some(&i) => groups[i].copies.push(s),
+            None => {
+                index.insert(key, groups.len());
+                groups.push(Group { first: s, copies: Vec::new() });
+            }
+        }
+    }
+
+    let started = std::time::Instant::now();
+    let prepared = match prepare(ctx, &groups).await {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!(error = %e, batch = groups.len(), "Intake batch could not be prepared; answering 503.");
+            for g in groups {
+                answer_group(g, Err(IntakeError::Unavailable(e.to_string())));
+            }
+            return;
+        }
+    };
+
+    let items: Vec<NewCase> = prepared
+        .iter()
+        .filter_map(|p| match p {
+            Prepared::Row(n, _) => Some(NewCase::clone(n)),
+            _ => None,
+        })
+        .collect();
+    let mut outcomes: HashMap<String, Result<Committed, String>> = HashMap::new();
+    if !items.is_empty() {
+        metrics::histogram!("earshot_batch_prepare_seconds").record(started.elapsed().as_secs_f64());
+        let committing = std::time::Instant::now();
+        let first = ctx.store.commit_batch(&items).await;
+        metrics::histogram!("earshot_batch_commit_seconds").record(committing.elapsed().as_secs_f64());
+        match first {
+            Ok(results) => {
+                for (item, r) in items.iter().zip(results) {
+                    outcomes.insert(item.message_id.clone(), Ok(r));
+                }
+            }
+            Err(e) if items.len() > 1 => {
+                tracing::warn!(error = %e, batch = items.len(), "Batch commit failed; committing its items one by one.");
+                for item in &items {
+                    let r = ctx.store.commit_batch(std::slice::from_ref(item)).await;
+                    let r =
+                        r.map_err(|e| e.to_string()).and_then(|mut v| v.pop().ok_or_else(|| "no result".to_owned()));
+                    outcomes.insert(item.message_id.clone(), r);
+                }
+            }
+            Err(e) => {
+                if let Some(item) = items.first() {
+                    outcomes.insert(item.message_id.clone(), Err(e.to_string()));
+                }
+            }
+        }
+    }
+    if items
+        .iter()
+        .any(|it| !it.jobs.is_empty() && matches!(outcomes.get(&it.message_id), Some(Ok(Committed::Created))))
+    {
+        ctx.outbox_wake.notify_one();
+    }
+
+    for (group, prep) in groups.into_iter().zip(prepared) {
+        let result = match prep {
+            Prepared::Failed(e) => Err(IntakeError::Unavailable(e)),
+            Prepared::Event => Ok(Receipt {
+                case_id: String::new(),
+                case_ref: String::new(),
+                status: "event".into(),
+                duplicate: false,
+                follow_up: false,
+                ack: None,
+            }),
+            Prepared::Row(item, ack) => match outcomes.remove(&item.message_id) {
+                Some(Ok(Committed::Created)) => {
+                    metrics::counter!("earshot_complaints_ingested_total", "channel" => item.channel).increment(1);
+                    if item.follow_up {
+                        tracing::info!(case_id = %item.case_id, case_ref = %item.case_ref, channel = item.channel, "Follow-up added to a case.");
+                    } else {
+                        tracing::info!(
+                            case_id = %item.case_id, case_ref = %item.case_ref, channel = item.channel, source = %item.source,
+                            "Case created."
+                        );
+                    }
+                    Ok(Receipt {
+                        case_id: item.case_id,
+                        case_ref: item.case_ref,
+                        status: if item.follow_up { "open".to_owned() } else { item.status.to_owned() },
+                        duplicate: false,
+                        follow_up: item.follow_up,
+                        ack,
+                    })
+                }
+                Some(Ok(Committed::Duplicate { case_id, case_ref, status })) => {
+                    metrics::counter!("earshot_duplicates_total", "channel" => item.channel).increment(1);
+                    tracing::info!(case_id = %case_id, channel = item.channel, external_id = %item.external_id, "Duplicate delivery of a stored message.");
+                    let ack = if item.follow_up { None } else { ctx.builder.ack_text(&group.first.inbound, &case_ref) };
+                    Ok(Receipt { case_id, case_ref, status, duplicate: true, follow_up: item.follow_up, ack })
+                }
+                Some(Err(e)) => {
+                    metrics::counter!("earshot_intake_failures_total").increment(1);
+                    tracing::error!(error = %e, channel = item.channel, external_id = %item.external_id, "Message not stored; answering 503.");
+                    Err(IntakeError::Unavailable(e))
+                }
+                None => Err(IntakeError::Unavailable("no commit result".into())),
+            },
+        };
+        answer_group(group, result);
+    }
+}
+
+/// What one distinct message of a batch becomes before the commit.
+enum Prepared {
+    /// Rows to commit (a new case or a follow-up), with the acknowledgement text of a new case.
+    Row(Box<NewCase>, Option<earshot_channel::AckText>),
+    /// An automatic message that belongs to no case, already stored as a channel event.
+    Event,
+    Failed(String),
+}
+
+/// Reads what the rows depend on (sequence numbers, known customers, threads, acknowledgement
+/// history) and renders every item.
+async fn prepare(ctx: &WriterContext, groups: &[Group]) -> crate::store::Result<Vec<Prepared>> {
+    let seqs = ctx.store.next_seqs(groups.len()).await?;
+    let identities: Vec<_> = groups.iter().flat_map(|g| g.first.inbound.identities.iter().cloned()).collect();
+    let known = ctx.store.customers_for(&identities).await?;
+    let now = OffsetDateTime::now_utc();
+    let now_ms = crate::now_ms();
+
+    // Email recipients that must not get an acknowledgement now: suppressed after a bounce, or
+    // acknowledged within the window.
+    let recipients: Vec<String> =
+        groups.iter().filter_map(|g| Builder::email_recipient(&g.first.inbound).map(str::to_owned)).collect();
+    let mut silent: HashSet<String> = HashSet::new();
+    if !recipients.is_empty() {
+        silent.extend(ctx.store.suppressed(&recipients, now_ms).await?);
+        let since = now_ms - ctx.builder.ack_window.as_millis() as i64;
+        silent.extend(ctx.store.acked_since(&recipients, since).await?);
+    }
+
+    let mut out = Vec::with_capacity(groups.len());
+    for (g, seq) in groups.iter().zip(seqs) {
+        let inbound = &g.first.inbound;
+        if inbound.identities.is_empty() {
+            out.push(Prepared::Failed("a message needs at least one identity".to_owned()));
+            continue;
+        }
+        let customer = inbound.identities.iter().find_map(|i| known.get(i).cloned());
+        if let Some(case) = thread_case(ctx, inbound, customer.as_deref()).await? {
+            out.push(match ctx.builder.build_follow_up(inbound, case, now) {
+                Ok(row) => Prepared::Row(Box::new(row), None),
+                Err(e) => Prepared::Failed(e.to_string()),
+            });
+            continue;
+        }
+        if let Some(kind) = inbound.automatic {
+            // An automatic message that answers nothing of ours: keep it, make no case, answer nothing.
+            record_unthreaded(ctx, inbound, kind, now_ms).await?;
+            out.push(Prepared::Event);
+            continue;
+        }
+        let recipient = Builder::email_recipient(inbound).map(str::to_owned);
+        let send_ack = !ctx.builder.is_own_address(inbound) && recipient.as_ref().is_none_or(|r| !silent.contains(r));
+        if !send_ack {
+            tracing::info!(recipient = ?recipient, "No acknowledgement: own address, suppressed, or acknowledged within the window.");
+        }
+        // Later messages of this batch from the same address wait for the window too.
+        if let Some(r) = recipient.filter(|_| send_ack) {
+            silent.insert(r);
+        }
+        out.push(match ctx.builder.build(inbound, seq, customer, now, send_ack) {
+            Ok((row, ack)) => Prepared::Row(Box::new(row), ack),
+            Err(e) => Prepared::Failed(e.to_string()),
+        });
+    }
+    Ok(out)
+}
+
+/// The case a message continues, if any. A reply to one of the case's messages (or to one of our
+/// messages about it) continues it whoever sends it; a case reference in the subject only when the
+/// sender is the case's customer, so a stranger quoting someone else's reference makes a new case.
+async fn thread_case(
+    ctx: &WriterContext,
+    inbound: &earshot_channel::Inbound,
+    customer: Option<&str>,
+) -> crate::store::Result<Option<crate::schema::Case>> {
+    let Some(hint) = &inbound.thread else { return Ok(None) };
+    let ids: Vec<String> = hint.in_reply_to.iter().map(|e| e.0.clone()).filter(|s| !s.is_empty()).collect();
+    // Our own outbound Message-IDs are `<{event id}@{domain}>`.
+    let events: Vec<String> = ids
+        .iter()
+        .filter_map(|id| id.split_once('@').map(|(local, _)| local.to_owned()))
+        .filter(|local| local.starts_with("msg_"))
+        .collect();
+    if ids.is_empty() && hint.case_refs.is_empty() {
+        return Ok(None);
+    }
+    let hits = ctx.store.find_thread(inbound.channel.as_str(), &ids, &events, &hint.case_refs).await?;
+    let chosen = hits
+        .iter()
+        .find(|h| h.matched != h.case_ref)
+        .or_else(|| hits.iter().find(|h| h.matched == h.case_ref && customer == Some(h.customer_id.as_str())));
+    match chosen {
+        Some(hit) => crate::cases::load(&*ctx.store, &hit.case_id).await,
+        None => Ok(None),
+    }
+}
+
+async fn record_unthreaded(
+    ctx: &WriterContext,
+    inbound: &earshot_channel::Inbound,
+    kind: earshot_channel::AutoKind,
+    now_ms: i64,
+) -> crate::store::Result<()> {
+    let data = serde_json::json!({ "subject": inbound.subject, "text": inbound.text, "reason": "automatic message outside any case" });
+    ctx.store
+        .record_event(&crate::store::NewEvent {
+            channel: inbound.channel.as_str(),
+            source: inbound.source.clone(),
+            kind: serde_json::to_value(kind).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default(),
+            external_id: inbound.external_id.0.clone(),
+            sender: inbound.identities.first().map(|i| i.value.clone()),
+            subject: inbound.subject.clone(),
+            data: data.to_string(),
+            raw: inbound.raw.clone(),
+            now_ms,
+        })
+        .await?;
+    metrics::counter!("earshot_channel_events_total", "channel" => inbound.channel.as_str(), "kind" => "automatic")
+        .increment(1);
+    tracing::info!(channel = %inbound.channel, external_id = %inbound.external_id, kind = ?kind, "Automatic message outside any case: stored as an event, not acknowledged.");
+    Ok(())
+}
+
+fn answer_group(group: Group, result: Result<Receipt, IntakeError>) {
+    let latency = |s: &Submission| s.enqueued.elapsed().as_secs_f64();
+    for copy in group.copies {
+        metrics::histogram!("earshot_ingest_latency_seconds").record(latency(&copy));
+        let r = match &result {
+            Ok(receipt) => Ok(Receipt { duplicate: true, ..receipt.clone() }),
+            Err(e) => Err(IntakeError::Unavailable(e.to_string())),
+        };
+        if copy.reply.send(r).is_err() {
+            tracing::debug!("A duplicate's caller went away before its answer.");
+        }
+    }
+    metrics::histogram!("earshot_ingest_latency_seconds").record(latency(&group.first));
+    if group.first.reply.send(result).is_err() {
+        // The client hung up; the case is stored all the same and a retry will be a duplicate.
+        tracing::debug!("A caller went away before its answer.");
+    }
+}

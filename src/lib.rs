@@ -1,0 +1,173 @@
+//! Earshot: an omnichannel complaint intake gateway.
+//!
+//! [`run`] is the whole gateway: what `earshot serve` runs and what tests start in-process on an
+//! ephemeral port. Data flows one way at a time: channel → intake (one transaction per batch) →
+//! outbox → channel send / downstream webhook. See DESIGN.md.
+
+pub mod cases;
+pub mod channels;
+pub mod config;
+pub mod downstream;
+pub mod http;
+pub mod intake;
+pub mod notify;
+pub mod outbox;
+pub mod reparse;
+pub mod schema;
+pub mod store;
+
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Settings;
+use crate::intake::{Builder, IntakeService, WriterContext};
+use crate::outbox::Deliverer;
+
+/// Why the gateway could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("store: {0}")]
+    Store(#[from] store::StoreError),
+    #[error("templates: {0}")]
+    Templates(#[from] notify::TemplateError),
+    #[error("HTTP client: {0}")]
+    Client(#[from] reqwest::Error),
+    #[error("channel: {0}")]
+    Channel(#[from] earshot_channel::ChannelError),
+    #[error("HTTP server: {0}")]
+    Serve(#[from] std::io::Error),
+}
+
+/// Unix time in milliseconds, the store's time unit.
+pub fn now_ms() -> i64 {
+    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+/// The process-wide Prometheus recorder, installed on first use.
+pub fn metrics_handle() -> Option<PrometheusHandle> {
+    static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let latency = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
+            let sizes = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
+            PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Full("earshot_ingest_latency_seconds".into()), &latency)
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Full("earshot_batch_size".into()), &sizes))
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &latency))
+                .and_then(|b| b.install_recorder())
+                .map_err(|e| tracing::warn!(error = %e, "Metrics recorder not installed; /metrics answers 404."))
+                .ok()
+        })
+        .clone()
+}
+
+/// The addresses the gateway sends from: never acknowledged, so two gateways cannot loop.
+fn own_addresses(settings: &Settings) -> std::collections::HashSet<String> {
+    #[cfg(feature = "email")]
+    if let Some(e) = &settings.email {
+        return e.mailboxes.iter().map(|m| m.address.to_lowercase()).collect();
+    }
+    let _ = settings;
+    std::collections::HashSet::new()
+}
+
+/// Runs the gateway on `listener` until `shutdown` is cancelled, then stops in order: the HTTP server
+/// finishes in-flight requests, the intake writer commits what is queued, outbox workers record the
+/// deliveries they started. Returns when all of that is done (or `shutdown_grace` has passed).
+pub async fn run(settings: Settings, listener: TcpListener, shutdown: CancellationToken) -> Result<(), RunError> {
+    let store = store::open(&settings.database.url, settings.database.max_connections).await?;
+    let templates = Arc::new(notify::Templates::load(&settings.templates_dir)?);
+    let client = reqwest::Client::builder()
+        .user_agent(concat!("Earshot/", env!("CARGO_PKG_VERSION")))
+        .connect_timeout(Duration::from_secs(10))
+        .build()?;
+    let channels = Arc::new(channels::Channels::from_settings(&settings, &client)?);
+    let wake = Arc::new(Notify::new());
+
+    let builder = Builder {
+        templates,
+        own_addresses: own_addresses(&settings),
+        ack_window: settings.ack_window,
+        downstream: settings.downstream.clone().into(),
+        channel_max_attempts: i64::from(settings.outbox.max_attempts),
+        sla_first_response: settings.sla_first_response,
+        sla_resolution: settings.sla_resolution,
+    };
+    let (intake, writer) = IntakeService::start(WriterContext {
+        store: store.clone(),
+        builder,
+        max_batch: settings.max_batch,
+        outbox_wake: wake.clone(),
+        suppress_for: settings.undeliverable_for,
+    });
+
+    let deliverer = Arc::new(Deliverer {
+        endpoints: settings.downstream.iter().map(|e| (e.name.clone(), e.clone())).collect::<HashMap<_, _>>(),
+        channels: channels.clone(),
+        client,
+    });
+    let workers = tokio::spawn(outbox::run_workers(
+        store.clone(),
+        deliverer,
+        settings.outbox.clone(),
+        wake.clone(),
+        shutdown.clone(),
+    ));
+    let mut pulls = tokio::task::JoinSet::new();
+    for (kind, channel) in channels.all() {
+        let (channel, intake, token) = (channel.clone(), intake.clone(), shutdown.clone());
+        pulls.spawn(async move {
+            if let Err(e) = channel.run(intake, token).await {
+                tracing::error!(channel = %kind, error = %e, "Channel stopped with an error.");
+            }
+        });
+    }
+
+    let state = http::AppState {
+        store: store.clone(),
+        metrics: metrics_handle(),
+        admin_token: settings.admin_token.clone(),
+        outbox_wake: wake,
+    };
+    let app = http::router(state, &channels, intake.clone());
+    let addr = listener.local_addr()?;
+    tracing::info!(
+        listen = %addr, database = store.backend(), channels = ?channels.names(),
+        downstream = ?settings.downstream.iter().map(|e| e.name.as_str()).collect::<Vec<_>>(),
+        "Earshot is listening on http://{addr}."
+    );
+    if settings.admin_token.is_none() {
+        tracing::warn!("server.admin_token is not set: admin routes answer 401.");
+    }
+
+    let token = shutdown.clone();
+    let mut server =
+        tokio::spawn(async move { axum::serve(listener, app).with_graceful_shutdown(token.cancelled_owned()).await });
+    let grace = settings.shutdown_grace;
+    let served = tokio::select! {
+        r = &mut server => r,
+        _ = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
+            tracing::warn!(grace_secs = grace.as_secs(), "Requests still open after the grace period; closing them.");
+            server.abort();
+            server.await
+        }
+    };
+    tracing::info!("HTTP server stopped; committing queued complaints and finishing deliveries.");
+    intake.close();
+    let _ = writer.await;
+    while pulls.join_next().await.is_some() {}
+    let _ = tokio::time::timeout(grace, workers).await;
+    store.close().await;
+    tracing::info!("Earshot stopped.");
+    match served {
+        Ok(r) => r.map_err(RunError::Serve),
+        Err(e) if e.is_cancelled() => Ok(()),
+        Err(e) => Err(RunError::Serve(std::io::Error::other(e))),
+    }
+}

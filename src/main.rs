@@ -1,0 +1,400 @@
+//! The `earshot` command line.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use earshot::config::{Config, Settings};
+use earshot::store;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(name = "earshot", version, about = "Omnichannel complaint intake gateway")]
+struct Cli {
+    /// The configuration file.
+    #[arg(long, short, global = true, default_value = "config/earshot.toml", env = "EARSHOT_CONFIG")]
+    config: PathBuf,
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway until SIGTERM or SIGINT.
+    Serve,
+    /// Check the configuration and print every problem with its key path.
+    CheckConfig,
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Inspect and replay outbox jobs.
+    Outbox {
+        #[command(subcommand)]
+        command: OutboxCommand,
+    },
+    /// Inspect stored cases.
+    Cases {
+        #[command(subcommand)]
+        command: CasesCommand,
+    },
+    /// Sign and send a sample complaint to the running gateway through the web channel.
+    SendTest {
+        /// The complaint text.
+        #[arg(long)]
+        text: String,
+        /// The web source to sign for (default: the first one configured).
+        #[arg(long)]
+        source: Option<String>,
+        /// The customer's email address.
+        #[arg(long, default_value = "customer@example.com")]
+        email: String,
+        /// The customer's language tag (default: detected from the text).
+        #[arg(long)]
+        language: Option<String>,
+        /// The gateway's base URL (default: server.public_url).
+        #[arg(long)]
+        url: Option<String>,
+    },
+    /// Normalize stored raw messages again (after an upgrade of the parser).
+    Reparse,
+    /// Print a published JSON Schema.
+    Schema {
+        #[arg(value_enum, default_value_t = SchemaName::Case)]
+        name: SchemaName,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum SchemaName {
+    Case,
+    Event,
+}
+
+#[derive(Subcommand)]
+enum OutboxCommand {
+    /// List jobs, newest first.
+    List {
+        /// Only dead-lettered jobs.
+        #[arg(long)]
+        dead: bool,
+        /// Only jobs in this state (pending, leased, done, dead).
+        #[arg(long, conflicts_with = "dead")]
+        state: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+    },
+    /// Make a dead job pending again (the running gateway delivers it within `outbox.poll_interval`).
+    Replay {
+        /// The job id, as `outbox list` shows it.
+        #[arg(required_unless_present = "all_dead")]
+        id: Option<i64>,
+        /// Replay every dead job.
+        #[arg(long, conflicts_with = "id")]
+        all_dead: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum CasesCommand {
+    /// List the newest cases.
+    List {
+        #[arg(long, default_value_t = 20)]
+        limit: i64,
+    },
+    /// Print one case as JSON.
+    Show { id: String },
+}
+
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+/// Loads and checks the config; prints every problem and fails if there is any.
+fn settings(path: &Path) -> anyhow::Result<Settings> {
+    let cfg = Config::load(path)?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    match earshot::config::resolve(&cfg, base) {
+        Ok(s) => Ok(s),
+        Err(problems) => {
+            for p in &problems {
+                eprintln!("{}: {p}", path.display());
+            }
+            bail!("{} has {} problem(s)", path.display(), problems.len())
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logs(cli.log_format);
+    match run(cli).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::CheckConfig => {
+            let cfg = match Config::load(&cli.config) {
+                Ok(c) => c,
+                Err(e) => {
+                    println!("{e}");
+                    return Ok(ExitCode::FAILURE);
+                }
+            };
+            let base = cli.config.parent().unwrap_or(Path::new("."));
+            match earshot::config::resolve(&cfg, base) {
+                Ok(s) => {
+                    println!(
+                        "{}: OK (listen {}, database {}, {} downstream endpoint(s), web sources: {})",
+                        cli.config.display(),
+                        s.listen,
+                        if s.database.url.starts_with("sqlite") { "sqlite" } else { "postgres" },
+                        s.downstream.len(),
+                        web_sources(&s).join(", ")
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(problems) => {
+                    for p in problems {
+                        println!("{p}");
+                    }
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
+        Command::Serve => {
+            let s = settings(&cli.config)?;
+            let listener = tokio::net::TcpListener::bind(s.listen)
+                .await
+                .with_context(|| format!("cannot listen on {}", s.listen))?;
+            let shutdown = CancellationToken::new();
+            tokio::spawn(signals(shutdown.clone()));
+            earshot::run(s, listener, shutdown).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Migrate => {
+            let s = settings(&cli.config)?;
+            let st = store::open(&s.database.url, 1).await?;
+            st.ready().await?;
+            println!("migrations applied ({})", st.backend());
+            st.close().await;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Outbox { command } => {
+            let s = settings(&cli.config)?;
+            let st = store::open(&s.database.url, 1).await?;
+            let code = outbox(&*st, command).await;
+            st.close().await;
+            code
+        }
+        Command::Cases { command } => {
+            let s = settings(&cli.config)?;
+            let st = store::open(&s.database.url, 1).await?;
+            let r = cases(&*st, command).await;
+            st.close().await;
+            r
+        }
+        Command::SendTest { text, source, email, language, url } => {
+            send_test(&settings(&cli.config)?, text, source, email, language, url).await
+        }
+        Command::Reparse => {
+            let s = settings(&cli.config)?;
+            let max = {
+                #[cfg(feature = "email")]
+                {
+                    s.email.as_ref().map_or(10 * 1024 * 1024, |e| e.max_attachment_bytes)
+                }
+                #[cfg(not(feature = "email"))]
+                {
+                    0
+                }
+            };
+            let st = store::open(&s.database.url, 1).await?;
+            let r = earshot::reparse::reparse(&*st, max).await?;
+            println!("reparsed: {} updated, {} unchanged, {} no longer parse", r.updated, r.unchanged, r.failed);
+            st.close().await;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Schema { name } => {
+            let schema = match name {
+                SchemaName::Case => earshot::schema::case_json_schema(),
+                SchemaName::Event => earshot::schema::event_json_schema(),
+            };
+            println!("{}", serde_json::to_string_pretty(&schema)?);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn signals(token: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("Cannot install signal handlers; stop with SIGKILL.");
+        return;
+    };
+    let name = tokio::select! { _ = term.recv() => "SIGTERM", _ = int.recv() => "SIGINT" };
+    tracing::info!(signal = name, "Shutting down: finishing in-flight requests and deliveries.");
+    token.cancel();
+}
+
+fn web_sources(s: &Settings) -> Vec<String> {
+    #[cfg(feature = "web")]
+    return s.web.as_ref().map(|w| w.sources.iter().map(|x| x.name.clone()).collect()).unwrap_or_default();
+    #[cfg(not(feature = "web"))]
+    {
+        let _ = s;
+        Vec::new()
+    }
+}
+
+async fn outbox(st: &dyn store::Store, command: OutboxCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        OutboxCommand::List { dead, state, limit } => {
+            let state = if dead { Some("dead".to_owned()) } else { state };
+            let jobs = st.list_jobs(state.as_deref(), limit).await?;
+            println!(
+                "{:>8}  {:<8} {:>8}  {:<20} {:<34} {:<38} LAST ERROR",
+                "ID", "STATE", "ATTEMPTS", "DESTINATION", "EVENT ID", "CASE"
+            );
+            for j in &jobs {
+                println!(
+                    "{:>8}  {:<8} {:>4}/{:<3}  {:<20} {:<34} {:<38} {}",
+                    j.id,
+                    j.state,
+                    j.attempts,
+                    j.max_attempts,
+                    j.destination,
+                    j.event_id,
+                    j.case_id,
+                    j.last_error.as_deref().unwrap_or("")
+                );
+            }
+            println!("{} job(s)", jobs.len());
+            Ok(ExitCode::SUCCESS)
+        }
+        OutboxCommand::Replay { id: Some(id), .. } => {
+            if st.replay_job(id, earshot::now_ms()).await? {
+                println!("job {id} is pending again");
+                Ok(ExitCode::SUCCESS)
+            } else {
+                println!("job {id} does not exist or is not dead");
+                Ok(ExitCode::FAILURE)
+            }
+        }
+        OutboxCommand::Replay { id: None, .. } => {
+            let n = st.replay_all_dead(earshot::now_ms()).await?;
+            println!("{n} dead job(s) are pending again");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn cases(st: &dyn store::Store, command: CasesCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        CasesCommand::List { limit } => {
+            for c in st.list_cases(limit).await? {
+                println!(
+                    "{}  {}  {:<8} {:<8} {:<12} {}",
+                    c.case_ref,
+                    c.id,
+                    c.status,
+                    c.channel,
+                    c.source,
+                    c.ticket_id.unwrap_or_default()
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        CasesCommand::Show { id } => match earshot::cases::load(st, &id).await? {
+            Some(case) => {
+                println!("{}", serde_json::to_string_pretty(&case)?);
+                Ok(ExitCode::SUCCESS)
+            }
+            None => {
+                println!("no case {id}");
+                Ok(ExitCode::FAILURE)
+            }
+        },
+    }
+}
+
+#[cfg(feature = "web")]
+async fn send_test(
+    s: &Settings,
+    text: String,
+    source: Option<String>,
+    email: String,
+    language: Option<String>,
+    url: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    let web = s.web.as_ref().context("channels.web is not configured")?;
+    let src = match &source {
+        Some(name) => {
+            web.sources.iter().find(|x| &x.name == name).with_context(|| format!("no web source {name:?}"))?
+        }
+        None => web.sources.first().context("channels.web has no sources")?,
+    };
+    let base = url.unwrap_or_else(|| s.public_url.clone());
+    let endpoint = format!("{}/v1/inbound/web/{}", base.trim_end_matches('/'), src.name);
+    let mut customer = serde_json::json!({ "name": "Test Customer", "email": email });
+    if let Some(l) = language {
+        customer["language"] = l.into();
+    }
+    let body =
+        serde_json::to_vec(&serde_json::json!({ "customer": customer, "subject": "earshot send-test", "text": text }))?;
+    let id = format!("msg_test_{}", uuid::Uuid::new_v4().simple());
+    let ts = time::OffsetDateTime::now_utc().unix_timestamp();
+    let signature = src.key.sign(&id, ts, &body);
+    println!("POST {endpoint} (webhook-id {id})");
+    let resp = reqwest::Client::new()
+        .post(&endpoint)
+        .header("content-type", "application/json")
+        .header("webhook-id", &id)
+        .header("webhook-timestamp", ts.to_string())
+        .header("webhook-signature", signature)
+        .body(body)
+        .send()
+        .await
+        .with_context(|| format!("cannot reach the gateway at {base}; is `earshot serve` running?"))?;
+    let status = resp.status();
+    let answer = resp.text().await.unwrap_or_default();
+    let pretty = serde_json::from_str::<serde_json::Value>(&answer)
+        .ok()
+        .and_then(|v| serde_json::to_string_pretty(&v).ok())
+        .unwrap_or(answer);
+    println!("{status}\n{pretty}");
+    Ok(if status.is_success() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+#[cfg(not(feature = "web"))]
+async fn send_test(
+    _: &Settings,
+    _: String,
+    _: Option<String>,
+    _: String,
+    _: Option<String>,
+    _: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    bail!("this build has no web channel")
+}

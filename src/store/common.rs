@@ -1,0 +1,605 @@
+//! SQL shared by both backends, expanded once per backend by [`shared_queries!`].
+//!
+//! The statements are the same text on SQLite and PostgreSQL (`$n` placeholders work on both in sqlx);
+//! only the pool type differs, and sqlx's generic executor bounds are far harder to read than this
+//! macro. Backend differences (row locking, sequences, one writer connection) stay in the backend files.
+
+/// Columns of a [`super::Job`], in `SELECT`/`RETURNING` order.
+pub(super) const JOB_COLUMNS: &str = "id, event_id, case_id, kind, destination, payload, state, attempts, max_attempts, next_attempt_at, last_error, created_at";
+
+pub(super) const CASE_COLUMNS: &str = "id, case_ref, status, channel, source, ticket_id, data, created_at";
+
+/// The lease statement, ordered by due time so that SQLite walks the small partial index of unfinished
+/// jobs instead of the whole table (done jobs pile up); `lock` is `FOR UPDATE SKIP LOCKED` on PostgreSQL and empty on SQLite, where
+/// the single writer connection already serialises leasing.
+pub(super) fn lease_sql(lock: &str) -> String {
+    format!(
+        "UPDATE outbox SET state = 'leased', attempts = attempts + 1, next_attempt_at = $1, updated_at = $2 \
+         WHERE id IN (SELECT o.id FROM outbox o \
+            WHERE o.state IN ('pending', 'leased') AND o.next_attempt_at <= $2 \
+              AND NOT EXISTS (SELECT 1 FROM outbox p WHERE p.case_id = o.case_id AND p.destination = o.destination \
+                              AND p.state IN ('pending', 'leased') AND p.id < o.id) \
+            ORDER BY o.next_attempt_at, o.id LIMIT $3 {lock}) \
+         RETURNING {JOB_COLUMNS}"
+    )
+}
+
+macro_rules! shared_queries {
+    ($db:ty) => {
+        use std::collections::{HashMap, HashSet};
+
+        use earshot_channel::{Identity, IdentityKind};
+        use sqlx::QueryBuilder;
+
+        use super::common::{CASE_COLUMNS, JOB_COLUMNS};
+        use super::{CaseRow, Committed, Job, NewCase, Result};
+
+        type Conn = <$db as sqlx::Database>::Connection;
+
+        fn identity_kind(s: &str) -> Option<IdentityKind> {
+            [IdentityKind::Email, IdentityKind::Phone, IdentityKind::Telegram, IdentityKind::WebUser]
+                .into_iter()
+                .find(|k| k.as_str() == s)
+        }
+
+        pub(super) async fn customers_for(
+            conn: &mut Conn,
+            identities: &[Identity],
+        ) -> Result<HashMap<Identity, String>> {
+            if identities.is_empty() {
+                return Ok(HashMap::new());
+            }
+            // One `kind = ? AND value IN (…)` per kind: SQLite answers that from the primary key, while
+            // a row-value `(kind, value) IN (VALUES …)` makes it scan the whole table.
+            let mut by_kind: HashMap<&str, Vec<&String>> = HashMap::new();
+            for id in identities {
+                by_kind.entry(id.kind.as_str()).or_default().push(&id.value);
+            }
+            let mut qb = QueryBuilder::<$db>::new("SELECT kind, value, customer_id FROM identities WHERE ");
+            for (n, (kind, values)) in by_kind.iter().enumerate() {
+                if n > 0 {
+                    qb.push(" OR ");
+                }
+                qb.push("(kind = ").push_bind(*kind).push(" AND value IN (");
+                let mut sep = qb.separated(", ");
+                for v in values {
+                    sep.push_bind(*v);
+                }
+                qb.push("))");
+            }
+            let rows: Vec<(String, String, String)> = qb.build_query_as().fetch_all(&mut *conn).await?;
+            Ok(rows
+                .into_iter()
+                .filter_map(|(k, value, c)| identity_kind(&k).map(|kind| (Identity { kind, value }, c)))
+                .collect())
+        }
+
+        /// The body of `commit_batch`, run inside the caller's transaction.
+        pub(super) async fn commit_items(conn: &mut Conn, items: &[NewCase]) -> Result<Vec<Committed>> {
+            if items.is_empty() {
+                return Ok(Vec::new());
+            }
+            // The message row goes first: its UNIQUE (channel, external_id) decides, also against a
+            // concurrent transaction of another instance, which items are new.
+            let mut qb = QueryBuilder::<$db>::new(
+                "INSERT INTO messages (id, case_id, channel, external_id, direction, data, received_at) ",
+            );
+            qb.push_values(items, |mut b, it| {
+                b.push_bind(&it.message_id)
+                    .push_bind(&it.case_id)
+                    .push_bind(it.channel)
+                    .push_bind(&it.external_id)
+                    .push_bind("inbound")
+                    .push_bind(&it.message_json)
+                    .push_bind(it.now_ms);
+            });
+            qb.push(" ON CONFLICT (channel, external_id) DO NOTHING RETURNING id");
+            let inserted: HashSet<String> = qb.build_query_scalar::<String>().fetch_all(&mut *conn).await?.into_iter().collect();
+            let new: Vec<&NewCase> = items.iter().filter(|it| inserted.contains(&it.message_id)).collect();
+
+            let mut existing: HashMap<(String, String), Committed> = HashMap::new();
+            if new.len() < items.len() {
+                // Grouped by channel for the same reason as in `customers_for`: the UNIQUE index serves
+                // `channel = ? AND external_id IN (…)`, not a row-value IN.
+                let mut by_channel: HashMap<&str, Vec<&String>> = HashMap::new();
+                for it in items.iter().filter(|it| !inserted.contains(&it.message_id)) {
+                    by_channel.entry(it.channel).or_default().push(&it.external_id);
+                }
+                let mut qb = QueryBuilder::<$db>::new(
+                    "SELECT m.channel, m.external_id, c.id, c.case_ref, c.status FROM messages m \
+                     JOIN cases c ON c.id = m.case_id WHERE ",
+                );
+                for (n, (channel, ids)) in by_channel.iter().enumerate() {
+                    if n > 0 {
+                        qb.push(" OR ");
+                    }
+                    qb.push("(m.channel = ").push_bind(*channel).push(" AND m.external_id IN (");
+                    let mut sep = qb.separated(", ");
+                    for id in ids {
+                        sep.push_bind(*id);
+                    }
+                    qb.push("))");
+                }
+                let rows: Vec<(String, String, String, String, String)> = qb.build_query_as().fetch_all(&mut *conn).await?;
+                for (channel, ext, case_id, case_ref, status) in rows {
+                    existing.insert((channel, ext), Committed::Duplicate { case_id, case_ref, status });
+                }
+            }
+
+            let fresh: Vec<&NewCase> = new.iter().copied().filter(|it| !it.follow_up).collect();
+            if !fresh.is_empty() {
+                let mut customers: HashMap<&str, (Option<&str>, i64)> = HashMap::new();
+                let mut identities: HashMap<(&str, &str), (&str, i64)> = HashMap::new();
+                for it in &fresh {
+                    customers.insert(&it.customer_id, (it.customer_name.as_deref(), it.now_ms));
+                    for id in &it.identities {
+                        identities.entry((id.kind.as_str(), &id.value)).or_insert((&it.customer_id, it.now_ms));
+                    }
+                }
+                let mut qb = QueryBuilder::<$db>::new("INSERT INTO customers (id, name, created_at, updated_at) ");
+                qb.push_values(&customers, |mut b, (id, (name, now))| {
+                    b.push_bind(*id).push_bind(*name).push_bind(*now).push_bind(*now);
+                });
+                qb.push(
+                    " ON CONFLICT (id) DO UPDATE SET updated_at = excluded.updated_at, \
+                     name = COALESCE(excluded.name, customers.name)",
+                );
+                qb.build().execute(&mut *conn).await?;
+
+                let mut qb = QueryBuilder::<$db>::new("INSERT INTO identities (kind, value, customer_id, created_at) ");
+                qb.push_values(&identities, |mut b, ((kind, value), (customer, now))| {
+                    b.push_bind(*kind).push_bind(*value).push_bind(*customer).push_bind(*now);
+                });
+                qb.push(" ON CONFLICT (kind, value) DO NOTHING");
+                qb.build().execute(&mut *conn).await?;
+
+                let mut qb = QueryBuilder::<$db>::new(
+                    "INSERT INTO cases (id, seq, case_ref, status, channel, source, customer_id, data, created_at, updated_at) ",
+                );
+                qb.push_values(&fresh, |mut b, it| {
+                    b.push_bind(&it.case_id)
+                        .push_bind(it.seq)
+                        .push_bind(&it.case_ref)
+                        .push_bind(it.status)
+                        .push_bind(it.channel)
+                        .push_bind(&it.source)
+                        .push_bind(&it.customer_id)
+                        .push_bind(&it.case_json)
+                        .push_bind(it.now_ms)
+                        .push_bind(it.now_ms);
+                });
+                qb.build().execute(&mut *conn).await?;
+            }
+            for it in new.iter().filter(|it| it.follow_up) {
+                sqlx::query("UPDATE cases SET updated_at = $2 WHERE id = $1")
+                    .bind(&it.case_id)
+                    .bind(it.now_ms)
+                    .execute(&mut *conn)
+                    .await?;
+            }
+
+            let jobs: Vec<(&NewCase, &super::NewJob)> =
+                new.iter().flat_map(|it| it.jobs.iter().map(move |j| (*it, j))).collect();
+            if !jobs.is_empty() {
+                let mut qb = QueryBuilder::<$db>::new(
+                    "INSERT INTO outbox (event_id, case_id, kind, destination, payload, state, attempts, \
+                     max_attempts, next_attempt_at, created_at, updated_at) ",
+                );
+                // Rows are inserted in this order, so ids follow creation order within a case.
+                qb.push_values(&jobs, |mut b, (it, j)| {
+                    b.push_bind(&j.event_id)
+                        .push_bind(&it.case_id)
+                        .push_bind(j.kind)
+                        .push_bind(&j.destination)
+                        .push_bind(&j.payload)
+                        .push_bind("pending")
+                        .push_bind(0_i64)
+                        .push_bind(j.max_attempts)
+                        .push_bind(it.now_ms)
+                        .push_bind(it.now_ms)
+                        .push_bind(it.now_ms);
+                });
+                qb.build().execute(&mut *conn).await?;
+            }
+
+            let raws: Vec<&NewCase> = new.iter().copied().filter(|it| it.raw.is_some()).collect();
+            if !raws.is_empty() {
+                let mut qb = QueryBuilder::<$db>::new("INSERT INTO raw_messages (message_id, channel, raw) ");
+                qb.push_values(&raws, |mut b, it| {
+                    b.push_bind(&it.message_id).push_bind(it.channel).push_bind(it.raw.as_deref().unwrap_or_default());
+                });
+                qb.build().execute(&mut *conn).await?;
+            }
+            let attachments: Vec<(&NewCase, &earshot_channel::AttachmentMeta)> =
+                new.iter().flat_map(|it| it.attachments.iter().map(move |a| (*it, a))).collect();
+            // One statement per attachment: contents can be megabytes, and a multi-row statement
+            // would hold them all at once.
+            for (it, a) in attachments {
+                sqlx::query(
+                    "INSERT INTO attachments (message_id, name, media_type, size, sha256, truncated, content) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                )
+                .bind(&it.message_id)
+                .bind(&a.name)
+                .bind(&a.media_type)
+                .bind(i64::try_from(a.size).unwrap_or(i64::MAX))
+                .bind(&a.sha256)
+                .bind(i64::from(a.truncated))
+                .bind(a.content.as_deref())
+                .execute(&mut *conn)
+                .await?;
+            }
+            let mut acked: HashMap<&str, i64> = HashMap::new();
+            for it in &new {
+                if let Some(addr) = &it.ack_address {
+                    acked.insert(addr, it.now_ms);
+                }
+            }
+            if !acked.is_empty() {
+                let mut qb = QueryBuilder::<$db>::new("INSERT INTO ack_log (address, last_at) ");
+                qb.push_values(&acked, |mut b, (addr, at)| {
+                    b.push_bind(*addr).push_bind(*at);
+                });
+                qb.push(" ON CONFLICT (address) DO UPDATE SET last_at = excluded.last_at");
+                qb.build().execute(&mut *conn).await?;
+            }
+
+            items
+                .iter()
+                .map(|it| {
+                    if inserted.contains(&it.message_id) {
+                        Ok(Committed::Created)
+                    } else {
+                        existing.get(&(it.channel.to_owned(), it.external_id.clone())).cloned().ok_or_else(|| {
+                            super::StoreError::Corrupt(format!(
+                                "message {}:{} exists without its case",
+                                it.channel, it.external_id
+                            ))
+                        })
+                    }
+                })
+                .collect()
+        }
+
+        pub(super) async fn lease(conn: &mut Conn, lock: &str, now_ms: i64, until_ms: i64, limit: i64) -> Result<Vec<Job>> {
+            Ok(sqlx::query_as::<_, Job>(&super::common::lease_sql(lock))
+                .bind(until_ms)
+                .bind(now_ms)
+                .bind(limit)
+                .fetch_all(&mut *conn)
+                .await?)
+        }
+
+        pub(super) async fn complete(conn: &mut Conn, id: i64, attempts: i64, now_ms: i64) -> Result<bool> {
+            let r = sqlx::query(
+                "UPDATE outbox SET state = 'done', last_error = NULL, updated_at = $3 \
+                 WHERE id = $1 AND attempts = $2 AND state = 'leased'",
+            )
+            .bind(id)
+            .bind(attempts)
+            .bind(now_ms)
+            .execute(&mut *conn)
+            .await?;
+            Ok(r.rows_affected() == 1)
+        }
+
+        pub(super) async fn fail(
+            conn: &mut Conn,
+            id: i64,
+            attempts: i64,
+            next_ms: Option<i64>,
+            error: &str,
+            now_ms: i64,
+        ) -> Result<bool> {
+            let (state, next) = match next_ms {
+                Some(at) => ("pending", at),
+                None => ("dead", now_ms),
+            };
+            let r = sqlx::query(
+                "UPDATE outbox SET state = $3, next_attempt_at = $4, last_error = $5, updated_at = $6 \
+                 WHERE id = $1 AND attempts = $2 AND state = 'leased'",
+            )
+            .bind(id)
+            .bind(attempts)
+            .bind(state)
+            .bind(next)
+            .bind(error)
+            .bind(now_ms)
+            .execute(&mut *conn)
+            .await?;
+            Ok(r.rows_affected() == 1)
+        }
+
+        pub(super) async fn set_ticket(conn: &mut Conn, case_id: &str, ticket: &str, now_ms: i64) -> Result<()> {
+            sqlx::query("UPDATE cases SET ticket_id = $2, updated_at = $3 WHERE id = $1")
+                .bind(case_id)
+                .bind(ticket)
+                .bind(now_ms)
+                .execute(&mut *conn)
+                .await?;
+            Ok(())
+        }
+
+        pub(super) async fn replay(conn: &mut Conn, id: Option<i64>, now_ms: i64) -> Result<u64> {
+            let sql = "UPDATE outbox SET state = 'pending', attempts = 0, next_attempt_at = $1, updated_at = $1 \
+                       WHERE state = 'dead'";
+            let r = match id {
+                Some(id) => sqlx::query(&format!("{sql} AND id = $2")).bind(now_ms).bind(id).execute(&mut *conn).await?,
+                None => sqlx::query(sql).bind(now_ms).execute(&mut *conn).await?,
+            };
+            Ok(r.rows_affected())
+        }
+
+        pub(super) async fn list_jobs(conn: &mut Conn, state: Option<&str>, limit: i64) -> Result<Vec<Job>> {
+            let jobs = match state {
+                Some(s) => {
+                    sqlx::query_as::<_, Job>(&format!("SELECT {JOB_COLUMNS} FROM outbox WHERE state = $1 ORDER BY id DESC LIMIT $2"))
+                        .bind(s)
+                        .bind(limit)
+                        .fetch_all(&mut *conn)
+                        .await?
+                }
+                None => {
+                    sqlx::query_as::<_, Job>(&format!("SELECT {JOB_COLUMNS} FROM outbox ORDER BY id DESC LIMIT $1"))
+                        .bind(limit)
+                        .fetch_all(&mut *conn)
+                        .await?
+                }
+            };
+            Ok(jobs)
+        }
+
+        pub(super) async fn job_counts(conn: &mut Conn) -> Result<Vec<(String, i64)>> {
+            Ok(sqlx::query_as("SELECT state, COUNT(*) FROM outbox GROUP BY state ORDER BY state").fetch_all(&mut *conn).await?)
+        }
+
+        pub(super) async fn list_cases(conn: &mut Conn, limit: i64) -> Result<Vec<CaseRow>> {
+            Ok(sqlx::query_as(&format!("SELECT {CASE_COLUMNS} FROM cases ORDER BY seq DESC LIMIT $1"))
+                .bind(limit)
+                .fetch_all(&mut *conn)
+                .await?)
+        }
+
+        pub(super) async fn get_case(conn: &mut Conn, id: &str) -> Result<Option<(CaseRow, Vec<String>)>> {
+            let row: Option<CaseRow> = sqlx::query_as(&format!("SELECT {CASE_COLUMNS} FROM cases WHERE id = $1"))
+                .bind(id)
+                .fetch_optional(&mut *conn)
+                .await?;
+            let Some(row) = row else { return Ok(None) };
+            let messages: Vec<String> =
+                sqlx::query_scalar("SELECT data FROM messages WHERE case_id = $1 ORDER BY received_at, id")
+                    .bind(id)
+                    .fetch_all(&mut *conn)
+                    .await?;
+            Ok(Some((row, messages)))
+        }
+
+        pub(super) async fn count_cases(conn: &mut Conn) -> Result<i64> {
+            Ok(sqlx::query_scalar("SELECT COUNT(*) FROM cases").fetch_one(&mut *conn).await?)
+        }
+
+        fn in_list<'a>(qb: &mut QueryBuilder<'a, $db>, values: &'a [String]) {
+            qb.push("(");
+            let mut sep = qb.separated(", ");
+            for v in values {
+                sep.push_bind(v);
+            }
+            qb.push(")");
+        }
+
+        pub(super) async fn find_thread(
+            conn: &mut Conn,
+            channel: &str,
+            message_ids: &[String],
+            event_ids: &[String],
+            refs: &[String],
+        ) -> Result<Vec<super::ThreadHit>> {
+            let mut hits = Vec::new();
+            type Row = (String, String, String, String, String);
+            let to_hit = |(case_id, case_ref, status, customer_id, matched): Row| super::ThreadHit {
+                case_id,
+                case_ref,
+                status,
+                customer_id,
+                matched,
+            };
+            if !message_ids.is_empty() {
+                let mut qb = QueryBuilder::<$db>::new(
+                    "SELECT c.id, c.case_ref, c.status, c.customer_id, m.external_id FROM messages m \
+                     JOIN cases c ON c.id = m.case_id WHERE m.channel = ",
+                );
+                qb.push_bind(channel).push(" AND m.external_id IN ");
+                in_list(&mut qb, message_ids);
+                let rows: Vec<Row> = qb.build_query_as().fetch_all(&mut *conn).await?;
+                hits.extend(rows.into_iter().map(to_hit));
+            }
+            if !event_ids.is_empty() {
+                let mut qb = QueryBuilder::<$db>::new(
+                    "SELECT c.id, c.case_ref, c.status, c.customer_id, o.event_id FROM outbox o \
+                     JOIN cases c ON c.id = o.case_id WHERE o.event_id IN ",
+                );
+                in_list(&mut qb, event_ids);
+                let rows: Vec<Row> = qb.build_query_as().fetch_all(&mut *conn).await?;
+                hits.extend(rows.into_iter().map(to_hit));
+            }
+            // References are looked up through the sequence number they encode (cases.seq is indexed).
+            let seqs: Vec<i64> = refs
+                .iter()
+                .filter_map(|r| earshot_channel::CaseRef::parse(r).ok())
+                .filter_map(|r| i64::try_from(r.seq()).ok())
+                .collect();
+            if !seqs.is_empty() {
+                let mut qb = QueryBuilder::<$db>::new(
+                    "SELECT c.id, c.case_ref, c.status, c.customer_id, c.case_ref FROM cases c WHERE c.seq IN (",
+                );
+                let mut sep = qb.separated(", ");
+                for s in &seqs {
+                    sep.push_bind(*s);
+                }
+                qb.push(")");
+                let rows: Vec<Row> = qb.build_query_as().fetch_all(&mut *conn).await?;
+                hits.extend(rows.into_iter().map(to_hit));
+            }
+            Ok(hits)
+        }
+
+        pub(super) async fn job_by_event_id(conn: &mut Conn, event_id: &str) -> Result<Option<Job>> {
+            Ok(sqlx::query_as::<_, Job>(&format!("SELECT {JOB_COLUMNS} FROM outbox WHERE event_id = $1"))
+                .bind(event_id)
+                .fetch_optional(&mut *conn)
+                .await?)
+        }
+
+        pub(super) async fn load_cursor(conn: &mut Conn, name: &str) -> Result<Option<String>> {
+            Ok(sqlx::query_scalar("SELECT value FROM cursors WHERE name = $1").bind(name).fetch_optional(&mut *conn).await?)
+        }
+
+        pub(super) async fn save_cursor(conn: &mut Conn, name: &str, value: &str, now_ms: i64) -> Result<()> {
+            sqlx::query(
+                "INSERT INTO cursors (name, value, updated_at) VALUES ($1, $2, $3) \
+                 ON CONFLICT (name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+            )
+            .bind(name)
+            .bind(value)
+            .bind(now_ms)
+            .execute(&mut *conn)
+            .await?;
+            Ok(())
+        }
+
+        pub(super) async fn try_lease(conn: &mut Conn, name: &str, holder: &str, now_ms: i64, ttl_ms: i64) -> Result<bool> {
+            let r = sqlx::query(
+                "INSERT INTO leases (name, holder, expires_at) VALUES ($1, $2, $3) \
+                 ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at \
+                 WHERE leases.holder = excluded.holder OR leases.expires_at < $4",
+            )
+            .bind(name)
+            .bind(holder)
+            .bind(now_ms + ttl_ms)
+            .bind(now_ms)
+            .execute(&mut *conn)
+            .await?;
+            Ok(r.rows_affected() == 1)
+        }
+
+        pub(super) async fn release_lease(conn: &mut Conn, name: &str, holder: &str) -> Result<()> {
+            sqlx::query("DELETE FROM leases WHERE name = $1 AND holder = $2").bind(name).bind(holder).execute(&mut *conn).await?;
+            Ok(())
+        }
+
+        pub(super) async fn quarantine(
+            conn: &mut Conn,
+            channel: &str,
+            source: &str,
+            reason: &str,
+            raw: &[u8],
+            now_ms: i64,
+        ) -> Result<i64> {
+            Ok(sqlx::query_scalar(
+                "INSERT INTO quarantine (channel, source, reason, raw, created_at) VALUES ($1, $2, $3, $4, $5) RETURNING id",
+            )
+            .bind(channel)
+            .bind(source)
+            .bind(reason)
+            .bind(raw)
+            .bind(now_ms)
+            .fetch_one(&mut *conn)
+            .await?)
+        }
+
+        pub(super) async fn list_quarantine(conn: &mut Conn, limit: i64) -> Result<Vec<super::QuarantineRow>> {
+            Ok(sqlx::query_as(
+                "SELECT id, channel, source, reason, CAST(LENGTH(raw) AS BIGINT) AS size, created_at FROM quarantine \
+                 ORDER BY id DESC LIMIT $1",
+            )
+            .bind(limit)
+            .fetch_all(&mut *conn)
+            .await?)
+        }
+
+        pub(super) async fn record_event(conn: &mut Conn, e: &super::NewEvent) -> Result<()> {
+            sqlx::query(
+                "INSERT INTO channel_events (channel, source, kind, external_id, sender, subject, data, raw, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (channel, external_id) DO NOTHING",
+            )
+            .bind(e.channel)
+            .bind(&e.source)
+            .bind(&e.kind)
+            .bind(&e.external_id)
+            .bind(&e.sender)
+            .bind(&e.subject)
+            .bind(&e.data)
+            .bind(e.raw.as_deref())
+            .bind(e.now_ms)
+            .execute(&mut *conn)
+            .await?;
+            Ok(())
+        }
+
+        pub(super) async fn count_events(conn: &mut Conn, kind: Option<&str>) -> Result<i64> {
+            Ok(match kind {
+                Some(k) => sqlx::query_scalar("SELECT COUNT(*) FROM channel_events WHERE kind = $1").bind(k).fetch_one(&mut *conn).await?,
+                None => sqlx::query_scalar("SELECT COUNT(*) FROM channel_events").fetch_one(&mut *conn).await?,
+            })
+        }
+
+        pub(super) async fn suppress(conn: &mut Conn, address: &str, reason: &str, until_ms: i64) -> Result<()> {
+            sqlx::query(
+                "INSERT INTO suppressions (address, reason, until) VALUES ($1, $2, $3) \
+                 ON CONFLICT (address) DO UPDATE SET reason = excluded.reason, until = excluded.until",
+            )
+            .bind(address)
+            .bind(reason)
+            .bind(until_ms)
+            .execute(&mut *conn)
+            .await?;
+            Ok(())
+        }
+
+        pub(super) async fn suppressed(conn: &mut Conn, addresses: &[String], now_ms: i64) -> Result<Vec<String>> {
+            if addresses.is_empty() {
+                return Ok(Vec::new());
+            }
+            let mut qb = QueryBuilder::<$db>::new("SELECT address FROM suppressions WHERE until > ");
+            qb.push_bind(now_ms).push(" AND address IN ");
+            in_list(&mut qb, addresses);
+            Ok(qb.build_query_scalar().fetch_all(&mut *conn).await?)
+        }
+
+        pub(super) async fn acked_since(conn: &mut Conn, addresses: &[String], since_ms: i64) -> Result<Vec<String>> {
+            if addresses.is_empty() {
+                return Ok(Vec::new());
+            }
+            let mut qb = QueryBuilder::<$db>::new("SELECT address FROM ack_log WHERE last_at >= ");
+            qb.push_bind(since_ms).push(" AND address IN ");
+            in_list(&mut qb, addresses);
+            Ok(qb.build_query_scalar().fetch_all(&mut *conn).await?)
+        }
+
+        pub(super) async fn raw_messages(
+            conn: &mut Conn,
+            after: &str,
+            limit: i64,
+        ) -> Result<Vec<(String, String, Vec<u8>, String)>> {
+            Ok(sqlx::query_as(
+                "SELECT r.message_id, r.channel, r.raw, m.data FROM raw_messages r \
+                 JOIN messages m ON m.id = r.message_id WHERE r.message_id > $1 ORDER BY r.message_id LIMIT $2",
+            )
+            .bind(after)
+            .bind(limit)
+            .fetch_all(&mut *conn)
+            .await?)
+        }
+
+        pub(super) async fn update_message(conn: &mut Conn, message_id: &str, data: &str) -> Result<()> {
+            sqlx::query("UPDATE messages SET data = $2 WHERE id = $1").bind(message_id).bind(data).execute(&mut *conn).await?;
+            Ok(())
+        }
+
+        pub(super) async fn applied_migrations(conn: &mut Conn) -> Result<i64> {
+            Ok(sqlx::query_scalar("SELECT COUNT(*) FROM _sqlx_migrations WHERE success").fetch_one(&mut *conn).await?)
+        }
+    };
+}
+
+pub(super) use shared_queries;

@@ -1,0 +1,269 @@
+//! The store: one [`Store`] interface, two sqlx backends (SQLite, the embedded default; PostgreSQL, for
+//! several instances sharing one database), migrations per backend under `migrations/`.
+//!
+//! Invariant: a case, its first message and all its outbox jobs are written in one transaction
+//! ([`Store::commit_batch`]); `(channel, external_id)` is unique, so the same message never makes two cases.
+
+mod common;
+mod postgres;
+mod sqlite;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use earshot_channel::Identity;
+use serde::Serialize;
+
+pub use postgres::PgStore;
+pub use sqlite::SqliteStore;
+
+/// A prepared new case: every row is rendered before the transaction starts.
+#[derive(Debug, Clone)]
+pub struct NewCase {
+    pub channel: &'static str,
+    pub external_id: String,
+    pub case_id: String,
+    pub seq: i64,
+    pub case_ref: String,
+    pub status: &'static str,
+    pub source: String,
+    pub customer_id: String,
+    pub customer_name: Option<String>,
+    pub identities: Vec<Identity>,
+    pub message_id: String,
+    /// The `Message` as JSON.
+    pub message_json: String,
+    /// The `Case` as JSON, without its messages (they live in `messages`).
+    pub case_json: String,
+    pub now_ms: i64,
+    pub jobs: Vec<NewJob>,
+    /// The case already exists: only the message and jobs are added (a follow-up).
+    pub follow_up: bool,
+    /// The raw message, kept for `earshot reparse`.
+    pub raw: Option<bytes::Bytes>,
+    pub attachments: Vec<earshot_channel::AttachmentMeta>,
+    /// An acknowledgement to this address is among the jobs: remember when (one per window).
+    pub ack_address: Option<String>,
+}
+
+/// A case that an incoming message's thread hint points at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ThreadHit {
+    pub case_id: String,
+    pub case_ref: String,
+    pub status: String,
+    pub customer_id: String,
+    /// The message id, event id or case reference that matched.
+    pub matched: String,
+}
+
+/// A quarantined message in a listing.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct QuarantineRow {
+    pub id: i64,
+    pub channel: String,
+    pub source: String,
+    pub reason: String,
+    pub size: i64,
+    pub created_at: i64,
+}
+
+/// A stored channel event (bounce, report, unthreaded automatic reply).
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub channel: &'static str,
+    pub source: String,
+    pub kind: String,
+    pub external_id: String,
+    pub sender: Option<String>,
+    pub subject: Option<String>,
+    pub data: String,
+    pub raw: Option<bytes::Bytes>,
+    pub now_ms: i64,
+}
+
+/// One outbox job to create with a case.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    pub event_id: String,
+    pub kind: &'static str,
+    pub destination: String,
+    pub payload: String,
+    pub max_attempts: i64,
+}
+
+/// What became of one [`NewCase`] in a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Committed {
+    Created,
+    /// The message was already stored: these are the ids of its case.
+    Duplicate {
+        case_id: String,
+        case_ref: String,
+        status: String,
+    },
+}
+
+/// An outbox job as leased or listed.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct Job {
+    pub id: i64,
+    pub event_id: String,
+    pub case_id: String,
+    pub kind: String,
+    pub destination: String,
+    #[serde(skip)]
+    pub payload: String,
+    pub state: String,
+    pub attempts: i64,
+    pub max_attempts: i64,
+    pub next_attempt_at: i64,
+    pub last_error: Option<String>,
+    pub created_at: i64,
+}
+
+/// A case in a listing.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct CaseRow {
+    pub id: String,
+    pub case_ref: String,
+    pub status: String,
+    pub channel: String,
+    pub source: String,
+    pub ticket_id: Option<String>,
+    #[serde(skip)]
+    pub data: String,
+    pub created_at: i64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("stored data is not valid: {0}")]
+    Corrupt(String),
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    fn backend(&self) -> &'static str;
+
+    /// Applies pending migrations.
+    async fn migrate(&self) -> Result<()>;
+
+    /// Ok when the database answers and every migration this binary knows is applied.
+    async fn ready(&self) -> Result<()>;
+
+    /// `n` fresh case sequence numbers (gaps are allowed; duplicates never).
+    async fn next_seqs(&self, n: usize) -> Result<Vec<i64>>;
+
+    /// The customers already known by any of these identities.
+    async fn customers_for(&self, identities: &[Identity]) -> Result<HashMap<Identity, String>>;
+
+    /// Commits all of `items` in one transaction, skipping (and reporting) those whose
+    /// `(channel, external_id)` is already stored. Either every row is written or none is.
+    async fn commit_batch(&self, items: &[NewCase]) -> Result<Vec<Committed>>;
+
+    /// Leases up to `limit` due jobs until `lease_until_ms`, oldest first, never two of one case and
+    /// destination at once nor a job while an earlier one of its case and destination is unfinished.
+    async fn lease_jobs(&self, now_ms: i64, lease_until_ms: i64, limit: i64) -> Result<Vec<Job>>;
+
+    /// Marks a leased job done. `attempts` fences out a worker whose lease has expired: false means
+    /// another worker owns the job now and nothing was changed.
+    async fn complete_job(&self, id: i64, attempts: i64, now_ms: i64) -> Result<bool>;
+
+    /// Puts a leased job back for a later attempt, or to `dead` when `next_attempt_ms` is `None`.
+    async fn fail_job(
+        &self,
+        id: i64,
+        attempts: i64,
+        next_attempt_ms: Option<i64>,
+        error: &str,
+        now_ms: i64,
+    ) -> Result<bool>;
+
+    async fn set_ticket_id(&self, case_id: &str, ticket_id: &str, now_ms: i64) -> Result<()>;
+
+    /// Jobs, newest first, optionally of one state.
+    async fn list_jobs(&self, state: Option<&str>, limit: i64) -> Result<Vec<Job>>;
+
+    /// Makes a dead job pending again with fresh attempts; false if it is not dead.
+    async fn replay_job(&self, id: i64, now_ms: i64) -> Result<bool>;
+
+    /// Replays every dead job; returns how many.
+    async fn replay_all_dead(&self, now_ms: i64) -> Result<u64>;
+
+    /// Job counts by state.
+    async fn job_counts(&self) -> Result<Vec<(String, i64)>>;
+
+    async fn list_cases(&self, limit: i64) -> Result<Vec<CaseRow>>;
+
+    /// A case row with the JSON of its messages, oldest first.
+    async fn get_case(&self, id: &str) -> Result<Option<(CaseRow, Vec<String>)>>;
+
+    async fn count_cases(&self) -> Result<i64>;
+
+    /// Cases that messages with these ids (channel messages), outbox event ids (our own outbound
+    /// messages) or case references belong to.
+    async fn find_thread(
+        &self,
+        channel: &str,
+        message_ids: &[String],
+        event_ids: &[String],
+        refs: &[String],
+    ) -> Result<Vec<ThreadHit>>;
+
+    /// The outbox job with this event id (to find what a bounce is about).
+    async fn job_by_event_id(&self, event_id: &str) -> Result<Option<Job>>;
+
+    async fn load_cursor(&self, name: &str) -> Result<Option<String>>;
+
+    async fn save_cursor(&self, name: &str, value: &str, now_ms: i64) -> Result<()>;
+
+    /// Takes the lease if it is free, expired or already ours; renews it to `now + ttl`.
+    async fn try_lease(&self, name: &str, holder: &str, now_ms: i64, ttl_ms: i64) -> Result<bool>;
+
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<()>;
+
+    async fn quarantine(&self, channel: &str, source: &str, reason: &str, raw: &[u8], now_ms: i64) -> Result<i64>;
+
+    async fn list_quarantine(&self, limit: i64) -> Result<Vec<QuarantineRow>>;
+
+    /// Stores an event; a repeat of the same `(channel, external_id)` is ignored.
+    async fn record_event(&self, event: &NewEvent) -> Result<()>;
+
+    async fn count_events(&self, kind: Option<&str>) -> Result<i64>;
+
+    /// Marks an address undeliverable until `until_ms`.
+    async fn suppress(&self, address: &str, reason: &str, until_ms: i64) -> Result<()>;
+
+    /// Of these addresses, those suppressed at `now_ms`.
+    async fn suppressed(&self, addresses: &[String], now_ms: i64) -> Result<Vec<String>>;
+
+    /// Of these addresses, those acknowledged at or after `since_ms`.
+    async fn acked_since(&self, addresses: &[String], since_ms: i64) -> Result<Vec<String>>;
+
+    /// Raw messages with ids after `after` (message id order) and their message JSON, for reparse.
+    async fn raw_messages(&self, after: &str, limit: i64) -> Result<Vec<(String, String, Vec<u8>, String)>>;
+
+    /// Replaces a message's JSON (after reparse).
+    async fn update_message(&self, message_id: &str, data: &str) -> Result<()>;
+
+    async fn close(&self);
+}
+
+/// Opens the store named by `url` (`sqlite://…` or `postgres://…`) and applies migrations.
+pub async fn open(url: &str, max_connections: u32) -> Result<Arc<dyn Store>> {
+    let store: Arc<dyn Store> = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Arc::new(PgStore::connect(url, max_connections).await?)
+    } else {
+        Arc::new(SqliteStore::open(url, max_connections).await?)
+    };
+    store.migrate().await?;
+    Ok(store)
+}

@@ -1,0 +1,11 @@
+//! Earshot's integration tests: real HTTP against the gateway, real PostgreSQL, the real binary.
+
+mod support;
+
+mod email;
+mod intake;
+mod mailsrv;
+mod outbox;
+mod process;
+mod store;
+mod web;

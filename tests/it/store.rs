@@ -1,0 +1,777 @@
+//! The store contract, run against both backends: every check is one `check_*` function, and each
+//! runs as a `sqlite_*` and a `postgres_*` test (the PostgreSQL one skips when no server is reachable).
+//!
+//! Times are explicit milliseconds (the store takes them as arguments), so leases, retries and ordering
+//! are checked at exact instants instead of by sleeping.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use earshot::schema::{CaseId, CaseRef, EventId, MessageId};
+use earshot::store::{Committed, Job, NewCase, NewJob, Store};
+use earshot_channel::{Identity, IdentityKind};
+use serde_json::json;
+
+use crate::support::TestDb;
+
+/// An arbitrary fixed "now"; every check counts from it.
+const T0: i64 = 1_700_000_000_000;
+const LEASE_MS: i64 = 30_000;
+const TICKETS: &str = "downstream:tickets";
+const WEB: &str = "channel:web";
+
+/// One pair of tests per check. `store` checks get one opened store; `db` checks get the database and
+/// open what they need (two stores, raw connections).
+macro_rules! on_both_backends {
+    (store $check:ident => $sqlite:ident, $postgres:ident) => {
+        #[tokio::test]
+        async fn $sqlite() {
+            let db = TestDb::sqlite();
+            let store = db.store().await;
+            $check(&*store).await;
+            store.close().await;
+            db.cleanup().await;
+        }
+
+        #[tokio::test]
+        async fn $postgres() {
+            let Some(db) = TestDb::postgres().await else {
+                return;
+            };
+            let store = db.store().await;
+            $check(&*store).await;
+            store.close().await;
+            db.cleanup().await;
+        }
+    };
+    (db $check:ident => $sqlite:ident, $postgres:ident) => {
+        #[tokio::test]
+        async fn $sqlite() {
+            let db = TestDb::sqlite();
+            $check(&db).await;
+            db.cleanup().await;
+        }
+
+        #[tokio::test]
+        async fn $postgres() {
+            let Some(db) = TestDb::postgres().await else {
+                return;
+            };
+            $check(&db).await;
+            db.cleanup().await;
+        }
+    };
+}
+
+on_both_backends!(store check_commit_creates_everything => sqlite_commit_creates_everything, postgres_commit_creates_everything);
+on_both_backends!(store check_full_size_batch => sqlite_full_size_batch, postgres_full_size_batch);
+on_both_backends!(store check_exact_dedup => sqlite_exact_dedup, postgres_exact_dedup);
+on_both_backends!(store check_same_key_twice_in_one_batch => sqlite_same_key_twice_in_one_batch, postgres_same_key_twice_in_one_batch);
+on_both_backends!(db check_batch_is_all_or_nothing => sqlite_batch_is_all_or_nothing, postgres_batch_is_all_or_nothing);
+on_both_backends!(db check_seqs_continue_after_reopen => sqlite_seqs_continue_after_reopen, postgres_seqs_continue_after_reopen);
+on_both_backends!(store check_leasing => sqlite_leasing, postgres_leasing);
+on_both_backends!(store check_per_case_ordering => sqlite_per_case_ordering, postgres_per_case_ordering);
+on_both_backends!(store check_dead_and_replay => sqlite_dead_and_replay, postgres_dead_and_replay);
+on_both_backends!(store check_ticket_id => sqlite_ticket_id, postgres_ticket_id);
+on_both_backends!(store check_customers_for => sqlite_customers_for, postgres_customers_for);
+
+// Concurrency: SQLite is written by one process, so its concurrent callers share one store; on
+// PostgreSQL they are two stores (two pools, as two gateway instances) on one database.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_next_seqs_concurrent() {
+    let db = TestDb::sqlite();
+    let store = db.store().await;
+    check_seqs_concurrent(&[store.clone(), store.clone()]).await;
+    store.close().await;
+    db.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_next_seqs_concurrent() {
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
+    let (a, b) = (db.store().await, db.store().await);
+    check_seqs_concurrent(&[a.clone(), b.clone()]).await;
+    a.close().await;
+    b.close().await;
+    db.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_concurrent_leasing() {
+    let db = TestDb::sqlite();
+    let store = db.store().await;
+    check_concurrent_leasing(&[store.clone(), store.clone()]).await;
+    store.close().await;
+    db.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_concurrent_leasing() {
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
+    let (a, b) = (db.store().await, db.store().await);
+    check_concurrent_leasing(&[a.clone(), b.clone()]).await;
+    a.close().await;
+    b.close().await;
+    db.cleanup().await;
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Helpers
+
+fn uid() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+/// A new web case received at `now_ms` with one job per destination (in this order). Every id and the
+/// external id are fresh, so cases of one test never collide by accident.
+fn new_case(seq: i64, now_ms: i64, destinations: &[&str]) -> NewCase {
+    let u = uid();
+    let case_id = CaseId::generate().0;
+    let message_id = MessageId::generate().0;
+    let external_id = format!("ext_{u}");
+    NewCase {
+        channel: "web",
+        external_id: external_id.clone(),
+        case_id: case_id.clone(),
+        seq,
+        case_ref: CaseRef::from_seq(u64::try_from(seq).expect("sequence numbers are positive")).to_string(),
+        status: "new",
+        source: "site".to_owned(),
+        customer_id: format!("cus_{u}"),
+        customer_name: Some("Li Wei".to_owned()),
+        identities: vec![Identity { kind: IdentityKind::Email, value: format!("{u}@example.com") }],
+        message_id: message_id.clone(),
+        message_json: json!({ "id": message_id, "external_id": external_id, "text": "The cup arrived broken." })
+            .to_string(),
+        case_json: json!({ "id": case_id, "seq": seq }).to_string(),
+        now_ms,
+        jobs: destinations
+            .iter()
+            .map(|d| NewJob {
+                event_id: EventId::generate().0,
+                kind: "case.created",
+                destination: (*d).to_owned(),
+                payload: json!({ "case_id": case_id, "destination": d }).to_string(),
+                max_attempts: 5,
+            })
+            .collect(),
+        follow_up: false,
+        raw: None,
+        attachments: vec![],
+        ack_address: None,
+    }
+}
+
+/// Another delivery of `original`'s message: same channel and external id, everything else new.
+fn redelivery_of(original: &NewCase, seq: i64, now_ms: i64, destinations: &[&str]) -> NewCase {
+    let mut again = new_case(seq, now_ms, destinations);
+    again.external_id = original.external_id.clone();
+    again
+}
+
+fn duplicate_of(original: &NewCase) -> Committed {
+    Committed::Duplicate {
+        case_id: original.case_id.clone(),
+        case_ref: original.case_ref.clone(),
+        status: original.status.to_owned(),
+    }
+}
+
+async fn seqs(store: &dyn Store, n: usize) -> Vec<i64> {
+    let seqs = store.next_seqs(n).await.expect("next_seqs");
+    assert_eq!(seqs.len(), n, "next_seqs({n}) returns {n} numbers: {seqs:?}");
+    seqs
+}
+
+async fn commit(store: &dyn Store, items: &[NewCase]) -> Vec<Committed> {
+    store.commit_batch(items).await.expect("commit_batch")
+}
+
+async fn job_counts(store: &dyn Store) -> BTreeMap<String, i64> {
+    store.job_counts().await.expect("job_counts").into_iter().collect()
+}
+
+fn counts(pairs: &[(&str, i64)]) -> BTreeMap<String, i64> {
+    pairs.iter().map(|(s, n)| ((*s).to_owned(), *n)).collect()
+}
+
+async fn all_jobs(store: &dyn Store) -> Vec<Job> {
+    let mut jobs = store.list_jobs(None, 100_000).await.expect("list_jobs");
+    jobs.sort_by_key(|j| j.id);
+    jobs
+}
+
+async fn job(store: &dyn Store, id: i64) -> Job {
+    all_jobs(store).await.into_iter().find(|j| j.id == id).unwrap_or_else(|| panic!("job {id} exists"))
+}
+
+/// The jobs of one case, oldest first.
+async fn jobs_of(store: &dyn Store, case_id: &str) -> Vec<Job> {
+    all_jobs(store).await.into_iter().filter(|j| j.case_id == case_id).collect()
+}
+
+/// Leases until `now_ms + LEASE_MS`. The result is sorted by id: "oldest first" is about which jobs
+/// are chosen under the limit; the worker delivers a leased batch concurrently, so the order of the
+/// returned rows means nothing (and `UPDATE … RETURNING` does not promise one).
+async fn lease(store: &dyn Store, now_ms: i64, limit: i64) -> Vec<Job> {
+    let mut jobs = store.lease_jobs(now_ms, now_ms + LEASE_MS, limit).await.expect("lease_jobs");
+    jobs.sort_by_key(|j| j.id);
+    jobs
+}
+
+fn ids(jobs: &[Job]) -> Vec<i64> {
+    jobs.iter().map(|j| j.id).collect()
+}
+
+/// Runs statements on the test database beside the store, for what the `Store` API cannot do.
+async fn raw_exec(url: &str, sql: &str) {
+    use sqlx::Connection;
+    let result = if url.starts_with("postgres") {
+        let mut conn = sqlx::PgConnection::connect(url).await.expect("connect to the test database");
+        let r = sqlx::raw_sql(sql).execute(&mut conn).await.map(drop);
+        let _ = conn.close().await;
+        r
+    } else {
+        let mut conn = sqlx::SqliteConnection::connect(url).await.expect("open the test database");
+        let r = sqlx::raw_sql(sql).execute(&mut conn).await.map(drop);
+        let _ = conn.close().await;
+        r
+    };
+    if let Err(e) = result {
+        panic!("{sql}: {e}");
+    }
+}
+
+/// Committed rows of `table`, counted on a connection of its own (so only what was really committed).
+async fn raw_count(url: &str, table: &str) -> i64 {
+    use sqlx::Connection;
+    let sql = format!("SELECT COUNT(*) FROM {table}");
+    if url.starts_with("postgres") {
+        let mut conn = sqlx::PgConnection::connect(url).await.expect("connect to the test database");
+        let n = sqlx::query_scalar(&sql).fetch_one(&mut conn).await.expect("count rows");
+        let _ = conn.close().await;
+        n
+    } else {
+        let mut conn = sqlx::SqliteConnection::connect(url).await.expect("open the test database");
+        let n = sqlx::query_scalar(&sql).fetch_one(&mut conn).await.expect("count rows");
+        let _ = conn.close().await;
+        n
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Checks
+
+async fn check_commit_creates_everything(store: &dyn Store) {
+    assert_eq!(store.count_cases().await.expect("count"), 0);
+    assert!(job_counts(store).await.is_empty());
+    assert_eq!(commit(store, &[]).await, vec![], "an empty batch is a no-op");
+
+    let s = seqs(store, 3).await;
+    let a = new_case(s[0], T0, &[TICKETS, WEB]);
+    let b = new_case(s[1], T0 + 1, &[TICKETS]);
+    let c = new_case(s[2], T0 + 2, &[]);
+    assert_eq!(commit(store, &[a.clone(), b.clone()]).await, vec![Committed::Created, Committed::Created]);
+    assert_eq!(commit(store, std::slice::from_ref(&c)).await, vec![Committed::Created]);
+
+    assert_eq!(store.count_cases().await.expect("count"), 3);
+    assert_eq!(job_counts(store).await, counts(&[("pending", 3)]));
+
+    let (row, messages) = store.get_case(&a.case_id).await.expect("get_case").expect("case a is stored");
+    assert_eq!(row.id, a.case_id);
+    assert_eq!(row.case_ref, a.case_ref);
+    assert_eq!(row.status, "new");
+    assert_eq!(row.channel, "web");
+    assert_eq!(row.source, "site");
+    assert_eq!(row.ticket_id, None);
+    assert_eq!(row.data, a.case_json);
+    assert_eq!(row.created_at, T0);
+    assert_eq!(messages, vec![a.message_json.clone()]);
+    let (_, messages) = store.get_case(&c.case_id).await.expect("get_case").expect("case c is stored");
+    assert_eq!(messages, vec![c.message_json.clone()], "a case without jobs still has its message");
+    assert!(store.get_case("case_unknown").await.expect("get_case").is_none());
+
+    // Newest first, whatever batch they came in.
+    let listed: Vec<String> = store.list_cases(10).await.expect("list_cases").into_iter().map(|r| r.id).collect();
+    assert_eq!(listed, vec![c.case_id.clone(), b.case_id.clone(), a.case_id.clone()]);
+    let listed: Vec<String> = store.list_cases(2).await.expect("list_cases").into_iter().map(|r| r.id).collect();
+    assert_eq!(listed, vec![c.case_id.clone(), b.case_id.clone()], "the limit keeps the newest");
+
+    let newest_first = ids(&store.list_jobs(None, 10).await.expect("list_jobs"));
+    assert_eq!(newest_first.len(), 3);
+    assert!(newest_first.windows(2).all(|w| w[0] > w[1]), "list_jobs is newest first: {newest_first:?}");
+
+    // Each job as rendered, in the order the case listed them (ids follow creation order).
+    let a_jobs = jobs_of(store, &a.case_id).await;
+    assert_eq!(a_jobs.len(), 2);
+    for (stored, wanted) in a_jobs.iter().zip(&a.jobs) {
+        assert_eq!(stored.event_id, wanted.event_id);
+        assert_eq!(stored.kind, wanted.kind);
+        assert_eq!(stored.destination, wanted.destination);
+        assert_eq!(stored.payload, wanted.payload);
+        assert_eq!(stored.max_attempts, wanted.max_attempts);
+        assert_eq!(stored.state, "pending");
+        assert_eq!(stored.attempts, 0);
+        assert_eq!(stored.next_attempt_at, T0, "a new job is due when its case is created");
+        assert_eq!(stored.created_at, T0);
+        assert_eq!(stored.last_error, None);
+    }
+    assert_eq!(jobs_of(store, &b.case_id).await.len(), 1);
+    assert!(jobs_of(store, &c.case_id).await.is_empty());
+
+    // The customers and their identities were written with the cases.
+    for it in [&a, &b, &c] {
+        let known = store.customers_for(&it.identities).await.expect("customers_for");
+        assert_eq!(known, HashMap::from([(it.identities[0].clone(), it.customer_id.clone())]));
+    }
+}
+
+/// A batch as large as the intake writer's default `max_batch` (256), with several jobs per case,
+/// fits in one statement per table on both backends.
+async fn check_full_size_batch(store: &dyn Store) {
+    let s = seqs(store, 256).await;
+    let items: Vec<NewCase> =
+        s.iter().enumerate().map(|(i, seq)| new_case(*seq, T0 + i as i64, &[TICKETS, WEB, "downstream:crm"])).collect();
+    let results = commit(store, &items).await;
+    assert!(results.iter().all(|r| *r == Committed::Created), "{results:?}");
+    assert_eq!(store.count_cases().await.expect("count"), 256);
+    assert_eq!(job_counts(store).await, counts(&[("pending", 768)]));
+}
+
+async fn check_exact_dedup(store: &dyn Store) {
+    let s = seqs(store, 2).await;
+    let original = new_case(s[0], T0, &[TICKETS]);
+    assert_eq!(commit(store, std::slice::from_ref(&original)).await, vec![Committed::Created]);
+
+    // The same message again, rendered anew (new case and message ids, more jobs): reported with the
+    // original case's ids, and nothing of the new rendering is stored.
+    let again = redelivery_of(&original, s[1], T0 + 5, &[TICKETS, WEB]);
+    assert_eq!(commit(store, std::slice::from_ref(&again)).await, vec![duplicate_of(&original)]);
+    assert_eq!(store.count_cases().await.expect("count"), 1);
+    assert_eq!(job_counts(store).await, counts(&[("pending", 1)]));
+    assert!(store.get_case(&again.case_id).await.expect("get_case").is_none());
+    let (_, messages) = store.get_case(&original.case_id).await.expect("get_case").expect("original case");
+    assert_eq!(messages, vec![original.message_json.clone()], "the redelivered message is not stored twice");
+    assert!(
+        store.customers_for(&again.identities).await.expect("customers_for").is_empty(),
+        "a duplicate's customer is not created"
+    );
+
+    // Mixed with new items in a later batch: the new ones are created, the duplicate reported in place.
+    // The same external id on another channel is another message.
+    let s = seqs(store, 4).await;
+    let first = new_case(s[0], T0 + 10, &[TICKETS]);
+    let once_more = redelivery_of(&original, s[1], T0 + 11, &[TICKETS]);
+    let second = new_case(s[2], T0 + 12, &[WEB]);
+    let mut by_email = redelivery_of(&original, s[3], T0 + 13, &[TICKETS]);
+    by_email.channel = "email";
+    let results = commit(store, &[first.clone(), once_more.clone(), second.clone(), by_email.clone()]).await;
+    assert_eq!(results, vec![Committed::Created, duplicate_of(&original), Committed::Created, Committed::Created]);
+    assert_eq!(store.count_cases().await.expect("count"), 4);
+    assert_eq!(job_counts(store).await, counts(&[("pending", 4)]));
+    assert!(store.get_case(&once_more.case_id).await.expect("get_case").is_none());
+    assert!(jobs_of(store, &once_more.case_id).await.is_empty());
+    for it in [&first, &second, &by_email] {
+        assert!(store.get_case(&it.case_id).await.expect("get_case").is_some(), "{} is stored", it.case_id);
+        assert_eq!(jobs_of(store, &it.case_id).await.len(), 1);
+    }
+}
+
+/// The intake writer merges identical deliveries before a batch, so `commit_batch` is not required to
+/// accept one key twice in a batch; but whatever it does, it must not make two cases or half of one.
+async fn check_same_key_twice_in_one_batch(store: &dyn Store) {
+    let s = seqs(store, 2).await;
+    let first = new_case(s[0], T0, &[TICKETS]);
+    let copy = redelivery_of(&first, s[1], T0, &[TICKETS]);
+    match store.commit_batch(&[first.clone(), copy.clone()]).await {
+        Ok(results) => {
+            assert_eq!(results, vec![Committed::Created, duplicate_of(&first)]);
+            assert_eq!(store.count_cases().await.expect("count"), 1);
+            assert_eq!(job_counts(store).await, counts(&[("pending", 1)]));
+        }
+        Err(_) => {
+            assert_eq!(store.count_cases().await.expect("count"), 0);
+            assert!(job_counts(store).await.is_empty());
+        }
+    }
+    assert!(store.get_case(&copy.case_id).await.expect("get_case").is_none());
+}
+
+/// One item that the database refuses fails the whole batch and nothing of the batch is stored: not
+/// its messages, customers, identities, cases nor jobs. The refusal is staged at each table in turn, so
+/// that the rows the transaction had already written before it must be rolled back too.
+async fn check_batch_is_all_or_nothing(db: &TestDb) {
+    let store = db.store().await;
+    let store = &*store;
+    let url = db.url.as_str();
+    let postgres = url.starts_with("postgres");
+
+    // Something already stored, so that "unchanged" is not merely "empty".
+    let s = seqs(store, 1).await;
+    assert_eq!(commit(store, &[new_case(s[0], T0, &[TICKETS])]).await, vec![Committed::Created]);
+
+    let tables = ["messages", "customers", "identities", "cases", "outbox"];
+    for (table, column) in [("messages", "data"), ("cases", "data"), ("outbox", "payload")] {
+        let s = seqs(store, 3).await;
+        let good = new_case(s[0], T0 + 10, &[TICKETS, WEB]);
+        // The bad item carries the marker in every row, so it is refused wherever the refusal is staged;
+        // the marker names the table because earlier rounds store their bad item once cured.
+        let marker = format!("POISON-{table}");
+        let mut bad = new_case(s[1], T0 + 11, &[TICKETS]);
+        bad.message_json = json!({ "text": marker }).to_string();
+        bad.case_json = json!({ "note": marker }).to_string();
+        bad.jobs[0].payload = json!({ "note": marker }).to_string();
+        let also_good = new_case(s[2], T0 + 12, &[TICKETS]);
+        let batch = [good.clone(), bad.clone(), also_good.clone()];
+
+        let mut before = Vec::new();
+        for t in tables {
+            before.push(raw_count(url, t).await);
+        }
+        let (cases_before, jobs_before) = (store.count_cases().await.expect("count"), job_counts(store).await);
+
+        let (poison, cure) = if postgres {
+            (
+                format!("ALTER TABLE {table} ADD CONSTRAINT poison CHECK ({column} NOT LIKE '%{marker}%')"),
+                format!("ALTER TABLE {table} DROP CONSTRAINT poison"),
+            )
+        } else {
+            // SQLite cannot add a CHECK to a table; a trigger refuses the row the same way.
+            (
+                format!(
+                    "CREATE TRIGGER poison BEFORE INSERT ON {table} WHEN NEW.{column} LIKE '%{marker}%' \
+                     BEGIN SELECT RAISE(ABORT, 'poisoned row'); END"
+                ),
+                "DROP TRIGGER poison".to_owned(),
+            )
+        };
+        raw_exec(url, &poison).await;
+        let result = store.commit_batch(&batch).await;
+        assert!(result.is_err(), "a batch with a refused {table} row fails as a whole, got {result:?}");
+
+        let mut after = Vec::new();
+        for t in tables {
+            after.push(raw_count(url, t).await);
+        }
+        assert_eq!(after, before, "rows of {tables:?} after the failed batch (refused in {table})");
+        assert_eq!(store.count_cases().await.expect("count"), cases_before);
+        assert_eq!(job_counts(store).await, jobs_before);
+        for it in &batch {
+            assert!(store.get_case(&it.case_id).await.expect("get_case").is_none());
+            assert!(store.customers_for(&it.identities).await.expect("customers_for").is_empty());
+        }
+
+        // The failed attempt left no trace: once the refusal is lifted, the very same items are all new.
+        raw_exec(url, &cure).await;
+        assert_eq!(commit(store, &batch).await, vec![Committed::Created; 3], "refused in {table}");
+        assert_eq!(jobs_of(store, &good.case_id).await.len(), 2);
+    }
+    store.close().await;
+}
+
+/// Sequence numbers handed out after a restart never repeat those of stored cases (SQLite seeds its
+/// counter from the file; PostgreSQL has a sequence).
+async fn check_seqs_continue_after_reopen(db: &TestDb) {
+    let store = db.store().await;
+    let first = seqs(&*store, 5).await;
+    let items: Vec<NewCase> = first.iter().map(|s| new_case(*s, T0, &[])).collect();
+    assert!(commit(&*store, &items).await.iter().all(|r| *r == Committed::Created));
+    store.close().await;
+
+    let store = db.store().await;
+    let max = first.iter().copied().max().expect("five numbers");
+    let next = seqs(&*store, 5).await;
+    assert!(next.iter().all(|s| *s > max), "after reopening: {next:?}, stored up to {max}");
+    // And they are usable: no case_ref or seq collides with a stored case.
+    let items: Vec<NewCase> = next.iter().map(|s| new_case(*s, T0, &[])).collect();
+    assert!(commit(&*store, &items).await.iter().all(|r| *r == Committed::Created));
+    assert_eq!(store.count_cases().await.expect("count"), 10);
+    store.close().await;
+}
+
+/// Many callers at once (several tasks per store; on PostgreSQL, two stores) never get the same number.
+async fn check_seqs_concurrent(stores: &[Arc<dyn Store>]) {
+    let mut tasks = Vec::new();
+    for store in stores {
+        for _ in 0..2 {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut got = Vec::new();
+                for n in [1, 7, 3, 20, 1, 64, 2] {
+                    got.extend(seqs(&*store, n).await);
+                    tokio::task::yield_now().await;
+                }
+                got
+            }));
+        }
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.expect("seq task"));
+    }
+    let distinct: HashSet<i64> = all.iter().copied().collect();
+    assert_eq!(distinct.len(), all.len(), "{} numbers handed out, {} distinct", all.len(), distinct.len());
+    assert!(all.iter().all(|s| *s > 0), "sequence numbers are positive (CaseRef::from_seq takes them)");
+}
+
+async fn check_leasing(store: &dyn Store) {
+    let s = seqs(store, 4).await;
+    // Jobs are due when their case is created: a, b, c at once, d much later.
+    let d_due = T0 + 1_000_000;
+    let items = [
+        new_case(s[0], T0, &[TICKETS]),
+        new_case(s[1], T0 + 1, &[TICKETS]),
+        new_case(s[2], T0 + 2, &[TICKETS]),
+        new_case(s[3], d_due, &[TICKETS]),
+    ];
+    commit(store, &items).await;
+    let mut job_ids = Vec::new();
+    for it in &items {
+        job_ids.push(jobs_of(store, &it.case_id).await[0].id);
+    }
+    let [a, b, c, d] = job_ids[..] else { panic!("four jobs: {job_ids:?}") };
+
+    // Oldest first, up to the limit; leasing counts an attempt and holds the job until the lease ends.
+    let now = T0 + 100;
+    let got = lease(store, now, 2).await;
+    assert_eq!(ids(&got), vec![a, b]);
+    for j in &got {
+        assert_eq!(j.state, "leased");
+        assert_eq!(j.attempts, 1);
+        assert_eq!(j.next_attempt_at, now + LEASE_MS, "a leased job keeps its lease end as next attempt");
+    }
+    assert_eq!(ids(&lease(store, now + 1, 10).await), vec![c], "leased jobs are not leased again; d is not due");
+    assert!(lease(store, now + 2, 10).await.is_empty());
+    assert!(lease(store, now + LEASE_MS - 1, 10).await.is_empty(), "a lease holds until its end");
+
+    // The lease ended (the worker died, say): another worker takes the jobs, with one more attempt.
+    let t1 = now + LEASE_MS;
+    let got = lease(store, t1, 10).await;
+    assert_eq!(ids(&got), vec![a, b], "c was leased 1 ms later and is still held");
+    assert!(got.iter().all(|j| j.attempts == 2), "{got:?}");
+
+    // The first worker's results are fenced out by its stale attempt number.
+    assert!(!store.complete_job(a, 1, t1).await.expect("complete"));
+    assert!(!store.fail_job(a, 1, Some(t1 + 10), "stale", t1).await.expect("fail"));
+    assert!(!store.fail_job(a, 1, None, "stale", t1).await.expect("fail"));
+    let j = job(store, a).await;
+    assert_eq!((j.state.as_str(), j.attempts, j.last_error), ("leased", 2, None), "stale results change nothing");
+
+    // The current worker's do count, once.
+    assert!(store.complete_job(a, 2, t1).await.expect("complete"));
+    assert_eq!(job(store, a).await.state, "done");
+    assert!(!store.complete_job(a, 2, t1).await.expect("complete"), "a done job is not completed twice");
+    assert!(!store.fail_job(a, 2, None, "late", t1).await.expect("fail"), "a done job cannot fail");
+    assert_eq!(job(store, a).await.state, "done");
+
+    let retry_at = t1 + 5_000;
+    assert!(store.fail_job(b, 2, Some(retry_at), "HTTP 503", t1).await.expect("fail"));
+    let j = job(store, b).await;
+    assert_eq!(j.state, "pending");
+    assert_eq!(j.attempts, 2);
+    assert_eq!(j.next_attempt_at, retry_at);
+    assert_eq!(j.last_error.as_deref(), Some("HTTP 503"));
+    assert!(!store.complete_job(b, 2, t1).await.expect("complete"), "a pending job is not leased: no completion");
+
+    // c's lease (from now + 1) has ended by now, b's retry is not yet due.
+    assert_eq!(ids(&lease(store, retry_at - 1, 10).await), vec![c]);
+    let got = lease(store, retry_at, 10).await;
+    assert_eq!(ids(&got), vec![b], "a failed job is leased again at its retry time");
+    assert_eq!(got[0].attempts, 3);
+    assert!(store.complete_job(b, 3, retry_at).await.expect("complete"));
+    assert!(store.complete_job(c, 2, retry_at).await.expect("complete"));
+
+    assert!(lease(store, d_due - 1, 10).await.is_empty(), "d is not due yet");
+    assert_eq!(ids(&lease(store, d_due, 10).await), vec![d]);
+    assert_eq!(job_counts(store).await, counts(&[("done", 3), ("leased", 1)]));
+}
+
+/// Jobs of one case to one destination go out in order: a later one waits while an earlier one is
+/// unfinished, including while that one waits for a retry.
+async fn check_per_case_ordering(store: &dyn Store) {
+    let s = seqs(store, 2).await;
+    let x = new_case(s[0], T0, &[TICKETS, TICKETS, WEB]);
+    let y = new_case(s[1], T0 + 1, &[TICKETS]);
+    commit(store, &[x.clone(), y.clone()]).await;
+    let x_jobs = ids(&jobs_of(store, &x.case_id).await);
+    let [x1, x2, x3] = x_jobs[..] else { panic!("three jobs of x: {x_jobs:?}") };
+    let y1 = jobs_of(store, &y.case_id).await[0].id;
+
+    // x2 waits for x1; x's job to another destination and y's job do not.
+    assert_eq!(ids(&lease(store, T0 + 10, 10).await), vec![x1, x3, y1]);
+    assert!(lease(store, T0 + 11, 10).await.is_empty(), "x2 waits while x1 is leased");
+
+    let retry_at = T0 + 60_000;
+    assert!(store.fail_job(x1, 1, Some(retry_at), "HTTP 502", T0 + 12).await.expect("fail"));
+    assert!(lease(store, T0 + 13, 10).await.is_empty(), "x2 waits while x1 waits for its retry");
+    assert!(store.complete_job(x3, 1, T0 + 14).await.expect("complete"));
+    assert!(store.complete_job(y1, 1, T0 + 14).await.expect("complete"));
+    assert!(lease(store, T0 + 15, 10).await.is_empty(), "x2 still waits for x1 alone");
+
+    let got = lease(store, retry_at, 10).await;
+    assert_eq!(ids(&got), vec![x1], "at its retry time x1 goes again, still before x2");
+    assert!(store.complete_job(x1, 2, retry_at).await.expect("complete"));
+    assert_eq!(ids(&lease(store, retry_at + 1, 10).await), vec![x2], "x1 done: x2's turn");
+}
+
+async fn check_dead_and_replay(store: &dyn Store) {
+    let s = seqs(store, 2).await;
+    let a = new_case(s[0], T0, &[TICKETS, WEB]);
+    let b = new_case(s[1], T0 + 1, &[TICKETS]);
+    commit(store, &[a.clone(), b.clone()]).await;
+    let a_jobs = ids(&jobs_of(store, &a.case_id).await);
+    let [a1, a2] = a_jobs[..] else { panic!("two jobs of a: {a_jobs:?}") };
+    let b1 = jobs_of(store, &b.case_id).await[0].id;
+    assert_eq!(ids(&lease(store, T0 + 10, 10).await), vec![a1, a2, b1]);
+
+    // Giving up (no next attempt) makes the job dead, with its last error kept for the operator.
+    assert!(store.fail_job(a1, 1, None, "HTTP 410 Gone", T0 + 11).await.expect("fail"));
+    let dead = store.list_jobs(Some("dead"), 10).await.expect("list dead");
+    assert_eq!(ids(&dead), vec![a1]);
+    assert_eq!(dead[0].state, "dead");
+    assert_eq!(dead[0].attempts, 1);
+    assert_eq!(dead[0].last_error.as_deref(), Some("HTTP 410 Gone"));
+    assert_eq!(job_counts(store).await, counts(&[("dead", 1), ("leased", 2)]));
+    assert!(store.complete_job(a2, 1, T0 + 12).await.expect("complete"));
+    assert!(store.complete_job(b1, 1, T0 + 12).await.expect("complete"));
+    assert!(lease(store, T0 + 100 * LEASE_MS, 10).await.is_empty(), "a dead job is never leased");
+
+    // Only dead jobs can be replayed.
+    assert!(!store.replay_job(a2, T0 + 20).await.expect("replay"), "a done job is not replayed");
+    assert!(!store.replay_job(i64::MAX, T0 + 20).await.expect("replay"), "no such job");
+    assert_eq!(job(store, a2).await.state, "done");
+
+    let replay_at = T0 + 200 * LEASE_MS;
+    assert!(store.replay_job(a1, replay_at).await.expect("replay"));
+    let j = job(store, a1).await;
+    assert_eq!((j.state.as_str(), j.attempts, j.next_attempt_at), ("pending", 0, replay_at));
+    assert!(store.list_jobs(Some("dead"), 10).await.expect("list dead").is_empty());
+    let got = lease(store, replay_at, 10).await;
+    assert_eq!(ids(&got), vec![a1], "a replayed job is due at once");
+    assert_eq!(got[0].attempts, 1, "with fresh attempts");
+    assert!(!store.replay_job(a1, replay_at).await.expect("replay"), "a leased job is not replayed");
+
+    // Replaying all: three dead jobs of two cases.
+    let t = replay_at + 10;
+    assert!(store.fail_job(a1, 1, None, "HTTP 410 Gone again", t).await.expect("fail"));
+    let s = seqs(store, 1).await;
+    let c = new_case(s[0], t, &[TICKETS, WEB]);
+    commit(store, std::slice::from_ref(&c)).await;
+    let got = lease(store, t, 10).await;
+    assert_eq!(got.len(), 2);
+    for j in &got {
+        assert!(store.fail_job(j.id, j.attempts, None, "refused", t).await.expect("fail"));
+    }
+    assert_eq!(job_counts(store).await, counts(&[("dead", 3), ("done", 2)]));
+    assert_eq!(store.replay_all_dead(t + 1).await.expect("replay all"), 3);
+    assert_eq!(store.replay_all_dead(t + 2).await.expect("replay all"), 0, "nothing left to replay");
+    assert_eq!(job_counts(store).await, counts(&[("done", 2), ("pending", 3)]));
+    let pending = store.list_jobs(Some("pending"), 10).await.expect("list pending");
+    assert!(pending.iter().all(|j| j.attempts == 0 && j.next_attempt_at == t + 1), "{pending:?}");
+    assert_eq!(lease(store, t + 1, 10).await.len(), 3);
+}
+
+async fn check_ticket_id(store: &dyn Store) {
+    let s = seqs(store, 2).await;
+    let a = new_case(s[0], T0, &[]);
+    let b = new_case(s[1], T0, &[]);
+    commit(store, &[a.clone(), b.clone()]).await;
+
+    store.set_ticket_id(&a.case_id, "T-42", T0 + 5).await.expect("set_ticket_id");
+    let (row, _) = store.get_case(&a.case_id).await.expect("get_case").expect("case a");
+    assert_eq!(row.ticket_id.as_deref(), Some("T-42"));
+    let (row, _) = store.get_case(&b.case_id).await.expect("get_case").expect("case b");
+    assert_eq!(row.ticket_id, None, "only the named case gets the ticket");
+    let listed = store.list_cases(10).await.expect("list_cases");
+    let listed_a = listed.iter().find(|r| r.id == a.case_id).expect("a is listed");
+    assert_eq!(listed_a.ticket_id.as_deref(), Some("T-42"));
+
+    store.set_ticket_id(&a.case_id, "T-43", T0 + 6).await.expect("set_ticket_id");
+    let (row, _) = store.get_case(&a.case_id).await.expect("get_case").expect("case a");
+    assert_eq!(row.ticket_id.as_deref(), Some("T-43"));
+}
+
+async fn check_customers_for(store: &dyn Store) {
+    let s = seqs(store, 2).await;
+    let mut a = new_case(s[0], T0, &[]);
+    let phone = Identity { kind: IdentityKind::Phone, value: format!("+86138{}", &uid()[..8]) };
+    a.identities.push(phone.clone());
+    let email = a.identities[0].clone();
+    commit(store, std::slice::from_ref(&a)).await;
+
+    let unknown = Identity { kind: IdentityKind::Telegram, value: uid() };
+    // The same value under another kind is another identity.
+    let email_as_web_user = Identity { kind: IdentityKind::WebUser, value: email.value.clone() };
+    assert_eq!(
+        store.customers_for(std::slice::from_ref(&email)).await.expect("customers_for"),
+        HashMap::from([(email.clone(), a.customer_id.clone())])
+    );
+    assert_eq!(
+        store.customers_for(&[phone.clone(), unknown.clone(), email_as_web_user.clone()]).await.expect("customers_for"),
+        HashMap::from([(phone.clone(), a.customer_id.clone())])
+    );
+    assert!(store.customers_for(&[unknown.clone(), email_as_web_user]).await.expect("customers_for").is_empty());
+    assert!(store.customers_for(&[]).await.expect("customers_for").is_empty());
+
+    // Another customer record naming a known identity does not take it over; its new identity is its own.
+    let mut b = new_case(s[1], T0 + 1, &[]);
+    b.identities.push(email.clone());
+    let b_own = b.identities[0].clone();
+    commit(store, std::slice::from_ref(&b)).await;
+    assert_eq!(
+        store.customers_for(&[email.clone(), b_own.clone()]).await.expect("customers_for"),
+        HashMap::from([(email, a.customer_id.clone()), (b_own, b.customer_id.clone())])
+    );
+}
+
+/// Several leasers at once (two stores on PostgreSQL) never lease one job twice, and between them
+/// lease every job.
+async fn check_concurrent_leasing(stores: &[Arc<dyn Store>]) {
+    let store = &*stores[0];
+    // 200 jobs: 100 cases with one job to each of two destinations, so ordering does not hold any back.
+    for _ in 0..2 {
+        let s = seqs(store, 50).await;
+        let items: Vec<NewCase> = s.iter().map(|seq| new_case(*seq, T0, &[TICKETS, WEB])).collect();
+        commit(store, &items).await;
+    }
+    assert_eq!(job_counts(store).await, counts(&[("pending", 200)]));
+
+    let now = T0 + 10;
+    let mut tasks = Vec::new();
+    for store in stores {
+        for _ in 0..2 {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut got = Vec::new();
+                // Bounded, so that a store that leases jobs again and again fails the test instead
+                // of hanging it: 200 jobs take at most 67 rounds of 3.
+                for _ in 0..1_000 {
+                    let batch = lease(&*store, now, 3).await;
+                    if batch.is_empty() {
+                        break;
+                    }
+                    got.extend(ids(&batch));
+                }
+                got
+            }));
+        }
+    }
+    let mut leased = Vec::new();
+    for t in tasks {
+        leased.extend(t.await.expect("leasing task"));
+    }
+    // A leaser stops at its first empty answer, which may come while others still hold rows locked;
+    // whatever is left must still be leasable exactly once.
+    leased.extend(ids(&lease(store, now, 1_000).await));
+
+    let distinct: HashSet<i64> = leased.iter().copied().collect();
+    assert_eq!(distinct.len(), leased.len(), "{} leases for {} distinct jobs", leased.len(), distinct.len());
+    assert_eq!(distinct.len(), 200, "every job was leased");
+    let jobs = all_jobs(store).await;
+    assert!(jobs.iter().all(|j| j.state == "leased" && j.attempts == 1), "each job leased once");
+}

@@ -1,0 +1,288 @@
+//! The web channel end to end: signed complaint → 202 → signed `case.created` downstream, and every
+//! refusal leaving the store as it was.
+
+use serde_json::{Value, json};
+
+use crate::support::*;
+
+#[tokio::test]
+async fn signed_complaint_is_stored_acknowledged_and_forwarded() {
+    let db = TestDb::sqlite();
+    let rx = Receiver::start().await;
+    let gw = Gateway::start(&config_toml(&db.url, &downstream_toml(&rx.url, 5))).await;
+
+    let body = json!({
+        "customer": { "name": "王芳", "email": "Wang.Fang@Example.cn", "phone": "+86 138 0013 8000", "tier": "gold" },
+        "subject": "快递破损",
+        "text": "我的快递到了以后箱子是破的，里面的杯子碎了。",
+        "category": "logistics",
+        "order_id": "SO-1001",
+        "attachments": [{ "name": "photo.jpg", "media_type": "image/jpeg", "size": 1234, "url": "https://example.cn/p.jpg" }],
+        "metadata": { "shop": "tmall" }
+    });
+    let (status, receipt) = gw.web().send(&body).await;
+    assert_eq!(status, 202, "{receipt}");
+    let case_id = receipt["case_id"].as_str().expect("case_id").to_owned();
+    let case_ref = receipt["case_ref"].as_str().expect("case_ref").to_owned();
+    assert!(earshot::schema::CaseRef::parse(&case_ref).is_ok(), "case_ref {case_ref} has a valid check digit");
+    assert_eq!(receipt["status"], "new");
+    assert_eq!(receipt["duplicate"], false);
+    assert_eq!(receipt["ack"]["lang"], "zh");
+    let ack = receipt["ack"]["text"].as_str().expect("ack text");
+    assert!(ack.contains(&case_ref) && ack.contains("王芳"), "{ack}");
+
+    let got = rx.wait_until(10, "case.created", |r| r.iter().any(|x| x.answered == 200)).await;
+    let event = &got[0];
+    assert!(event.signature_ok, "downstream signature verifies with the endpoint secret");
+    assert!(event.webhook_id.starts_with("msg_"), "{}", event.webhook_id);
+    assert_eq!(event.body["type"], "case.created");
+    let errors: Vec<String> =
+        event_validator().iter_errors(&event.body).map(|e| format!("{} at {}", e, e.instance_path)).collect();
+    assert!(errors.is_empty(), "event validates against schema/event.json: {errors:?}");
+    let case = &event.body["data"]["case"];
+    let errors: Vec<String> =
+        case_validator().iter_errors(case).map(|e| format!("{} at {}", e, e.instance_path)).collect();
+    assert!(errors.is_empty(), "case validates against schema/case.json: {errors:?}");
+    assert_eq!(case["id"], case_id.as_str());
+    assert_eq!(case["case_ref"], case_ref.as_str());
+    assert_eq!(case["schema_version"], 1);
+    assert_eq!(case["lang"], "zh");
+    assert_eq!(case["category"], "logistics");
+    assert_eq!(
+        case["customer"]["identities"],
+        json!([
+            { "kind": "email", "value": "wang.fang@example.cn" },
+            { "kind": "phone", "value": "+8613800138000" }
+        ])
+    );
+    assert_eq!(case["messages"][0]["text"], "我的快递到了以后箱子是破的，里面的杯子碎了。");
+    assert_eq!(case["messages"][0]["attachments"][0]["name"], "photo.jpg");
+
+    // The ticket store answered {"ticket_id": "T-1"}: it is stored on the case.
+    let shown = eventually(10, "ticket_id on the case", || async {
+        let (s, c) = gw.admin_get(&format!("/v1/cases/{case_id}")).await;
+        (s == 200 && c["ticket_id"] == "T-1").then_some(c)
+    })
+    .await;
+    assert!(case_validator().is_valid(&shown), "GET /v1/cases/{{id}} is a valid case too");
+
+    gw.stop().await;
+    db.cleanup().await;
+}
+
+#[tokio::test]
+async fn language_follows_the_customer_then_the_text() {
+    let db = TestDb::sqlite();
+    let gw = Gateway::start(&config_toml(&db.url, "")).await;
+    let web = gw.web();
+    let (_, r) = web.send(&complaint("The blender stopped working after two days")).await;
+    assert_eq!(r["ack"]["lang"], "en");
+    assert!(r["ack"]["text"].as_str().expect("text").contains("within 1 hour"), "{r}");
+    let mut asked = complaint("The blender stopped working after two days");
+    asked["customer"]["language"] = "zh-CN".into();
+    let (_, r) = web.send(&asked).await;
+    assert_eq!(r["ack"]["lang"], "zh", "customer.language wins over the text");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn refused_requests_get_precise_errors_and_change_nothing() {
+    let db = TestDb::sqlite();
+    let rx = Receiver::start().await;
+    let gw = Gateway::start(&config_toml(&db.url, &downstream_toml(&rx.url, 5))).await;
+    let web = gw.web();
+    let good = serde_json::to_vec(&complaint("broken")).expect("json");
+    let ts = now();
+    let sig = web.sign("msg_1", ts, &good);
+    let ts_s = ts.to_string();
+
+    // Signature and timestamp problems: 401.
+    let wrong = WebClient::new(&gw.base, "site", DOWNSTREAM_SECRET).sign("msg_1", ts, &good);
+    for (what, id, t, s, want_code) in [
+        ("wrong signature", Some("msg_1"), Some(ts_s.as_str()), Some(wrong.as_str()), "invalid_signature"),
+        ("no signature", Some("msg_1"), Some(ts_s.as_str()), None, "missing_signature"),
+        ("no webhook-id", None, Some(ts_s.as_str()), Some(sig.as_str()), "missing_signature"),
+        ("signature of another id", Some("msg_2"), Some(ts_s.as_str()), Some(sig.as_str()), "invalid_signature"),
+    ] {
+        let (status, body) = web.raw(id, t, s, good.clone()).await;
+        assert_eq!((status, body["code"].as_str()), (401, Some(want_code)), "{what}: {body}");
+    }
+    for skew in [-301, 301] {
+        let t = ts + skew;
+        let s = web.sign("msg_1", t, &good);
+        let (status, body) = web.raw(Some("msg_1"), Some(&t.to_string()), Some(&s), good.clone()).await;
+        assert_eq!((status, body["code"].as_str()), (401, Some("stale_timestamp")), "timestamp {skew} s off: {body}");
+    }
+    // A body signed correctly but then altered.
+    let mut altered = good.clone();
+    altered[2] ^= 1;
+    assert_eq!(web.raw(Some("msg_1"), Some(&ts_s), Some(&sig), altered).await.0, 401);
+
+    // Oversize: 413 (max_body_bytes = 4096 in the test config), signed correctly.
+    let big = serde_json::to_vec(&complaint(&"x".repeat(5000))).expect("json");
+    let (status, body) = web.send_raw_signed("msg_big", big).await;
+    assert_eq!((status, body["code"].as_str()), (413, Some("body_too_large")), "{body}");
+
+    // Shape problems: 400 with the field named.
+    for (what, raw, field) in [
+        ("malformed JSON", r#"{"customer": {"email": "a@b.cn"}, "text": "x""#.to_owned(), None),
+        ("missing text", r#"{"customer": {"email": "a@b.cn"}}"#.to_owned(), Some("text")),
+        ("empty text", r#"{"customer": {"email": "a@b.cn"}, "text": " "}"#.to_owned(), Some("text")),
+        ("no contact", r#"{"customer": {"name": "A"}, "text": "x"}"#.to_owned(), Some("customer")),
+        ("no customer", r#"{"text": "x"}"#.to_owned(), Some("customer")),
+        ("bad email", r#"{"customer": {"email": "nope"}, "text": "x"}"#.to_owned(), Some("customer.email")),
+        ("bad phone", r#"{"customer": {"phone": "12"}, "text": "x"}"#.to_owned(), Some("customer.phone")),
+        ("text not a string", r#"{"customer": {"email": "a@b.cn"}, "text": 5}"#.to_owned(), Some("text")),
+    ] {
+        let (status, body) = web.send_raw_signed(&format!("msg_{}", what.replace(' ', "_")), raw.into_bytes()).await;
+        assert_eq!(status, 400, "{what}: {body}");
+        assert!(body["detail"].as_str().is_some_and(|d| !d.is_empty()), "{what}: detail present: {body}");
+        assert_eq!(body["field"].as_str(), field, "{what}: {body}");
+    }
+
+    // Unknown source: 404.
+    let other = WebClient::new(&gw.base, "nosuch", SOURCE_SECRET);
+    assert_eq!(other.send(&complaint("x")).await.0, 404);
+
+    let store = db.store().await;
+    assert_eq!(row_counts(&*store).await, (0, vec![]), "no refused request created a case or a job");
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(rx.received().is_empty(), "nothing was forwarded");
+
+    // After all that, a good request still works (the refusals did not poison the source).
+    assert_eq!(web.send(&complaint("still broken")).await.0, 202);
+    assert_eq!(store.count_cases().await.expect("count"), 1);
+    store.close().await;
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn fifty_concurrent_copies_of_one_delivery_make_one_case() {
+    let db = TestDb::sqlite();
+    let rx = Receiver::start().await;
+    let gw = Gateway::start(&config_toml(&db.url, &downstream_toml(&rx.url, 5))).await;
+    let web = gw.web();
+    let body = complaint("the same delivery, retried by an impatient backend");
+    let tasks: Vec<_> = (0..50)
+        .map(|_| {
+            let (web, body) = (web.clone(), body.clone());
+            tokio::spawn(async move { web.send_id("msg_same_delivery", &body).await })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for t in tasks {
+        answers.push(t.await.expect("task"));
+    }
+    assert!(answers.iter().all(|(s, _)| *s == 202), "{answers:?}");
+    let ids: std::collections::HashSet<&str> =
+        answers.iter().map(|(_, b)| b["case_id"].as_str().expect("id")).collect();
+    assert_eq!(ids.len(), 1, "one case id in every answer");
+    let originals = answers.iter().filter(|(_, b)| b["duplicate"] == false).count();
+    assert_eq!(originals, 1, "exactly one answer is the original, the rest say duplicate: true");
+
+    let store = db.store().await;
+    assert_eq!(store.count_cases().await.expect("count"), 1);
+    rx.wait_until(10, "one delivery", |r| r.iter().any(|x| x.answered == 200)).await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(rx.received().len(), 1, "one case.created downstream");
+
+    // A later repeat answers with the original case too.
+    let (status, again) = web.send_id("msg_same_delivery", &body).await;
+    assert_eq!(
+        (status, again["duplicate"].clone(), again["case_id"].as_str()),
+        (202, Value::Bool(true), ids.iter().next().copied())
+    );
+    store.close().await;
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn rate_limit_answers_429_with_retry_after_and_stores_nothing_for_it() {
+    let db = TestDb::sqlite();
+    let toml = config_toml(&db.url, "")
+        .replace("rate_limit_per_sec = 1000\nrate_limit_burst = 1000", "rate_limit_per_sec = 1\nrate_limit_burst = 3");
+    let gw = Gateway::start(&toml).await;
+    let web = gw.web();
+    let mut accepted = 0;
+    let mut limited = Vec::new();
+    for i in 0..8 {
+        let (status, body) = web.send(&complaint(&format!("complaint {i}"))).await;
+        match status {
+            202 => accepted += 1,
+            429 => limited.push(body),
+            s => panic!("unexpected {s}: {body}"),
+        }
+    }
+    assert!(accepted >= 3 && !limited.is_empty(), "burst of 3 passes, then 429 ({accepted} accepted)");
+    assert_eq!(limited[0]["code"], "rate_limited");
+    let ra: u64 = limited[0]["_retry_after"].as_str().expect("Retry-After header").parse().expect("seconds");
+    assert!((1..=2).contains(&ra), "Retry-After {ra}");
+    let store = db.store().await;
+    assert_eq!(store.count_cases().await.expect("count"), accepted, "a 429 stores nothing");
+    store.close().await;
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn callback_url_gets_the_same_acknowledgement_signed_with_the_source_secret() {
+    let db = TestDb::sqlite();
+    let site = Receiver::start_with("127.0.0.1:0", SOURCE_SECRET).await;
+    let toml = config_toml(&db.url, "")
+        .replace("name = \"site\"\n", &format!("name = \"site\"\ncallback_url = \"{}\"\n", site.url));
+    let gw = Gateway::start(&toml).await;
+    site.set_default(500);
+    site.script(&[503]);
+    let (status, receipt) = gw.web().send(&complaint("My refund never arrived")).await;
+    assert_eq!(status, 202);
+    site.set_default(200);
+    let got = site.wait_until(10, "the callback", |r| r.iter().any(|x| x.answered == 200)).await;
+    assert!(got.len() >= 2, "the first callback failed (503) and was retried");
+    assert!(got.iter().all(|r| r.signature_ok), "signed with the source's secret");
+    assert!(got.iter().all(|r| r.webhook_id == got[0].webhook_id), "same webhook-id on every retry");
+    let last = got.last().expect("one");
+    assert_eq!(last.body["type"], "case.acknowledged");
+    assert_eq!(last.body["case_id"], receipt["case_id"]);
+    assert_eq!(last.body["text"], receipt["ack"]["text"], "the same acknowledgement as in the 202");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn operations_routes() {
+    let db = TestDb::sqlite();
+    let gw = Gateway::start(&config_toml(&db.url, "")).await;
+    let client = reqwest::Client::new();
+    let get = |path: &str| client.get(format!("{}{path}", gw.base)).send();
+
+    assert_eq!(get("/healthz").await.expect("healthz").status(), 200);
+    assert_eq!(get("/readyz").await.expect("readyz").status(), 200);
+    let served: Value = get("/v1/schema/case.json").await.expect("schema").json().await.expect("json");
+    let committed: Value = serde_json::from_str(include_str!("../../schema/case.json")).expect("json");
+    assert_eq!(served, committed, "the served schema is the committed file");
+    let openapi: Value = get("/openapi.json").await.expect("openapi").json().await.expect("json");
+    assert!(openapi["paths"]["/v1/inbound/web/{source}"].is_object());
+
+    assert_eq!(gw.web().send(&complaint("metrics please")).await.0, 202);
+    let metrics = get("/metrics").await.expect("metrics").text().await.expect("text");
+    for name in [
+        "earshot_complaints_ingested_total{channel=\"web\"}",
+        "earshot_outbox_jobs{state=\"pending\"}",
+        "earshot_ingest_latency_seconds_bucket",
+        "earshot_batch_size_bucket",
+    ] {
+        assert!(metrics.contains(name), "/metrics has {name}:\n{metrics}");
+    }
+
+    // Admin routes need the bearer token.
+    let no = client.get(format!("{}/v1/cases", gw.base)).send().await.expect("req");
+    assert_eq!(no.status(), 401);
+    let wrong =
+        client.get(format!("{}/v1/cases", gw.base)).bearer_auth("not-the-token-at-all").send().await.expect("req");
+    assert_eq!(wrong.status(), 401);
+    let (status, cases) = gw.admin_get("/v1/cases").await;
+    assert_eq!(status, 200);
+    assert_eq!(cases["cases"].as_array().map(Vec::len), Some(1));
+    assert_eq!(gw.admin_get("/v1/cases/case_nope").await.0, 404);
+    assert_eq!(gw.admin_get("/v1/outbox?state=weird").await.0, 400);
+    assert_eq!(gw.admin_get("/v1/quarantine").await.0, 200);
+    gw.stop().await;
+}
