@@ -1,7 +1,9 @@
 //! `earshot reparse`: normalize stored raw messages again, after the parser has improved.
 //!
-//! Only the derived fields of each message change (subject, text, language, attachments, automatic);
-//! ids, case membership and times stay, so nothing downstream has to be re-keyed.
+//! Only the derived fields of each message change (subject, text, attachments, automatic); ids, case
+//! membership, times and the language stay, so nothing downstream has to be re-keyed. The language
+//! stays because it is the case's (a follow-up takes its case's language) and replies already went
+//! out in it.
 
 use crate::schema::Message;
 use crate::store::{Store, StoreError};
@@ -40,17 +42,17 @@ pub async fn reparse(store: &dyn Store, max_attachment_bytes: usize) -> Result<R
                     continue;
                 }
             };
-            let before = message.clone();
+            // Compared as stored: attachment contents are never serialized, so they must not count.
+            let before = serde_json::to_string(&message).map_err(|e| StoreError::Corrupt(e.to_string()))?;
             message.subject = mail.subject.clone();
             message.text = if mail.text.trim().is_empty() { mail.full_text.clone() } else { mail.text.clone() };
-            message.lang = mail.lang;
             message.attachments = mail.attachments.iter().map(|a| a.meta.clone()).collect();
             message.automatic = mail.automatic.as_ref().map(|(k, _)| *k);
-            if message == before {
+            let json = serde_json::to_string(&message).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            if json == before {
                 out.unchanged += 1;
                 continue;
             }
-            let json = serde_json::to_string(&message).map_err(|e| StoreError::Corrupt(e.to_string()))?;
             store.update_message(&id, &json).await?;
             out.updated += 1;
         }

@@ -172,6 +172,9 @@ pub struct ImapConfig {
     /// Messages fetched and committed per round. Default 200.
     #[serde(default = "default_imap_batch")]
     pub batch: u32,
+    /// A PEM file of certificates to trust besides the public roots: a private CA, or the
+    /// server's own self-signed certificate. Default none.
+    pub ca_file: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -188,6 +191,8 @@ pub struct SmtpConfig {
     /// Seconds per SMTP conversation. Default 30.
     #[serde(default = "default_smtp_timeout")]
     pub timeout_secs: u64,
+    /// As `imap.ca_file`: extra trusted certificates (PEM). Default none.
+    pub ca_file: Option<String>,
 }
 
 fn default_ack_window() -> String {

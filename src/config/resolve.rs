@@ -355,6 +355,27 @@ fn security(c: &mut Checker, key: &str, v: &str) -> Option<earshot_channel_email
     }
 }
 
+/// Reads and checks a `ca_file`: `Some(None)` when unset, `Some(Some(pem))` when it holds
+/// certificates, `None` (with the problem reported) when it cannot be used.
+#[cfg(feature = "email")]
+fn ca_file(c: &mut Checker, key: &str, path: Option<&str>) -> Option<Option<Vec<u8>>> {
+    let Some(path) = path else { return Some(None) };
+    let pem = match std::fs::read(path) {
+        Ok(pem) => pem,
+        Err(e) => {
+            c.problem(key, format!("cannot read {path}: {e}"));
+            return None;
+        }
+    };
+    match earshot_channel_email::tls::pem_certificates(&pem) {
+        Ok(_) => Some(Some(pem)),
+        Err(e) => {
+            c.problem(key, format!("{path}: {e}"));
+            None
+        }
+    }
+}
+
 #[cfg(feature = "email")]
 fn resolve_email(c: &mut Checker, e: &super::EmailConfig) -> Option<EmailOut> {
     use earshot_channel_email::settings::{EmailSettings, ImapSettings, MailboxSettings, Security, SmtpSettings};
@@ -392,8 +413,9 @@ fn resolve_email(c: &mut Checker, e: &super::EmailConfig) -> Option<EmailOut> {
                     .and_then(|v| c.secret(&format!("{k}.password"), v));
                 c.positive(&format!("{k}.poll_secs"), im.poll_secs);
                 c.positive(&format!("{k}.batch"), u64::from(im.batch));
-                match (host, sec, user, pass) {
-                    (Some(host), Some(security), Some(username), Some(password)) => Some(ImapSettings {
+                let ca_pem = ca_file(c, &format!("{k}.ca_file"), im.ca_file.as_deref());
+                match (host, sec, user, pass, ca_pem) {
+                    (Some(host), Some(security), Some(username), Some(password), Some(ca_pem)) => Some(ImapSettings {
                         port: im.port.unwrap_or(if security == Security::Tls { 993 } else { 143 }),
                         host,
                         security,
@@ -404,6 +426,7 @@ fn resolve_email(c: &mut Checker, e: &super::EmailConfig) -> Option<EmailOut> {
                         poll: Duration::from_secs(im.poll_secs.max(1)),
                         move_to: im.move_to.clone(),
                         batch: im.batch.max(1),
+                        ca_pem,
                     }),
                     _ => None,
                 }
@@ -423,8 +446,9 @@ fn resolve_email(c: &mut Checker, e: &super::EmailConfig) -> Option<EmailOut> {
                     c.problem(format!("{k}.password"), "username and password go together");
                 }
                 c.positive(&format!("{k}.timeout_secs"), sm.timeout_secs);
-                match (host, sec) {
-                    (Some(host), Some(security)) => Some(SmtpSettings {
+                let ca_pem = ca_file(c, &format!("{k}.ca_file"), sm.ca_file.as_deref());
+                match (host, sec, ca_pem) {
+                    (Some(host), Some(security), Some(ca_pem)) => Some(SmtpSettings {
                         port: sm.port.unwrap_or(match security {
                             Security::Tls => 465,
                             Security::Starttls => 587,
@@ -435,6 +459,7 @@ fn resolve_email(c: &mut Checker, e: &super::EmailConfig) -> Option<EmailOut> {
                         username: sm.username.clone(),
                         password: pass.map(Into::into),
                         timeout: Duration::from_secs(sm.timeout_secs.max(1)),
+                        ca_pem,
                     }),
                     _ => None,
                 }
@@ -449,7 +474,9 @@ fn resolve_email(c: &mut Checker, e: &super::EmailConfig) -> Option<EmailOut> {
         mailboxes,
         max_attachment_bytes: e.max_attachment_bytes,
         max_acks_per_recipient_per_hour: e.max_acks_per_recipient_per_hour,
-        instance: format!("{}-{}", hostname(), std::process::id()),
+        // Host and pid say where a lease holder runs; the random part keeps two gateways in one
+        // process (or a pid reused after a restart) from passing for the same holder.
+        instance: format!("{}-{}-{}", hostname(), std::process::id(), &uuid::Uuid::new_v4().simple().to_string()[..8]),
     })
 }
 

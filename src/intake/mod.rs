@@ -81,7 +81,8 @@ impl Intake for IntakeService {
         let data = serde_json::json!({
             "reason": ev.reason, "related_ids": ev.related_ids, "failed_recipients": ev.failed_recipients,
         });
-        self.store
+        let new = self
+            .store
             .record_event(&crate::store::NewEvent {
                 channel: ev.channel.as_str(),
                 source: ev.source.clone(),
@@ -95,6 +96,11 @@ impl Intake for IntakeService {
             })
             .await
             .map_err(unavailable)?;
+        if !new {
+            // Fetched again (a rescan after a UIDVALIDITY change, a crash before the cursor moved):
+            // counted and acted on the first time already.
+            return Ok(());
+        }
         metrics::counter!("earshot_channel_events_total", "channel" => ev.channel.as_str(), "kind" => kind)
             .increment(1);
         if ev.kind == AutoKind::Bounce {

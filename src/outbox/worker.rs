@@ -117,9 +117,35 @@ async fn worker(
     }
 }
 
+/// The recipient of an email job when a bounce has suppressed that address since the job was
+/// queued: sending on would only earn another bounce (and could feed a mail loop).
+async fn suppressed_recipient(store: &dyn Store, job: &Job) -> Option<String> {
+    if job.destination != "channel:email" {
+        return None;
+    }
+    let Ok(Outbound { reply_route: earshot_channel::ReplyRoute::Email { to, .. }, .. }) =
+        serde_json::from_str::<Outbound>(&job.payload)
+    else {
+        return None;
+    };
+    match store.suppressed(std::slice::from_ref(&to), now_ms()).await {
+        Ok(hit) if !hit.is_empty() => Some(to),
+        Ok(_) => None,
+        Err(e) => {
+            tracing::warn!(job = job.id, error = %e, "Could not check the suppression list; sending anyway.");
+            None
+        }
+    }
+}
+
 async fn deliver_and_record(store: &dyn Store, deliverer: &Deliverer, settings: &OutboxSettings, job: Job) {
     let dest_kind = if job.destination.starts_with("downstream:") { "downstream" } else { "channel" };
-    let result = deliverer.deliver(&job).await;
+    let result = match suppressed_recipient(store, &job).await {
+        Some(address) => Err(SendError::Permanent {
+            reason: format!("not sent: {address} bounced one of our messages and is suppressed for now"),
+        }),
+        None => deliverer.deliver(&job).await,
+    };
     let now = now_ms();
     let recorded = match &result {
         Ok(outcome) => {

@@ -495,16 +495,31 @@ macro_rules! shared_queries {
             raw: &[u8],
             now_ms: i64,
         ) -> Result<i64> {
-            Ok(sqlx::query_scalar(
-                "INSERT INTO quarantine (channel, source, reason, raw, created_at) VALUES ($1, $2, $3, $4, $5) RETURNING id",
+            use sha2::Digest as _;
+            let digest: String = sha2::Sha256::digest(raw).iter().map(|b| format!("{b:02x}")).collect();
+            let inserted: Option<i64> = sqlx::query_scalar(
+                "INSERT INTO quarantine (channel, source, reason, raw, created_at, digest) VALUES ($1, $2, $3, $4, $5, $6) \
+                 ON CONFLICT (channel, source, digest) DO NOTHING RETURNING id",
             )
             .bind(channel)
             .bind(source)
             .bind(reason)
             .bind(raw)
             .bind(now_ms)
-            .fetch_one(&mut *conn)
-            .await?)
+            .bind(&digest)
+            .fetch_optional(&mut *conn)
+            .await?;
+            match inserted {
+                Some(id) => Ok(id),
+                None => Ok(sqlx::query_scalar(
+                    "SELECT id FROM quarantine WHERE channel = $1 AND source = $2 AND digest = $3",
+                )
+                .bind(channel)
+                .bind(source)
+                .bind(&digest)
+                .fetch_one(&mut *conn)
+                .await?),
+            }
         }
 
         pub(super) async fn list_quarantine(conn: &mut Conn, limit: i64) -> Result<Vec<super::QuarantineRow>> {
@@ -517,8 +532,8 @@ macro_rules! shared_queries {
             .await?)
         }
 
-        pub(super) async fn record_event(conn: &mut Conn, e: &super::NewEvent) -> Result<()> {
-            sqlx::query(
+        pub(super) async fn record_event(conn: &mut Conn, e: &super::NewEvent) -> Result<bool> {
+            let done = sqlx::query(
                 "INSERT INTO channel_events (channel, source, kind, external_id, sender, subject, data, raw, created_at) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (channel, external_id) DO NOTHING",
             )
@@ -533,7 +548,7 @@ macro_rules! shared_queries {
             .bind(e.now_ms)
             .execute(&mut *conn)
             .await?;
-            Ok(())
+            Ok(done.rows_affected() == 1)
         }
 
         pub(super) async fn count_events(conn: &mut Conn, kind: Option<&str>) -> Result<i64> {

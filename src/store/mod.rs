@@ -235,7 +235,8 @@ pub trait Store: Send + Sync + 'static {
     async fn list_quarantine(&self, limit: i64) -> Result<Vec<QuarantineRow>>;
 
     /// Stores an event; a repeat of the same `(channel, external_id)` is ignored.
-    async fn record_event(&self, event: &NewEvent) -> Result<()>;
+    /// Stores a channel event once per `(channel, external_id)`; `false` when it was stored before.
+    async fn record_event(&self, event: &NewEvent) -> Result<bool>;
 
     async fn count_events(&self, kind: Option<&str>) -> Result<i64>;
 

@@ -148,7 +148,7 @@ impl super::Store for PgStore {
         list_quarantine(&mut *self.pool.acquire().await?, limit).await
     }
 
-    async fn record_event(&self, event: &super::NewEvent) -> Result<()> {
+    async fn record_event(&self, event: &super::NewEvent) -> Result<bool> {
         record_event(&mut *self.pool.acquire().await?, event).await
     }
 

@@ -40,11 +40,52 @@ impl SqliteStore {
         // The writer keeps a larger page cache (index pages of random keys stay hot) and checkpoints
         // the WAL less often, so a page written by many batches reaches the database file once.
         // Durability is unchanged: every commit is still fsynced to the WAL (synchronous=FULL).
-        let write_opts = opts.clone().pragma("cache_size", "-32768").pragma("wal_autocheckpoint", "8192");
+        //
+        // Multi-row `INSERT … ON CONFLICT` statements need a statement journal; with the default
+        // temp_store it spills to a new temporary file in /var/tmp on every batch (open, write,
+        // unlink, close). In memory it costs nothing, and it never had to survive a crash.
+        let write_opts = opts
+            .clone()
+            .pragma("cache_size", "-32768")
+            .pragma("wal_autocheckpoint", WRITER_AUTOCHECKPOINT_PAGES)
+            .pragma("temp_store", "MEMORY");
         let write = SqlitePoolOptions::new().max_connections(1).min_connections(1).connect_with(write_opts).await?;
         let read = SqlitePoolOptions::new().max_connections(readers.max(1)).connect_with(opts).await?;
+        spawn_checkpointer(read.clone());
         Ok(SqliteStore { write, read, seq: OnceCell::new() })
     }
+}
+
+/// The writer checkpoints by itself only when the WAL has grown this large (pages of 4 KiB, so
+/// 64 MiB): the background checkpointer has by then copied nearly all of it, so the writer only
+/// finishes the rest and lets the WAL start over. It is also the safety net for when the
+/// background checkpointer falls behind.
+const WRITER_AUTOCHECKPOINT_PAGES: &str = "16384";
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
+
+/// Copies committed WAL pages into the database file off the writer's path.
+///
+/// A checkpoint run by the writer (SQLite's automatic one) stalls every request waiting on that
+/// batch for as long as it writes and fsyncs the database file. A PASSIVE checkpoint on a reader
+/// connection runs beside the writer instead, and never blocks it.
+fn spawn_checkpointer(read: SqlitePool) {
+    let Ok(handle) = tokio::runtime::Handle::try_current() else { return };
+    handle.spawn(async move {
+        let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if read.is_closed() {
+                return;
+            }
+            if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").execute(&read).await {
+                if read.is_closed() {
+                    return;
+                }
+                tracing::warn!(error = %e, "background WAL checkpoint failed; the writer's own checkpoint still runs");
+            }
+        }
+    });
 }
 
 #[async_trait]
@@ -82,8 +123,11 @@ impl super::Store for SqliteStore {
         Ok((first..first + n as i64).collect())
     }
 
+    // The intake writer's reads (customers, suppressions, recent acknowledgements) go through the
+    // writer connection: its page cache is hot and stays valid, whereas a reader connection drops
+    // its whole cache each time it sees that the writer committed, i.e. on every batch.
     async fn customers_for(&self, identities: &[Identity]) -> Result<HashMap<Identity, String>> {
-        customers_for(&mut *self.read.acquire().await?, identities).await
+        customers_for(&mut *self.write.acquire().await?, identities).await
     }
 
     async fn commit_batch(&self, items: &[NewCase]) -> Result<Vec<Committed>> {
@@ -175,7 +219,7 @@ impl super::Store for SqliteStore {
         list_quarantine(&mut *self.read.acquire().await?, limit).await
     }
 
-    async fn record_event(&self, event: &super::NewEvent) -> Result<()> {
+    async fn record_event(&self, event: &super::NewEvent) -> Result<bool> {
         record_event(&mut *self.write.acquire().await?, event).await
     }
 
@@ -188,11 +232,11 @@ impl super::Store for SqliteStore {
     }
 
     async fn suppressed(&self, addresses: &[String], now_ms: i64) -> Result<Vec<String>> {
-        suppressed(&mut *self.read.acquire().await?, addresses, now_ms).await
+        suppressed(&mut *self.write.acquire().await?, addresses, now_ms).await
     }
 
     async fn acked_since(&self, addresses: &[String], since_ms: i64) -> Result<Vec<String>> {
-        acked_since(&mut *self.read.acquire().await?, addresses, since_ms).await
+        acked_since(&mut *self.write.acquire().await?, addresses, since_ms).await
     }
 
     async fn raw_messages(&self, after: &str, limit: i64) -> Result<Vec<(String, String, Vec<u8>, String)>> {

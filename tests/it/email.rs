@@ -505,3 +505,325 @@ async fn email_one_acknowledgement_per_sender_within_the_window() {
     assert_eq!(acks[0].in_reply_to, vec![first_id]);
     gw.stop().await;
 }
+
+/// A delivery report from the customer's mail server: our message `<acked_id>` to `address` failed.
+fn bounce_of(acked_id: &str, address: &str) -> Vec<u8> {
+    let id = new_message_id();
+    format!(
+        "From: Mail Delivery System <MAILER-DAEMON@mx.customer.example>\nTo: {MAILBOX}\n\
+         Subject: Undelivered Mail Returned to Sender\nDate: Mon, 2 Jun 2025 10:05:00 +0000\nMessage-ID: <{id}>\n\
+         Auto-Submitted: auto-replied\nMIME-Version: 1.0\n\
+         Content-Type: multipart/report; report-type=delivery-status; boundary=\"bb\"\n\n\
+         --bb\nContent-Type: text/plain\n\nYour message could not be delivered: the mailbox does not exist.\n\n\
+         --bb\nContent-Type: message/delivery-status\n\nReporting-MTA: dns; mx.customer.example\n\n\
+         Final-Recipient: rfc822; {address}\nAction: failed\nStatus: 5.1.1\n\n\
+         --bb\nContent-Type: text/rfc822-headers\n\nMessage-ID: <{acked_id}>\nFrom: {MAILBOX}\nTo: {address}\n\
+         Subject: Re: complaint\n\n--bb--\n"
+    )
+    .into_bytes()
+}
+
+/// Listed quarantine entries.
+async fn quarantined(gw: &Gateway) -> Vec<Value> {
+    get_ok(gw, "/v1/quarantine").await["items"].as_array().cloned().unwrap_or_default()
+}
+
+#[tokio::test]
+async fn email_unparseable_mail_is_quarantined_and_blocks_nothing() {
+    let Some((imap, smtp)) = servers().await else { return };
+    let db = TestDb::sqlite();
+    let (first, first_id) = complaint_from("before@customer.example", "Before the bad one");
+    // No From, no Reply-To: nobody to answer and no customer to file it under.
+    let garbage = b"Subject: no sender at all\nMessage-ID: <nosender@customer.example>\n\nwho sent this?\n".to_vec();
+    let (second, second_id) = complaint_from("after@customer.example", "After the bad one");
+    for raw in [&first, &garbage, &second] {
+        imap.append(raw).await;
+    }
+    let gw = Gateway::start(&email_toml(&db.url, &imap, &smtp, 200)).await;
+
+    let all = wait_cases(&gw, 2, 20).await;
+    assert!(case_of(&all, &first_id).is_some() && case_of(&all, &second_id).is_some(), "{all:#?}");
+    let items = eventually(10, "one quarantine entry", || async {
+        let items = quarantined(&gw).await;
+        (!items.is_empty()).then_some(items)
+    })
+    .await;
+    assert_eq!(items.len(), 1, "{items:#?}");
+    assert_eq!(items[0]["channel"], "email");
+    assert!(items[0]["reason"].as_str().is_some_and(|r| r.contains("sender")), "the reason says why: {items:#?}");
+    assert_eq!(items[0]["size"].as_i64(), Some(crate::mailsrv::crlf(&garbage).len() as i64), "kept whole");
+    // All three are done with: flagged, not left to be fetched forever, none deleted.
+    eventually(10, "all three flagged \\Seen", || async { (imap.counts().await == (3, 3)).then_some(()) }).await;
+    wait_mail(&smtp, 2, 20).await;
+    tokio::time::sleep(SETTLE).await;
+    assert_eq!(case_count(&gw).await, 2);
+    assert_eq!(smtp.messages().len(), 2, "only the two complaints are acknowledged");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn email_uidvalidity_change_rescans_without_duplicates() {
+    let Some((imap, smtp)) = servers().await else { return };
+    let db = TestDb::sqlite();
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let (raw, id) = complaint_from(&format!("rescan{i}@customer.example"), &format!("Rescan {i}"));
+        imap.append(&raw).await;
+        ids.push(id);
+    }
+    imap.append(b"Subject: no sender\nMessage-ID: <rescan-bad@customer.example>\n\nnobody\n").await;
+    let config = email_toml(&db.url, &imap, &smtp, 200);
+    let gw = Gateway::start(&config).await;
+    wait_cases(&gw, 3, 20).await;
+    wait_mail(&smtp, 3, 20).await;
+    eventually(10, "all four flagged \\Seen", || async { (imap.counts().await == (4, 4)).then_some(()) }).await;
+    gw.stop().await;
+
+    // As if the server had rebuilt the folder: the stored cursor's UIDVALIDITY no longer matches.
+    let store = db.store().await;
+    let key = "imap:support:INBOX";
+    let cursor = store.load_cursor(key).await.expect("cursor").expect("a cursor was saved");
+    let (validity, _) = cursor.split_once(':').expect("uidvalidity:uid");
+    let stale = format!("{}:999", validity.parse::<u64>().expect("a number") + 1);
+    store.save_cursor(key, &stale, 0).await.expect("save cursor");
+    let (late, late_id) = complaint_from("rescan-late@customer.example", "After the rescan");
+    imap.append(&late).await;
+    ids.push(late_id);
+
+    let gw = Gateway::start(&config).await;
+    let all = wait_cases(&gw, 4, 20).await;
+    eventually(10, "all five flagged \\Seen", || async { (imap.counts().await == (5, 5)).then_some(()) }).await;
+    let acks = wait_mail(&smtp, 4, 20).await;
+    tokio::time::sleep(SETTLE).await;
+    let all = if case_count(&gw).await > all.len() { cases(&gw).await } else { all };
+    assert_eq!(all.len(), 4, "the rescan made no second case: {all:#?}");
+    for id in &ids {
+        assert_eq!(messages_of(case_of(&all, id).unwrap_or_else(|| panic!("a case for {id}"))), 1);
+    }
+    let acks = if smtp.messages().len() > acks.len() { smtp.messages() } else { acks };
+    assert_eq!(acks.len(), 4, "nobody is acknowledged twice: {acks:#?}");
+    assert_eq!(quarantined(&gw).await.len(), 1, "the bad message is quarantined once");
+    let cursor = store.load_cursor(key).await.expect("cursor").expect("cursor");
+    assert!(cursor.starts_with(&format!("{validity}:")), "the cursor follows the server's UIDVALIDITY: {cursor}");
+    store.close().await;
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn email_move_to_moves_committed_mail_and_deletes_nothing() {
+    let Some((imap, smtp)) = servers().await else { return };
+    let db = TestDb::sqlite();
+    for i in 0..3 {
+        imap.append(&complaint_from(&format!("mover{i}@customer.example"), &format!("Move {i}")).0).await;
+    }
+    let config = email_toml(&db.url, &imap, &smtp, 2).replace("batch = 2 }", "batch = 2, move_to = \"Processed\" }");
+    assert!(config.contains("move_to"), "{config}");
+    let gw = Gateway::start(&config).await;
+    wait_cases(&gw, 3, 20).await;
+    eventually(10, "INBOX emptied into Processed", || async {
+        (imap.counts().await == (0, 0) && imap.folder_count("Processed").await == 3).then_some(())
+    })
+    .await;
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn email_smtp_5xx_dead_letters_at_once_with_the_servers_answer() {
+    let Some((imap, smtp)) = servers().await else { return };
+    let db = TestDb::sqlite();
+    let gw = Gateway::start(&email_toml(&db.url, &imap, &smtp, 200)).await;
+    // The sink refuses recipients named reject… with 550 5.1.1, as a server refuses an unknown user.
+    imap.append(&complaint_from("reject.me@customer.example", "Unknown user").0).await;
+    imap.append(&complaint_from("fine@customer.example", "Known user").0).await;
+    wait_cases(&gw, 2, 20).await;
+    let dead = eventually(20, "the refused acknowledgement dead-lettered", || async {
+        let jobs = ack_jobs(&gw).await;
+        jobs.into_iter().find(|j| j["state"] == "dead")
+    })
+    .await;
+    assert_eq!(dead["attempts"].as_i64(), Some(1), "a permanent refusal is not retried: {dead}");
+    let error = dead["last_error"].as_str().unwrap_or_default();
+    assert!(error.contains("550") && error.contains("User unknown"), "the server's answer is kept: {error}");
+    let acks = wait_mail(&smtp, 1, 20).await;
+    ack_to(&acks, "fine@customer.example");
+    tokio::time::sleep(SETTLE).await;
+    assert_eq!(smtp.messages().len(), 1);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn email_bounce_of_an_acknowledgement_suppresses_the_address() {
+    let Some((imap, smtp)) = servers().await else { return };
+    let db = TestDb::sqlite();
+    // No acknowledgement window: only the suppression can keep the second complaint unanswered.
+    let config = email_toml(&db.url, &imap, &smtp, 200).replace("ack_window = \"10m\"", "ack_window = \"0s\"");
+    let gw = Gateway::start(&config).await;
+    let address = "gone@customer.example";
+    let (first, first_id) = complaint_from(address, "First try");
+    imap.append(&first).await;
+    let all = wait_cases(&gw, 1, 20).await;
+    let acked = ack_message_id(&gw, case_of(&all, &first_id).expect("the case")).await;
+    wait_mail(&smtp, 1, 20).await;
+
+    imap.append(&bounce_of(&acked, address)).await;
+    let store = db.store().await;
+    eventually(20, "the bounce stored", || async {
+        (store.count_events(Some("bounce")).await.expect("events") == 1).then_some(())
+    })
+    .await;
+    assert_eq!(case_count(&gw).await, 1, "a bounce opens no case");
+
+    let (second, second_id) = complaint_from(address, "Second try");
+    imap.append(&second).await;
+    let all = wait_cases(&gw, 2, 20).await;
+    let second_case = case_of(&all, &second_id).expect("the second complaint is still a case");
+    tokio::time::sleep(SETTLE).await;
+    let jobs = ack_jobs(&gw).await;
+    assert!(
+        jobs.iter().all(|j| j["case_id"] != second_case["id"]),
+        "no acknowledgement to a bounced address: {jobs:#?}"
+    );
+    assert_eq!(smtp.messages().len(), 1);
+
+    // A stranger is still answered: the suppression is for that address only.
+    imap.append(&complaint_from("other@customer.example", "Unrelated").0).await;
+    wait_mail(&smtp, 2, 20).await;
+    store.close().await;
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn email_reparse_restores_normalized_text_from_the_raw_message() {
+    let Some((imap, smtp)) = servers().await else { return };
+    let db = TestDb::sqlite();
+    let message_id = new_message_id();
+    imap.append(&chinese_complaint(&message_id)).await;
+    imap.append(&complaint_from("plain@customer.example", "Plain").0).await;
+    let gw = Gateway::start(&email_toml(&db.url, &imap, &smtp, 200)).await;
+    wait_cases(&gw, 2, 20).await;
+    gw.stop().await;
+
+    // As if an older parser had garbled the text: the raw message is what reparse works from.
+    let store = db.store().await;
+    let garbled = db
+        .exec(&format!(
+            "UPDATE messages SET data = json_set(data, '$.text', 'garbled', '$.subject', '???') WHERE external_id = '{message_id}'"
+        ))
+        .await;
+    assert_eq!(garbled, 1);
+    let done = earshot::reparse::reparse(&*store, 1 << 20).await.expect("reparse");
+    assert_eq!((done.updated, done.unchanged, done.failed), (1, 1, 0), "{done:?}");
+    let again = earshot::reparse::reparse(&*store, 1 << 20).await.expect("reparse");
+    assert_eq!((again.updated, again.unchanged), (0, 2), "a second run changes nothing: {again:?}");
+    store.close().await;
+
+    let gw = Gateway::start(&email_toml(&db.url, &imap, &smtp, 200)).await;
+    let all = cases(&gw).await;
+    let case = case_of(&all, &message_id).expect("the case");
+    let message = &case["messages"][0];
+    assert_eq!(message["subject"], CHINESE_SUBJECT);
+    assert!(message["text"].as_str().is_some_and(|t| t.contains("杯子")), "{message}");
+    gw.stop().await;
+}
+
+/// Complaint in over TLS, acknowledgement out over TLS, both servers trusted through `ca_file`
+/// only (a private CA): what a production mailbox does, against real servers.
+async fn tls_round_trip(imap_security: &str, smtp_implicit: bool) {
+    let Some(certs) = crate::mailsrv::TestCerts::make() else { return };
+    let Some(imap) = Dovecot::start_tls(&certs).await else { return };
+    let Some(smtp) = SmtpSink::start_tls(&certs, smtp_implicit).await else { return };
+    let db = TestDb::sqlite();
+    let imap_port = if imap_security == "tls" { imap.tls_port.expect("IMAPS port") } else { imap.port };
+    let ca = certs.ca.display().to_string();
+    let smtp_security = if smtp_implicit { "tls" } else { "starttls" };
+    let config = email_toml(&db.url, &imap, &smtp, 200)
+        .replace(
+            &format!("port = {}, security = \"plain\", username", imap.port),
+            &format!("port = {imap_port}, security = \"{imap_security}\", ca_file = \"{ca}\", username"),
+        )
+        .replace(
+            &format!("port = {}, security = \"plain\" }}", smtp.port),
+            &format!("port = {}, security = \"{smtp_security}\", ca_file = \"{ca}\" }}", smtp.port),
+        );
+    assert_eq!(config.matches("ca_file").count(), 2, "{config}");
+
+    // Without the CA the same servers are not trusted: the check happens, it is not switched off.
+    let untrusted = Gateway::start(&config.replace(&format!(", ca_file = \"{ca}\""), "")).await;
+    let (raw, id) = complaint_from("secure@customer.example", "Over TLS");
+    imap.append(&raw).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(case_count(&untrusted).await, 0, "an untrusted IMAP server is not read");
+    untrusted.stop().await;
+
+    let gw = Gateway::start(&config).await;
+    let all = wait_cases(&gw, 1, 20).await;
+    let case = case_of(&all, &id).expect("the case").clone();
+    let acks = wait_mail(&smtp, 1, 20).await;
+    assert_ack(&gw, ack_to(&acks, "secure@customer.example"), &case, "secure@customer.example", &id, "Over TLS").await;
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn email_over_implicit_tls_imap_and_starttls_smtp() {
+    tls_round_trip("tls", false).await;
+}
+
+#[tokio::test]
+async fn email_over_starttls_imap_and_implicit_tls_smtp() {
+    tls_round_trip("starttls", true).await;
+}
+
+/// The holder of the mailbox lease, read from the shared database.
+async fn lease_holder(db: &TestDb) -> Option<String> {
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(&db.url).await.expect("connect");
+    let holders: Vec<String> = sqlx::query_scalar("SELECT holder FROM leases WHERE name = 'imap:support'")
+        .fetch_all(&mut conn)
+        .await
+        .expect("leases");
+    let _ = conn.close().await;
+    assert!(holders.len() <= 1, "one lease row per mailbox: {holders:?}");
+    holders.into_iter().next()
+}
+
+#[tokio::test]
+async fn email_two_gateways_on_postgres_share_a_mailbox_through_one_lease() {
+    let Some((imap, smtp)) = servers().await else { return };
+    let Some(db) = TestDb::postgres().await else { return };
+    let config = email_toml(&db.url, &imap, &smtp, 5);
+    let first = Gateway::start(&config).await;
+    let second = Gateway::start(&config).await;
+    let mut ids = Vec::new();
+    for i in 0..10 {
+        let (raw, id) = complaint_from(&format!("shared{i}@customer.example"), &format!("Shared {i}"));
+        imap.append(&raw).await;
+        ids.push(id);
+    }
+    wait_cases(&first, 10, 30).await;
+    let holder = lease_holder(&db).await.expect("someone holds the mailbox lease");
+
+    // The first gateway stops: if it held the lease it lets go, and the second takes the mailbox over.
+    first.stop().await;
+    for i in 10..15 {
+        let (raw, id) = complaint_from(&format!("shared{i}@customer.example"), &format!("Shared {i}"));
+        imap.append(&raw).await;
+        ids.push(id);
+    }
+    // A waiting instance looks at the lease every third of its lifetime (20 s).
+    let all = wait_cases(&second, 15, 45).await;
+    let now_held_by = lease_holder(&db).await.expect("the second gateway holds the lease");
+    eprintln!("lease: {holder} before, {now_held_by} after the first gateway stopped");
+    let acks = wait_mail(&smtp, 15, 30).await;
+    tokio::time::sleep(SETTLE).await;
+    let all = if case_count(&second).await > all.len() { cases(&second).await } else { all };
+    assert_eq!(all.len(), 15, "no message became two cases");
+    for id in &ids {
+        assert_eq!(messages_of(case_of(&all, id).unwrap_or_else(|| panic!("a case for {id}"))), 1);
+    }
+    let acks = if smtp.messages().len() > acks.len() { smtp.messages() } else { acks };
+    assert_eq!(acks.len(), 15, "every complaint acknowledged once: {acks:#?}");
+    eventually(10, "all fifteen flagged \\Seen", || async { (imap.counts().await == (15, 15)).then_some(()) }).await;
+    second.stop().await;
+    assert_eq!(lease_holder(&db).await, None, "a clean stop releases the lease");
+    db.cleanup().await;
+}

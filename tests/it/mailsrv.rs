@@ -93,6 +93,82 @@ async fn wait_for_greeting(child: &mut Child, port: u16, expect: &str, log: &Pat
     }
 }
 
+async fn wait_for_port(child: &mut Child, port: u16, log: &Path) {
+    let deadline = Instant::now() + START_DEADLINE;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("server on port {port} exited with {status}; log:\n{}", read_log(log));
+        }
+        if TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            return;
+        }
+        if Instant::now() > deadline {
+            panic!("nothing listens on 127.0.0.1:{port} after {START_DEADLINE:?}; log:\n{}", read_log(log));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A throwaway CA and a server certificate it signed for 127.0.0.1, made with the openssl tool:
+/// what an operator with a private CA has, and what `ca_file` is for.
+pub struct TestCerts {
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl TestCerts {
+    /// `None` (the test skips, saying so; a failure under CI=true) without the openssl tool.
+    pub fn make() -> Option<TestCerts> {
+        if Command::new("openssl").arg("version").output().is_err() {
+            skip("the openssl tool is missing (it makes the test certificates)");
+            return None;
+        }
+        let dir = tempfile::Builder::new().prefix("earshot-certs.").tempdir().expect("temp dir");
+        let d = dir.path();
+        let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+        run(Command::new("openssl")
+            .args(["req", "-x509"])
+            .args(ec)
+            .args(["-days", "2", "-subj", "/CN=Earshot Test CA", "-keyout"])
+            .arg(d.join("ca.key"))
+            .arg("-out")
+            .arg(d.join("ca.pem")));
+        run(Command::new("openssl")
+            .arg("req")
+            .args(ec)
+            .args(["-subj", "/CN=127.0.0.1", "-keyout"])
+            .arg(d.join("server.key"))
+            .arg("-out")
+            .arg(d.join("server.csr")));
+        std::fs::write(
+            d.join("server.ext"),
+            "basicConstraints = CA:FALSE\nkeyUsage = digitalSignature\nextendedKeyUsage = serverAuth\n\
+             subjectAltName = IP:127.0.0.1\n",
+        )
+        .expect("server.ext");
+        run(Command::new("openssl")
+            .args(["x509", "-req", "-days", "2", "-set_serial", "2", "-in"])
+            .arg(d.join("server.csr"))
+            .arg("-CA")
+            .arg(d.join("ca.pem"))
+            .arg("-CAkey")
+            .arg(d.join("ca.key"))
+            .arg("-extfile")
+            .arg(d.join("server.ext"))
+            .arg("-out")
+            .arg(d.join("server.pem")));
+        // Dovecot reads them as root, aiosmtpd as this user: both fine with the defaults.
+        Some(TestCerts {
+            ca: d.join("ca.pem"),
+            server_cert: d.join("server.pem"),
+            server_key: d.join("server.key"),
+            _dir: dir,
+        })
+    }
+}
+
 fn read_log(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|e| format!("(no log at {}: {e})", path.display()))
 }
@@ -123,6 +199,9 @@ pub fn crlf(raw: &[u8]) -> Vec<u8> {
 /// Dovecot serving one user's INBOX (maildir) on 127.0.0.1, plain IMAP.
 pub struct Dovecot {
     pub port: u16,
+    /// Implicit-TLS (IMAPS) port when started with [`Dovecot::start_tls`]; the plain port then
+    /// offers STARTTLS.
+    pub tls_port: Option<u16>,
     pub user: String,
     pub password: String,
     pub dir: tempfile::TempDir,
@@ -134,6 +213,15 @@ impl Dovecot {
     /// Writes a complete config (no include of /etc/dovecot) into a fresh folder and starts Dovecot
     /// in the foreground on a free port; returns once it greets. `None` when Dovecot is unavailable.
     pub async fn start() -> Option<Dovecot> {
+        Dovecot::start_with(None).await
+    }
+
+    /// As [`Dovecot::start`], with TLS from `certs`: IMAPS on `tls_port`, STARTTLS on `port`.
+    pub async fn start_tls(certs: &TestCerts) -> Option<Dovecot> {
+        Dovecot::start_with(Some(certs)).await
+    }
+
+    async fn start_with(certs: Option<&TestCerts>) -> Option<Dovecot> {
         let bin = program("EARSHOT_TEST_DOVECOT", "Dovecot")?;
         // Mail processes switch to uid 65534 (they refuse uid 0), which only root can do.
         let uid = Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
@@ -144,6 +232,13 @@ impl Dovecot {
         let dir = tempfile::Builder::new().prefix("earshot-dovecot.").tempdir().expect("temp dir");
         let d = dir.path();
         let port = free_port();
+        let tls_port = certs.map(|_| free_port());
+        let ssl = match certs {
+            None => "ssl = no".to_owned(),
+            Some(c) => {
+                format!("ssl = yes\nssl_cert = <{}\nssl_key = <{}", c.server_cert.display(), c.server_key.display())
+            }
+        };
         let (user, password) = ("tester".to_owned(), "secret123".to_owned());
         // Mail processes run as uid 65534 and must reach the home below this folder.
         run(Command::new("chmod").arg("755").arg(d));
@@ -158,7 +253,7 @@ base_dir = {d}/run
 state_dir = {d}/state
 log_path = {d}/dovecot.log
 info_log_path = {d}/dovecot.log
-ssl = no
+{ssl}
 disable_plaintext_auth = no
 auth_mechanisms = plain login
 mail_location = maildir:~/Maildir
@@ -176,14 +271,17 @@ service imap-login {{
     port = {port}
   }}
   inet_listener imaps {{
-    port = 0
+    address = 127.0.0.1
+    port = {imaps_port}
+    ssl = yes
   }}
 }}
 "#,
-            d = d.display()
+            d = d.display(),
+            imaps_port = tls_port.unwrap_or(0),
         );
         std::fs::write(d.join("dovecot.conf"), conf).expect("dovecot.conf");
-        let mut dovecot = Dovecot { port, user, password, dir, bin, child: None };
+        let mut dovecot = Dovecot { port, tls_port, user, password, dir, bin, child: None };
         dovecot.start_again().await;
         Some(dovecot)
     }
@@ -239,6 +337,14 @@ service imap-login {{
         let seen = c.search("SEEN").await.len();
         c.logout().await;
         (all, seen)
+    }
+
+    /// How many messages `folder` holds (0 when it does not exist).
+    pub async fn folder_count(&self, folder: &str) -> usize {
+        let mut c = self.client().await;
+        let n = if c.try_ok(&format!("EXAMINE {folder}")).await { c.search("ALL").await.len() } else { 0 };
+        c.logout().await;
+        n
     }
 
     pub async fn seen_count(&self) -> usize {
@@ -327,6 +433,18 @@ impl ImapClient {
         self.complete(&tag, shown).await
     }
 
+    /// Runs one command; `true` when it answers OK, `false` for NO or BAD.
+    pub async fn try_ok(&mut self, command: &str) -> bool {
+        let tag = self.next_tag();
+        self.send(format!("{tag} {command}\r\n").as_bytes()).await;
+        loop {
+            let line = self.line().await;
+            if let Some(rest) = line.strip_prefix(tag.as_str()).and_then(|r| r.strip_prefix(' ')) {
+                return rest.starts_with("OK");
+            }
+        }
+    }
+
     pub async fn append(&mut self, folder: &str, message: &[u8]) {
         let tag = self.next_tag();
         self.send(format!("{tag} APPEND {folder} {{{}}}\r\n", message.len()).as_bytes()).await;
@@ -374,6 +492,8 @@ pub struct SmtpSink {
     pub dir: tempfile::TempDir,
     python: PathBuf,
     child: Option<Child>,
+    /// Certificate, key, implicit TLS?
+    tls: Option<(PathBuf, PathBuf, bool)>,
 }
 
 /// One message the sink captured, parsed.
@@ -449,6 +569,19 @@ impl Mail {
     }
 }
 
+/// aiosmtpd's maildir handler, except that it refuses recipients whose local part starts with
+/// `reject` the way a real server refuses an unknown user: `550 5.1.1` at RCPT.
+const SINK_HANDLER: &str = r#"
+from aiosmtpd.handlers import Mailbox
+
+class RejectingMailbox(Mailbox):
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        if address.lower().startswith("reject"):
+            return "550 5.1.1 <%s>: Recipient address rejected: User unknown in local recipient table" % address
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+"#;
+
 impl SmtpSink {
     /// Starts aiosmtpd on a free port, writing to a maildir that does not exist yet (aiosmtpd
     /// creates it; an empty pre-made folder would fail every DATA). `None` when Python or aiosmtpd
@@ -456,7 +589,18 @@ impl SmtpSink {
     pub async fn start() -> Option<SmtpSink> {
         let python = program("EARSHOT_TEST_SMTPD_PYTHON", "Python with aiosmtpd")?;
         let dir = tempfile::Builder::new().prefix("earshot-smtp.").tempdir().expect("temp dir");
-        let mut sink = SmtpSink { port: free_port(), dir, python, child: None };
+        let mut sink = SmtpSink { port: free_port(), dir, python, child: None, tls: None };
+        sink.start_again().await;
+        Some(sink)
+    }
+
+    /// As [`SmtpSink::start`], speaking TLS with the test certificate: implicit TLS (SMTPS) when
+    /// `implicit`, else STARTTLS, which it then requires before MAIL.
+    pub async fn start_tls(certs: &TestCerts, implicit: bool) -> Option<SmtpSink> {
+        let python = program("EARSHOT_TEST_SMTPD_PYTHON", "Python with aiosmtpd")?;
+        let dir = tempfile::Builder::new().prefix("earshot-smtp.").tempdir().expect("temp dir");
+        let tls = Some((certs.server_cert.clone(), certs.server_key.clone(), implicit));
+        let mut sink = SmtpSink { port: free_port(), dir, python, child: None, tls };
         sink.start_again().await;
         Some(sink)
     }
@@ -474,16 +618,28 @@ impl SmtpSink {
         assert!(self.child.is_none(), "the SMTP sink is already running");
         let log_path = self.dir.path().join("smtpd.log");
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).expect("sink log");
+        std::fs::write(self.dir.path().join("earshot_sink.py"), SINK_HANDLER).expect("write the sink handler");
         let mut child = Command::new(&self.python)
+            .env("PYTHONPATH", self.dir.path())
             .args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{}", self.port)])
-            .args(["-c", "aiosmtpd.handlers.Mailbox"])
+            .args(match &self.tls {
+                None => Vec::new(),
+                Some((cert, key, true)) => vec!["--smtpscert".into(), cert.clone(), "--smtpskey".into(), key.clone()],
+                Some((cert, key, false)) => vec!["--tlscert".into(), cert.clone(), "--tlskey".into(), key.clone()],
+            })
+            .args(["-c", "earshot_sink.RejectingMailbox"])
             .arg(self.maildir())
             .stdin(Stdio::null())
             .stdout(log.try_clone().map(Stdio::from).unwrap_or(Stdio::null()))
             .stderr(Stdio::from(log))
             .spawn()
             .unwrap_or_else(|e| panic!("start {}: {e}", self.python.display()));
-        wait_for_greeting(&mut child, self.port, "220", &log_path).await;
+        if matches!(self.tls, Some((_, _, true))) {
+            // SMTPS greets only inside TLS: an accepted connection is the sign of life.
+            wait_for_port(&mut child, self.port, &log_path).await;
+        } else {
+            wait_for_greeting(&mut child, self.port, "220", &log_path).await;
+        }
         self.child = Some(child);
     }
 

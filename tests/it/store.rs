@@ -74,6 +74,8 @@ on_both_backends!(store check_per_case_ordering => sqlite_per_case_ordering, pos
 on_both_backends!(store check_dead_and_replay => sqlite_dead_and_replay, postgres_dead_and_replay);
 on_both_backends!(store check_ticket_id => sqlite_ticket_id, postgres_ticket_id);
 on_both_backends!(store check_customers_for => sqlite_customers_for, postgres_customers_for);
+on_both_backends!(store check_mailbox_leases => sqlite_mailbox_leases, postgres_mailbox_leases);
+on_both_backends!(store check_channel_state_is_idempotent => sqlite_channel_state_is_idempotent, postgres_channel_state_is_idempotent);
 
 // Concurrency: SQLite is written by one process, so its concurrent callers share one store; on
 // PostgreSQL they are two stores (two pools, as two gateway instances) on one database.
@@ -774,4 +776,60 @@ async fn check_concurrent_leasing(stores: &[Arc<dyn Store>]) {
     assert_eq!(distinct.len(), 200, "every job was leased");
     let jobs = all_jobs(store).await;
     assert!(jobs.iter().all(|j| j.state == "leased" && j.attempts == 1), "each job leased once");
+}
+
+/// The lease that lets exactly one instance poll a mailbox: taken when free, renewed by its holder,
+/// refused to others while it lasts, taken over once it has expired, handed on when released.
+async fn check_mailbox_leases(store: &dyn Store) {
+    let name = format!("imap:{}", uid());
+    let ttl = 60_000;
+    assert!(store.try_lease(&name, "a", 1_000, ttl).await.expect("lease"), "a free lease is taken");
+    assert!(!store.try_lease(&name, "b", 2_000, ttl).await.expect("lease"), "refused while a holds it");
+    assert!(store.try_lease(&name, "a", 30_000, ttl).await.expect("lease"), "renewed by its holder");
+    // a renewed at 30 s, so the lease lasts until 90 s: still refused at 61 s.
+    assert!(!store.try_lease(&name, "b", 61_000 + 1, ttl).await.expect("lease"), "renewal extended it");
+    assert!(store.try_lease(&name, "b", 90_001, ttl).await.expect("lease"), "taken over once expired");
+    assert!(!store.try_lease(&name, "a", 90_002, ttl).await.expect("lease"), "the old holder lost it");
+    store.release_lease(&name, "a").await.expect("release");
+    assert!(!store.try_lease(&name, "c", 90_003, ttl).await.expect("lease"), "only the holder can release");
+    store.release_lease(&name, "b").await.expect("release");
+    assert!(store.try_lease(&name, "c", 90_004, ttl).await.expect("lease"), "free again after release");
+    // Leases of other mailboxes are separate.
+    assert!(store.try_lease(&format!("{name}-other"), "a", 90_005, ttl).await.expect("lease"));
+}
+
+/// What a channel records about messages it fetches is recorded once, however often they are
+/// fetched: cursors overwrite, events and quarantine entries are kept once per message.
+async fn check_channel_state_is_idempotent(store: &dyn Store) {
+    let key = format!("imap:{}:INBOX", uid());
+    assert_eq!(store.load_cursor(&key).await.expect("cursor"), None);
+    store.save_cursor(&key, "7:10", 1).await.expect("save");
+    store.save_cursor(&key, "7:12", 2).await.expect("save");
+    assert_eq!(store.load_cursor(&key).await.expect("cursor").as_deref(), Some("7:12"));
+
+    let event = earshot::store::NewEvent {
+        channel: "email",
+        source: "support".into(),
+        kind: "bounce".into(),
+        external_id: format!("{}@mx.example", uid()),
+        sender: Some("mailer-daemon@mx.example".into()),
+        subject: Some("Undelivered".into()),
+        data: "{}".into(),
+        raw: Some(bytes::Bytes::from_static(b"raw bounce")),
+        now_ms: 1,
+    };
+    let before = store.count_events(Some("bounce")).await.expect("count");
+    assert!(store.record_event(&event).await.expect("event"), "new the first time");
+    assert!(!store.record_event(&event).await.expect("event"), "known the second time");
+    assert_eq!(store.count_events(Some("bounce")).await.expect("count"), before + 1);
+
+    let raw = format!("not a mail {}", uid()).into_bytes();
+    let first = store.quarantine("email", "support", "no sender", &raw, 1).await.expect("quarantine");
+    let again = store.quarantine("email", "support", "no sender", &raw, 2).await.expect("quarantine");
+    assert_eq!(first, again, "the same bytes are quarantined once");
+    let other = store.quarantine("email", "sales", "no sender", &raw, 3).await.expect("quarantine");
+    assert_ne!(first, other, "another mailbox keeps its own entry");
+    let listed = store.list_quarantine(100).await.expect("list");
+    assert_eq!(listed.iter().filter(|q| q.id == first || q.id == other).count(), 2);
+    assert_eq!(listed.iter().find(|q| q.id == first).map(|q| q.size), Some(raw.len() as i64));
 }

@@ -82,6 +82,22 @@ impl TestDb {
         }
     }
 
+    /// Runs one statement on the test database behind the gateway's back; returns the rows changed.
+    pub async fn exec(&self, sql: &str) -> u64 {
+        use sqlx::Connection;
+        if self.pg_admin.is_some() {
+            let mut conn = sqlx::PgConnection::connect(&self.url).await.expect("connect");
+            let n = sqlx::query(sql).execute(&mut conn).await.expect(sql).rows_affected();
+            let _ = conn.close().await;
+            n
+        } else {
+            let mut conn = sqlx::SqliteConnection::connect(&self.url).await.expect("connect");
+            let n = sqlx::query(sql).execute(&mut conn).await.expect(sql).rows_affected();
+            let _ = conn.close().await;
+            n
+        }
+    }
+
     pub async fn store(&self) -> Arc<dyn earshot::store::Store> {
         earshot::store::open(&self.url, 2).await.expect("open store")
     }

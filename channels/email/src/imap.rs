@@ -45,14 +45,22 @@ pub enum ImapError {
 }
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Any single IMAP command (a FETCH of a whole batch included) that takes longer means a dead
+/// connection: the session ends and reconnects instead of hanging until the kernel gives up.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(300);
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// A message whose intake fails this many times in a row (a row the store refuses, say) is
+/// quarantined with the error, so it never blocks the messages behind it.
+const POISON_AFTER: u32 = 3;
 /// The lease is renewed well within its lifetime; another instance takes over a dead holder's
 /// mailbox after it expires.
 pub const LEASE_TTL: Duration = Duration::from_secs(60);
 /// RFC 2177: re-issue IDLE at least every 29 minutes; servers drop idle clients after 30.
 const MAX_IDLE: Duration = Duration::from_secs(25 * 60);
 
-async fn tls_stream(host: &str, tcp: TcpStream) -> Result<Box<dyn ImapStream>, ImapError> {
-    let stream = crate::tls::connect(host, tcp).await.map_err(|e| ImapError::Tls(e.to_string()))?;
+async fn tls_stream(s: &ImapSettings, tcp: TcpStream) -> Result<Box<dyn ImapStream>, ImapError> {
+    let stream =
+        crate::tls::connect(&s.host, tcp, s.ca_pem.as_deref()).await.map_err(|e| ImapError::Tls(e.to_string()))?;
     Ok(Box::new(stream))
 }
 
@@ -67,7 +75,7 @@ async fn connect(s: &ImapSettings) -> Result<Session, ImapError> {
             c
         }
         Security::Tls => {
-            let mut c = async_imap::Client::new(tls_stream(&s.host, tcp).await?);
+            let mut c = async_imap::Client::new(tls_stream(s, tcp).await?);
             greeting(&mut c).await?;
             c
         }
@@ -79,7 +87,7 @@ async fn connect(s: &ImapSettings) -> Result<Session, ImapError> {
             }
             c.run_command_and_check_ok("STARTTLS", None).await?;
             // No greeting follows STARTTLS.
-            async_imap::Client::new(tls_stream(&s.host, c.into_inner()).await?)
+            async_imap::Client::new(tls_stream(s, c.into_inner()).await?)
         }
     };
     let session =
@@ -111,6 +119,7 @@ pub async fn run_mailbox(
 ) {
     let lease = format!("imap:{}", mb.name);
     let mut backoff = Duration::from_secs(1);
+    let mut failures = Failures::default();
     while !shutdown.is_cancelled() {
         match intake.try_lease(&lease, &ctx.instance, LEASE_TTL).await {
             Ok(true) => {}
@@ -125,12 +134,27 @@ pub async fn run_mailbox(
                 continue;
             }
         }
-        match session(&ctx, &mb, &*intake, &lease, &shutdown).await {
+        let mut run = SessionRun {
+            ctx: &ctx,
+            mb: &mb,
+            intake: &*intake,
+            lease: &lease,
+            failures: &mut failures,
+            connected: false,
+        };
+        let outcome = run.session(&shutdown).await;
+        if run.connected {
+            // The server was fine a moment ago: start the backoff over.
+            backoff = Duration::from_secs(1);
+        }
+        match outcome {
             Ok(()) => break,
             Err(e) => {
-                tracing::warn!(mailbox = %mb.name, error = %e, retry_in_secs = backoff.as_secs(), "IMAP session ended; reconnecting.");
-                tokio::select! { _ = tokio::time::sleep(backoff) => {}, _ = shutdown.cancelled() => {} }
-                backoff = (backoff * 2).min(Duration::from_secs(60));
+                // Jitter, so instances that lost the same server do not all come back at once.
+                let wait = backoff.mul_f64(rand::random_range(0.8..1.2));
+                tracing::warn!(mailbox = %mb.name, error = %e, retry_in_ms = wait.as_millis() as u64, "IMAP session ended; reconnecting.");
+                tokio::select! { _ = tokio::time::sleep(wait) => {}, _ = shutdown.cancelled() => {} }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         }
     }
@@ -138,93 +162,219 @@ pub async fn run_mailbox(
     tracing::info!(mailbox = %mb.name, "Mailbox loop stopped.");
 }
 
-async fn session(
-    ctx: &EmailContext,
-    mb: &MailboxSettings,
-    intake: &dyn Intake,
-    lease: &str,
-    shutdown: &CancellationToken,
-) -> Result<(), ImapError> {
-    let mut session = connect(&mb.imap).await?;
-    let selected = session.select(&mb.imap.folder).await?;
-    let uidvalidity = selected.uid_validity.unwrap_or(0);
-    let cursor_key = format!("imap:{}:{}", mb.name, mb.imap.folder);
-    let mut last_uid = match intake.load_cursor(&cursor_key).await?.as_deref().and_then(parse_cursor) {
-        Some((v, uid)) if v == uidvalidity => uid,
-        Some((v, _)) => {
-            tracing::warn!(mailbox = %mb.name, old = v, new = uidvalidity, "UIDVALIDITY changed; rescanning the folder (dedup keeps it free of duplicates).");
-            0
-        }
-        None => 0,
-    };
-    let idle = mb.imap.idle && session.capabilities().await?.has_str("IDLE");
-    tracing::info!(mailbox = %mb.name, folder = %mb.imap.folder, uidvalidity, last_uid, idle, "IMAP connected.");
+/// Consecutive intake failures per UID, kept across reconnects.
+#[derive(Default)]
+struct Failures(std::collections::HashMap<u32, u32>);
 
-    loop {
-        // Work through everything after the cursor, in batches, with progress in the logs.
-        loop {
-            let found: HashSet<u32> = session.uid_search(format!("UID {}:*", last_uid.saturating_add(1))).await?;
-            // "n:*" always matches the highest UID, even when it is below n.
-            let mut uids: Vec<u32> = found.into_iter().filter(|u| *u > last_uid).collect();
-            if uids.is_empty() {
-                break;
-            }
-            uids.sort_unstable();
-            let remaining = uids.len();
-            uids.truncate(mb.imap.batch as usize);
-            let set = uid_set(&uids);
-            let fetched: Vec<_> = session.uid_fetch(&set, "(UID BODY.PEEK[])").await?.try_collect().await?;
-            let mut done = Vec::with_capacity(fetched.len());
-            for f in &fetched {
-                let (Some(uid), Some(body)) = (f.uid, f.body()) else { continue };
-                handle::message(ctx, mb, intake, body).await?;
-                done.push(uid);
-            }
-            if !done.is_empty() {
-                let set = uid_set(&done);
-                match &mb.imap.move_to {
-                    Some(folder) => session.uid_mv(&set, folder).await?,
-                    None => {
-                        let _: Vec<_> = session.uid_store(&set, "+FLAGS.SILENT (\\Seen)").await?.try_collect().await?;
-                    }
-                }
-            }
-            last_uid = uids.iter().copied().max().unwrap_or(last_uid);
-            intake.save_cursor(&cursor_key, &format!("{uidvalidity}:{last_uid}")).await?;
-            tracing::info!(mailbox = %mb.name, committed = done.len(), remaining = remaining - uids.len(), last_uid, "IMAP batch committed.");
-            if !intake.try_lease(lease, &ctx.instance, LEASE_TTL).await? {
-                return Err(ImapError::LeaseLost);
-            }
-        }
-        if !intake.try_lease(lease, &ctx.instance, LEASE_TTL).await? {
+/// Runs `fut` under [`COMMAND_TIMEOUT`].
+async fn timed<T, E: Into<ImapError>>(
+    what: &'static str,
+    fut: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, ImapError> {
+    match tokio::time::timeout(COMMAND_TIMEOUT, fut).await {
+        Ok(r) => r.map_err(Into::into),
+        Err(_) => Err(ImapError::Timeout(what)),
+    }
+}
+
+/// One connection's worth of work on a mailbox.
+struct SessionRun<'a> {
+    ctx: &'a EmailContext,
+    mb: &'a MailboxSettings,
+    intake: &'a dyn Intake,
+    lease: &'a str,
+    failures: &'a mut Failures,
+    /// Set once the folder is selected: the server and the credentials work.
+    connected: bool,
+}
+
+impl SessionRun<'_> {
+    async fn renew_lease(&self, renewed: &mut std::time::Instant) -> Result<(), ImapError> {
+        if !self.intake.try_lease(self.lease, &self.ctx.instance, LEASE_TTL).await? {
             return Err(ImapError::LeaseLost);
         }
-        // Wait for news: IDLE when the server has it, else poll; never longer than the lease allows.
-        let wait = mb.imap.poll.min(LEASE_TTL / 3);
-        if idle {
-            let mut handle = session.idle();
-            handle.init().await?;
-            let (until, interrupt) = handle.wait_with_timeout(wait.min(MAX_IDLE));
-            let outcome = tokio::select! {
-                r = until => Some(r),
-                _ = shutdown.cancelled() => None,
-            };
-            drop(interrupt);
-            session = handle.done().await?;
-            match outcome {
-                None => break,
-                Some(Ok(IdleResponse::NewData(_))) => tracing::debug!(mailbox = %mb.name, "IDLE: new data."),
-                Some(Ok(_)) => {}
-                Some(Err(e)) => return Err(e.into()),
+        *renewed = std::time::Instant::now();
+        Ok(())
+    }
+
+    /// Renews the lease when a third of its lifetime has passed, so long batches never outlive it.
+    async fn renew_lease_if_due(&self, renewed: &mut std::time::Instant) -> Result<(), ImapError> {
+        if renewed.elapsed() >= LEASE_TTL / 3 {
+            self.renew_lease(renewed).await?;
+        }
+        Ok(())
+    }
+
+    async fn session(&mut self, shutdown: &CancellationToken) -> Result<(), ImapError> {
+        let (mb, intake) = (self.mb, self.intake);
+        let mut renewed = std::time::Instant::now();
+        let mut session = connect(&mb.imap).await?;
+        let selected = timed("SELECT", session.select(&mb.imap.folder)).await?;
+        self.connected = true;
+        let uidvalidity = selected.uid_validity.unwrap_or(0);
+        let cursor_key = format!("imap:{}:{}", mb.name, mb.imap.folder);
+        let mut last_uid = match intake.load_cursor(&cursor_key).await?.as_deref().and_then(parse_cursor) {
+            Some((v, uid)) if v == uidvalidity => uid,
+            Some((v, _)) => {
+                tracing::warn!(mailbox = %mb.name, old = v, new = uidvalidity, "UIDVALIDITY changed; rescanning the folder (dedup keeps it free of duplicates).");
+                0
             }
-        } else {
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                _ = shutdown.cancelled() => break,
+            None => 0,
+        };
+        let capabilities = timed("CAPABILITY", session.capabilities()).await?;
+        let idle = mb.imap.idle && capabilities.has_str("IDLE");
+        let can_move = capabilities.has_str("MOVE");
+        drop(capabilities);
+        if let Some(folder) = &mb.imap.move_to {
+            ensure_folder(&mut session, &mb.name, folder).await?;
+        }
+        tracing::info!(mailbox = %mb.name, folder = %mb.imap.folder, uidvalidity, last_uid, idle, "IMAP connected.");
+
+        loop {
+            // Work through everything after the cursor, in batches, with progress in the logs.
+            loop {
+                let found: HashSet<u32> =
+                    timed("UID SEARCH", session.uid_search(format!("UID {}:*", last_uid.saturating_add(1)))).await?;
+                // "n:*" always matches the highest UID, even when it is below n.
+                let mut uids: Vec<u32> = found.into_iter().filter(|u| *u > last_uid).collect();
+                if uids.is_empty() {
+                    break;
+                }
+                uids.sort_unstable();
+                let remaining = uids.len();
+                uids.truncate(mb.imap.batch as usize);
+                let set = uid_set(&uids);
+                let fetched: Vec<_> = timed("UID FETCH", async {
+                    session.uid_fetch(&set, "(UID BODY.PEEK[])").await?.try_collect::<Vec<_>>().await
+                })
+                .await?;
+                let mut done = Vec::with_capacity(fetched.len());
+                for f in &fetched {
+                    let Some(uid) = f.uid else { continue };
+                    let Some(body) = f.body() else {
+                        tracing::warn!(mailbox = %mb.name, uid, "The server sent no body for this message; skipping it.");
+                        continue;
+                    };
+                    self.take_in(uid, body).await?;
+                    done.push(uid);
+                    self.renew_lease_if_due(&mut renewed).await?;
+                }
+                // The cursor moves first: the messages are committed, and a failure to flag or move
+                // them below must not make the next session take them in again and again.
+                last_uid = uids.iter().copied().max().unwrap_or(last_uid);
+                intake.save_cursor(&cursor_key, &format!("{uidvalidity}:{last_uid}")).await?;
+                if !done.is_empty() {
+                    self.mark_done(&mut session, &uid_set(&done), can_move).await?;
+                }
+                tracing::info!(mailbox = %mb.name, committed = done.len(), remaining = remaining - uids.len(), last_uid, "IMAP batch committed.");
+                self.renew_lease(&mut renewed).await?;
+            }
+            self.renew_lease(&mut renewed).await?;
+            if idle {
+                // IDLE for news, re-checking the folder (and renewing the lease) at least every
+                // third of the lease's lifetime, in case the server missed telling us.
+                let mut handle = session.idle();
+                timed("IDLE", handle.init()).await?;
+                let (until, interrupt) = handle.wait_with_timeout((LEASE_TTL / 3).min(mb.imap.poll).min(MAX_IDLE));
+                let outcome = tokio::select! {
+                    r = until => Some(r),
+                    _ = shutdown.cancelled() => None,
+                };
+                drop(interrupt);
+                session = timed("DONE", handle.done()).await?;
+                match outcome {
+                    None => break,
+                    Some(Ok(IdleResponse::NewData(_))) => tracing::debug!(mailbox = %mb.name, "IDLE: new data."),
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => return Err(e.into()),
+                }
+            } else {
+                // Poll every `poll_secs`, renewing the lease in between when the interval is long.
+                let next_poll = tokio::time::Instant::now() + mb.imap.poll;
+                loop {
+                    let now = tokio::time::Instant::now();
+                    if now >= next_poll {
+                        break;
+                    }
+                    let nap = (next_poll - now).min(LEASE_TTL / 3);
+                    tokio::select! {
+                        _ = tokio::time::sleep(nap) => {}
+                        _ = shutdown.cancelled() => {
+                            let _ = session.logout().await;
+                            return Ok(());
+                        }
+                    }
+                    self.renew_lease_if_due(&mut renewed).await?;
+                }
+            }
+        }
+        let _ = session.logout().await;
+        Ok(())
+    }
+
+    /// Takes one message in. A message that keeps failing is quarantined with the error after
+    /// [`POISON_AFTER`] tries, so it cannot hold up the mailbox.
+    async fn take_in(&mut self, uid: u32, body: &[u8]) -> Result<(), ImapError> {
+        match handle::message(self.ctx, self.mb, self.intake, body).await {
+            Ok(()) => {
+                self.failures.0.remove(&uid);
+                Ok(())
+            }
+            Err(e @ IntakeError::ShuttingDown) => Err(e.into()),
+            Err(e) => {
+                let tries = self.failures.0.entry(uid).or_insert(0);
+                *tries += 1;
+                if *tries < POISON_AFTER {
+                    tracing::warn!(mailbox = %self.mb.name, uid, tries = *tries, error = %e, "Message not stored; it will be fetched again.");
+                    return Err(e.into());
+                }
+                let reason = format!("not stored after {tries} tries: {e}");
+                handle::quarantine(self.mb, self.intake, body, &reason).await?;
+                self.failures.0.remove(&uid);
+                Ok(())
             }
         }
     }
-    let _ = session.logout().await;
+
+    /// Flags committed messages `\Seen`, or moves them (MOVE, else COPY and flag: never EXPUNGE).
+    /// They are committed already, so a failure here is logged and not retried.
+    async fn mark_done(&self, session: &mut Session, set: &str, can_move: bool) -> Result<(), ImapError> {
+        let result = match &self.mb.imap.move_to {
+            Some(folder) if can_move => timed("UID MOVE", session.uid_mv(set, folder)).await,
+            Some(folder) => match timed("UID COPY", session.uid_copy(set, folder)).await {
+                Ok(()) => flag_seen(session, set).await,
+                Err(e) => Err(e),
+            },
+            None => flag_seen(session, set).await,
+        };
+        match result {
+            Ok(()) => Ok(()),
+            // A broken connection is a session error like any other.
+            Err(e @ (ImapError::Timeout(_) | ImapError::Io(_))) => Err(e),
+            Err(e) => {
+                tracing::warn!(mailbox = %self.mb.name, uids = set, error = %e, "Committed messages could not be flagged or moved; they stay where they are.");
+                Ok(())
+            }
+        }
+    }
+}
+
+async fn flag_seen(session: &mut Session, set: &str) -> Result<(), ImapError> {
+    timed("UID STORE", async { session.uid_store(set, "+FLAGS.SILENT (\\Seen)").await?.try_collect::<Vec<_>>().await })
+        .await
+        .map(drop)
+}
+
+/// Creates the `move_to` folder when the server does not have it yet, so moves cannot fail on it.
+async fn ensure_folder(session: &mut Session, mailbox: &str, folder: &str) -> Result<(), ImapError> {
+    let exists = timed("LIST", async { session.list(Some(""), Some(folder)).await?.try_collect::<Vec<_>>().await })
+        .await?
+        .iter()
+        .any(|n| n.name() == folder);
+    if !exists {
+        tracing::info!(mailbox, folder, "The move_to folder does not exist; creating it.");
+        timed("CREATE", session.create(folder)).await?;
+    }
     Ok(())
 }
 

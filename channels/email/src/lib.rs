@@ -33,7 +33,7 @@ pub mod settings;
 #[cfg(feature = "io")]
 mod smtp;
 #[cfg(feature = "io")]
-mod tls;
+pub mod tls;
 
 #[cfg(feature = "io")]
 pub use channel::{EmailChannel, EmailContext};

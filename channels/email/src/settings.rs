@@ -26,6 +26,8 @@ pub struct ImapSettings {
     pub move_to: Option<String>,
     /// Messages fetched and committed per round.
     pub batch: u32,
+    /// PEM certificates trusted besides the public roots (`ca_file`).
+    pub ca_pem: Option<Vec<u8>>,
 }
 
 #[derive(Debug, Clone)]
@@ -36,6 +38,8 @@ pub struct SmtpSettings {
     pub username: Option<String>,
     pub password: Option<SecretString>,
     pub timeout: Duration,
+    /// PEM certificates trusted besides the public roots (`ca_file`).
+    pub ca_pem: Option<Vec<u8>>,
 }
 
 #[derive(Debug, Clone)]

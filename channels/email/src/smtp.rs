@@ -44,6 +44,19 @@ struct Outgoing {
     domain: String,
 }
 
+/// TLS towards the SMTP server: the public roots, plus the `ca_file` certificates if any.
+fn tls_parameters(s: &crate::settings::SmtpSettings) -> Result<TlsParameters, String> {
+    let mut b = TlsParameters::builder(s.host.clone());
+    if let Some(pem) = &s.ca_pem {
+        for cert in crate::tls::pem_certificates(pem)? {
+            let der =
+                lettre::transport::smtp::client::Certificate::from_der(cert.to_vec()).map_err(|e| e.to_string())?;
+            b = b.add_root_certificate(der);
+        }
+    }
+    b.build().map_err(|e| e.to_string())
+}
+
 pub struct SmtpSender {
     by_mailbox: HashMap<String, Outgoing>,
     per_recipient: DefaultKeyedRateLimiter<String>,
@@ -56,8 +69,8 @@ impl SmtpSender {
             let s = &mb.smtp;
             let tls = match s.security {
                 Security::Plain => Tls::None,
-                Security::Starttls => Tls::Required(TlsParameters::new(s.host.clone()).map_err(|e| e.to_string())?),
-                Security::Tls => Tls::Wrapper(TlsParameters::new(s.host.clone()).map_err(|e| e.to_string())?),
+                Security::Starttls => Tls::Required(tls_parameters(s)?),
+                Security::Tls => Tls::Wrapper(tls_parameters(s)?),
             };
             let mut b = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&s.host)
                 .port(s.port)
@@ -84,6 +97,10 @@ impl SmtpSender {
             .by_mailbox
             .get(mailbox)
             .ok_or_else(|| SendError::Permanent { reason: format!("mailbox {mailbox:?} is no longer configured") })?;
+        // Forget recipients whose quota has refilled, so the limiter's memory stays bounded.
+        if self.per_recipient.len() > 10_000 {
+            self.per_recipient.retain_recent();
+        }
         if let Err(not_until) = self.per_recipient.check_key(to) {
             let wait = not_until.wait_time_from(DefaultClock::default().now());
             return Err(SendError::Transient {
