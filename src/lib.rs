@@ -103,6 +103,7 @@ pub async fn run(settings: Settings, listener: TcpListener, shutdown: Cancellati
         store: store.clone(),
         builder,
         max_batch: settings.max_batch,
+        writers: settings.writers,
         outbox_wake: wake.clone(),
         suppress_for: settings.undeliverable_for,
     });

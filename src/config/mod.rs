@@ -232,6 +232,9 @@ pub struct IntakeConfig {
     /// Most submissions committed in one transaction. Default 256.
     #[serde(default = "default_max_batch")]
     pub max_batch: usize,
+    /// Batches committed at the same time. Default 1 on SQLite (it has one writer connection;
+    /// more is refused) and 4 on PostgreSQL, where one batch commits while the next is prepared.
+    pub writers: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]

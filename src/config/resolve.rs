@@ -68,6 +68,8 @@ pub struct Settings {
     /// How long a bounced address is suppressed.
     pub undeliverable_for: Duration,
     pub max_batch: usize,
+    /// Intake batches committed concurrently (1 on SQLite).
+    pub writers: usize,
     pub outbox: OutboxSettings,
     pub sla_first_response: Duration,
     pub sla_resolution: Duration,
@@ -225,6 +227,23 @@ pub fn resolve(cfg: &Config, base: &Path) -> Result<Settings, Vec<Problem>> {
     if !(1..=1000).contains(&cfg.intake.max_batch) {
         c.problem("intake.max_batch", "must be between 1 and 1000");
     }
+    let postgres = cfg.database.url.starts_with("postgres:") || cfg.database.url.starts_with("postgresql:");
+    let writers = match cfg.intake.writers {
+        None if postgres => 4,
+        None => 1,
+        Some(n) if !(1..=32).contains(&n) => {
+            c.problem("intake.writers", "must be between 1 and 32");
+            1
+        }
+        Some(n) if n > 1 && !postgres => {
+            c.problem(
+                "intake.writers",
+                "SQLite has one writer connection: only 1 is possible (use PostgreSQL for more)",
+            );
+            1
+        }
+        Some(n) => n,
+    };
     let o = &cfg.outbox;
     c.positive("outbox.workers", o.workers as u64);
     c.positive("outbox.max_attempts", u64::from(o.max_attempts));
@@ -260,6 +279,7 @@ pub fn resolve(cfg: &Config, base: &Path) -> Result<Settings, Vec<Problem>> {
         ack_window: ack_window.ok_or_else(missing)?,
         undeliverable_for: undeliverable_for.ok_or_else(missing)?,
         max_batch: cfg.intake.max_batch,
+        writers,
         outbox: OutboxSettings {
             workers: o.workers,
             retry_schedule: schedule,

@@ -41,6 +41,8 @@ pub struct WriterContext {
     pub store: Arc<dyn Store>,
     pub builder: Builder,
     pub max_batch: usize,
+    /// Writer tasks, each committing its own batch (1 on SQLite).
+    pub writers: usize,
     /// Woken after every commit that created outbox jobs.
     pub outbox_wake: Arc<Notify>,
     pub suppress_for: Duration,
@@ -51,7 +53,7 @@ impl IntakeService {
     pub fn start(ctx: WriterContext) -> (Arc<IntakeService>, JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(ctx.max_batch * 4);
         let (store, suppress_for) = (ctx.store.clone(), ctx.suppress_for);
-        let handle = tokio::spawn(writer::run(rx, ctx));
+        let handle = tokio::spawn(writer::run_all(rx, ctx));
         (Arc::new(IntakeService { queue: RwLock::new(Some(tx)), store, suppress_for }), handle)
     }
 

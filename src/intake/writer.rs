@@ -10,6 +10,7 @@
 //! all, so no failure leaves half a case behind.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use earshot_channel::{IntakeError, Receipt};
 use time::OffsetDateTime;
@@ -24,14 +25,35 @@ struct Group {
     copies: Vec<Submission>,
 }
 
-pub(super) async fn run(mut rx: mpsc::Receiver<Submission>, ctx: WriterContext) {
+/// Runs `ctx.writers` writer loops on one queue; returns when the queue is closed and drained.
+///
+/// With more than one (PostgreSQL), a batch is prepared and committed while another commits: the
+/// database overlaps their round trips and fsyncs. Concurrent batches cannot deadlock, because
+/// each locks the rows it inserts in one global order (see `commit_items`), and a message sent to
+/// two batches at once is still stored once: the second waits on the first's unique key.
+pub(super) async fn run_all(rx: mpsc::Receiver<Submission>, ctx: WriterContext) {
+    let rx = Arc::new(tokio::sync::Mutex::new(rx));
+    let ctx = Arc::new(ctx);
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..ctx.writers.max(1) {
+        set.spawn(run(rx.clone(), ctx.clone()));
+    }
+    while set.join_next().await.is_some() {}
+    tracing::debug!("Intake writers stopped: queue closed and drained.");
+}
+
+async fn run(rx: Arc<tokio::sync::Mutex<mpsc::Receiver<Submission>>>, ctx: Arc<WriterContext>) {
     let mut batch = Vec::with_capacity(ctx.max_batch);
-    while rx.recv_many(&mut batch, ctx.max_batch).await > 0 {
+    loop {
+        // One writer waits on the queue at a time; it lets go as soon as it has its batch.
+        let got = rx.lock().await.recv_many(&mut batch, ctx.max_batch).await;
+        if got == 0 {
+            return;
+        }
         let size = batch.len();
         commit(&ctx, std::mem::take(&mut batch)).await;
         metrics::histogram!("earshot_batch_size").record(size as f64);
     }
-    tracing::debug!("Intake writer stopped: queue closed and drained.");
 }
 
 async fn commit(ctx: &WriterContext, batch: Vec<Submission>) {

@@ -79,12 +79,17 @@ macro_rules! shared_queries {
             if items.is_empty() {
                 return Ok(Vec::new());
             }
+            // Every table's rows go in in one global order (by their unique key), so that
+            // concurrent batches (several writers, several instances) lock them in the same order
+            // and cannot deadlock.
+            let mut by_key: Vec<&NewCase> = items.iter().collect();
+            by_key.sort_unstable_by(|a, b| (a.channel, &a.external_id).cmp(&(b.channel, &b.external_id)));
             // The message row goes first: its UNIQUE (channel, external_id) decides, also against a
             // concurrent transaction of another instance, which items are new.
             let mut qb = QueryBuilder::<$db>::new(
                 "INSERT INTO messages (id, case_id, channel, external_id, direction, data, received_at) ",
             );
-            qb.push_values(items, |mut b, it| {
+            qb.push_values(by_key, |mut b, it| {
                 b.push_bind(&it.message_id)
                     .push_bind(&it.case_id)
                     .push_bind(it.channel)
@@ -136,6 +141,10 @@ macro_rules! shared_queries {
                         identities.entry((id.kind.as_str(), &id.value)).or_insert((&it.customer_id, it.now_ms));
                     }
                 }
+                let mut customers: Vec<_> = customers.into_iter().collect();
+                customers.sort_unstable_by_key(|(id, _)| *id);
+                let mut identities: Vec<_> = identities.into_iter().collect();
+                identities.sort_unstable_by_key(|(key, _)| *key);
                 let mut qb = QueryBuilder::<$db>::new("INSERT INTO customers (id, name, created_at, updated_at) ");
                 qb.push_values(&customers, |mut b, (id, (name, now))| {
                     b.push_bind(*id).push_bind(*name).push_bind(*now).push_bind(*now);
@@ -170,7 +179,9 @@ macro_rules! shared_queries {
                 });
                 qb.build().execute(&mut *conn).await?;
             }
-            for it in new.iter().filter(|it| it.follow_up) {
+            let mut follow_ups: Vec<&NewCase> = new.iter().copied().filter(|it| it.follow_up).collect();
+            follow_ups.sort_unstable_by(|a, b| a.case_id.cmp(&b.case_id));
+            for it in follow_ups {
                 sqlx::query("UPDATE cases SET updated_at = $2 WHERE id = $1")
                     .bind(&it.case_id)
                     .bind(it.now_ms)
