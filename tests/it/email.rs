@@ -307,6 +307,7 @@ async fn email_case_reference_in_the_subject_links_only_for_the_cases_customer()
     let all = wait_cases(&gw, 2, 20).await;
     let theirs = case_of(&all, &stranger_id).expect("a case for the stranger");
     assert_ne!(theirs["id"], case["id"], "a stranger quoting a reference does not join the case");
+    assert_eq!(theirs["metadata"]["mentioned_case_refs"], serde_json::json!([r]), "the new case mentions it: {theirs}");
 
     // A reference with a wrong check digit links nothing: a new case.
     let check = r.chars().last().and_then(|c| c.to_digit(10)).expect("check digit");
@@ -316,6 +317,7 @@ async fn email_case_reference_in_the_subject_links_only_for_the_cases_customer()
     let all = wait_cases(&gw, 3, 20).await;
     let typo_case = case_of(&all, &typo_id).expect("a case for the mistyped reference");
     assert_ne!(typo_case["id"], case["id"], "a reference with a wrong check digit links nothing");
+    assert_eq!(typo_case["metadata"]["mentioned_case_refs"], serde_json::json!([mistyped]), "{typo_case}");
     assert_eq!(messages_of(&get_ok(&gw, &case_path).await), 2, "the first case got nothing more");
     assert_eq!(all.len(), 3);
 
@@ -826,4 +828,66 @@ async fn email_two_gateways_on_postgres_share_a_mailbox_through_one_lease() {
     second.stop().await;
     assert_eq!(lease_holder(&db).await, None, "a clean stop releases the lease");
     db.cleanup().await;
+}
+
+#[tokio::test]
+async fn email_auto_reply_to_an_acknowledgement_joins_the_case_unanswered_and_own_mail_is_never_acknowledged() {
+    let Some((imap, smtp)) = servers().await else { return };
+    let db = TestDb::sqlite();
+    // No window: what keeps these unanswered must be the loop rules themselves.
+    let config = email_toml(&db.url, &imap, &smtp, 200).replace("ack_window = \"10m\"", "ack_window = \"0s\"");
+    let gw = Gateway::start(&config).await;
+    let (first, first_id) = complaint_from("traveller@customer.example", "Lost parcel");
+    imap.append(&first).await;
+    let all = wait_cases(&gw, 1, 20).await;
+    let case = case_of(&all, &first_id).expect("the case").clone();
+    let ack_id = ack_message_id(&gw, &case).await;
+    wait_mail(&smtp, 1, 20).await;
+
+    // The customer's out-of-office answers our acknowledgement.
+    let auto_id = new_message_id();
+    imap.append(&mail(
+        "traveller@customer.example",
+        &auto_id,
+        "Automatic reply: Lost parcel",
+        &format!("In-Reply-To: <{ack_id}>\nReferences: <{first_id}> <{ack_id}>\nAuto-Submitted: auto-replied\n"),
+        "I am travelling until the 14th.",
+    ))
+    .await;
+    // And a message from our own address (a misrouted copy, a loop through a forwarder).
+    let (own, own_id) = complaint_from(MAILBOX, "Our own words");
+    imap.append(&own).await;
+
+    let case_path = format!("/v1/cases/{}", case["id"].as_str().expect("id"));
+    let grown = eventually(20, "the auto-reply stored on the case", || async {
+        let c = get_ok(&gw, &case_path).await;
+        (messages_of(&c) == 2).then_some(c)
+    })
+    .await;
+    assert_eq!(grown["messages"][1]["external_id"], auto_id.as_str());
+    let all = wait_cases(&gw, 2, 20).await;
+    let own_case = case_of(&all, &own_id).expect("our own mail is kept as a case, not dropped");
+    tokio::time::sleep(SETTLE).await;
+    let jobs = ack_jobs(&gw).await;
+    assert_eq!(jobs.len(), 1, "only the customer's complaint gets an acknowledgement job: {jobs:#?}");
+    assert!(jobs.iter().all(|j| j["case_id"] != own_case["id"]));
+    assert_eq!(smtp.messages().len(), 1, "nothing answers the auto-reply or our own address");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn email_polling_without_idle_picks_up_new_mail() {
+    let Some((imap, smtp)) = servers().await else { return };
+    let db = TestDb::sqlite();
+    let config = email_toml(&db.url, &imap, &smtp, 200).replace("idle = true", "idle = false");
+    assert!(config.contains("idle = false"));
+    let gw = Gateway::start(&config).await;
+    // Appended after the first check: only the next poll (poll_secs = 1) can find it.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (raw, id) = complaint_from("patient.poller@customer.example", "Polled");
+    imap.append(&raw).await;
+    let all = wait_cases(&gw, 1, 20).await;
+    assert!(case_of(&all, &id).is_some());
+    wait_mail(&smtp, 1, 20).await;
+    gw.stop().await;
 }

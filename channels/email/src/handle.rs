@@ -82,6 +82,19 @@ fn to_inbound(mb: &MailboxSettings, mail: ParsedMail, sender: String, raw: &[u8]
     let mut thread_ids = mail.in_reply_to.clone();
     thread_ids.extend(mail.references.iter().cloned());
     let name = mail.reply_to.as_ref().or(mail.from.as_ref()).and_then(|m| m.name.clone());
+    // Every case reference the subject names, linked or not (a stranger's, a mistyped one): a
+    // new case keeps them, so an agent sees which case the customer had in mind.
+    let mentioned: Vec<serde_json::Value> = mail
+        .case_refs
+        .iter()
+        .map(|r| r.to_string())
+        .chain(mail.mentioned_refs.iter().cloned())
+        .map(serde_json::Value::String)
+        .collect();
+    let mut metadata = std::collections::BTreeMap::new();
+    if !mentioned.is_empty() {
+        metadata.insert("mentioned_case_refs".to_owned(), serde_json::Value::Array(mentioned));
+    }
     // The parser already put the kept content into each attachment's metadata.
     let attachments = mail.attachments.into_iter().map(|a| a.meta).collect();
     Inbound {
@@ -106,7 +119,7 @@ fn to_inbound(mb: &MailboxSettings, mail: ParsedMail, sender: String, raw: &[u8]
         lang: Some(mail.lang),
         category: None,
         order_id: None,
-        metadata: Default::default(),
+        metadata,
         attachments,
         raw: Some(Bytes::copy_from_slice(raw)),
         received_at: time::OffsetDateTime::now_utc(),
