@@ -45,7 +45,7 @@ pub async fn reparse(store: &dyn Store, max_attachment_bytes: usize) -> Result<R
             // Compared as stored: attachment contents are never serialized, so they must not count.
             let before = serde_json::to_string(&message).map_err(|e| StoreError::Corrupt(e.to_string()))?;
             message.subject = mail.subject.clone();
-            message.text = if mail.text.trim().is_empty() { mail.full_text.clone() } else { mail.text.clone() };
+            (message.text, message.full_text) = mail.texts();
             message.attachments = mail.attachments.iter().map(|a| a.meta.clone()).collect();
             message.automatic = mail.automatic.as_ref().map(|(k, _)| *k);
             let json = serde_json::to_string(&message).map_err(|e| StoreError::Corrupt(e.to_string()))?;

@@ -660,6 +660,7 @@ fn seed_inbound(source: &str, n: u64, now: time::OffsetDateTime) -> earshot_chan
         thread: None,
         subject: Some(subject.to_owned()),
         text,
+        full_text: None,
         lang: Some(lang),
         category: None,
         order_id: n.is_multiple_of(2).then(|| format!("ORD-{n:08}")),

@@ -164,6 +164,7 @@ impl Builder {
             external_id: inbound.external_id.0.clone(),
             subject: inbound.subject.clone(),
             text: inbound.text.clone(),
+            full_text: inbound.full_text.clone(),
             lang,
             attachments: inbound.attachments.clone(),
             automatic: inbound.automatic,

@@ -112,6 +112,9 @@ pub struct Message {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subject: Option<String>,
     pub text: String,
+    /// The whole body, when `text` is shorter: quoted history or a signature was cut from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub full_text: Option<String>,
     pub lang: Lang,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub attachments: Vec<AttachmentMeta>,

@@ -270,6 +270,11 @@ async fn email_reply_to_the_acknowledgement_is_a_follow_up_without_a_second_ack(
         "the quoted acknowledgement is stripped: {}",
         grown["messages"][1]
     );
+    assert!(
+        grown["messages"][1]["full_text"].as_str().is_some_and(|t| t.contains("still not here") && t.contains("> ")),
+        "the full body is kept beside it: {}",
+        grown["messages"][1]
+    );
     assert_eq!(case_count(&gw).await, 1, "still one case");
     assert_eq!(ack_jobs(&gw).await.len(), 1, "a follow-up gets no acknowledgement job");
     tokio::time::sleep(SETTLE).await;

@@ -122,6 +122,7 @@ async fn two_events_of_one_case_arrive_in_order_even_when_the_first_needs_retrie
         thread: None,
         subject: None,
         text: "ordered".into(),
+        full_text: None,
         lang: None,
         category: None,
         order_id: None,

@@ -181,6 +181,8 @@ pub struct Inbound {
     pub thread: Option<ThreadHint>,
     pub subject: Option<String>,
     pub text: String,
+    /// The whole body when `text` had quoted history or a signature cut from it (email).
+    pub full_text: Option<String>,
     /// The language of the message, when the channel knows it better than the text does.
     pub lang: Option<Lang>,
     pub category: Option<String>,

@@ -95,6 +95,7 @@ fn to_inbound(mb: &MailboxSettings, mail: ParsedMail, sender: String, raw: &[u8]
     if !mentioned.is_empty() {
         metadata.insert("mentioned_case_refs".to_owned(), serde_json::Value::Array(mentioned));
     }
+    let (text, full_text) = mail.texts();
     // The parser already put the kept content into each attachment's metadata.
     let attachments = mail.attachments.into_iter().map(|a| a.meta).collect();
     Inbound {
@@ -115,7 +116,8 @@ fn to_inbound(mb: &MailboxSettings, mail: ParsedMail, sender: String, raw: &[u8]
             case_refs: mail.case_refs.iter().map(|r| r.to_string()).collect(),
         }),
         subject: mail.subject,
-        text: if mail.text.trim().is_empty() { mail.full_text.clone() } else { mail.text },
+        text,
+        full_text,
         lang: Some(mail.lang),
         category: None,
         order_id: None,

@@ -122,6 +122,16 @@ pub struct ParsedMail {
 }
 
 impl ParsedMail {
+    /// The text a case shows (quotes and signature cut; the whole body if nothing is left), and the
+    /// whole body besides when the cut made it shorter.
+    pub fn texts(&self) -> (String, Option<String>) {
+        if self.text.trim().is_empty() {
+            return (self.full_text.clone(), None);
+        }
+        let cut = self.full_text.trim() != self.text.trim();
+        (self.text.clone(), cut.then(|| self.full_text.clone()))
+    }
+
     /// Who the customer is: Reply-To when present, else From.
     pub fn customer(&self) -> Option<&Mailbox> {
         self.reply_to.as_ref().or(self.from.as_ref())

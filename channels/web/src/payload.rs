@@ -157,6 +157,7 @@ impl Valid {
             thread: None,
             subject: complaint.subject.filter(|s| !s.trim().is_empty()),
             text,
+            full_text: None,
             lang,
             category: complaint.category,
             order_id: complaint.order_id,
