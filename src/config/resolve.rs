@@ -229,7 +229,6 @@ pub fn resolve(cfg: &Config, base: &Path) -> Result<Settings, Vec<Problem>> {
     }
     let postgres = cfg.database.url.starts_with("postgres:") || cfg.database.url.starts_with("postgresql:");
     let writers = match cfg.intake.writers {
-        None if postgres => 4,
         None => 1,
         Some(n) if !(1..=32).contains(&n) => {
             c.problem("intake.writers", "must be between 1 and 32");
@@ -238,7 +237,7 @@ pub fn resolve(cfg: &Config, base: &Path) -> Result<Settings, Vec<Problem>> {
         Some(n) if n > 1 && !postgres => {
             c.problem(
                 "intake.writers",
-                "SQLite has one writer connection: only 1 is possible (use PostgreSQL for more)",
+                "SQLite has one writer connection: only 1 is possible (PostgreSQL allows more)",
             );
             1
         }
@@ -566,6 +565,16 @@ mod tests {
             assert!(problems.iter().any(|p| p == want), "missing {want:?} in {problems:#?}");
         }
         assert_eq!(problems.len(), 6, "{problems:#?}");
+    }
+
+    #[test]
+    fn intake_writers_default_to_one_and_only_postgres_takes_more() {
+        assert_eq!(check("").expect("defaults").writers, 1);
+        let sqlite = check("[intake]\nwriters = 2\n").expect_err("SQLite has one writer");
+        assert!(sqlite.iter().any(|p| p.starts_with("intake.writers: SQLite")), "{sqlite:?}");
+        let pg = check("[database]\nurl = \"postgres://db.internal/earshot\"\n[intake]\nwriters = 3\n");
+        assert_eq!(pg.expect("PostgreSQL").writers, 3);
+        assert!(check("[intake]\nwriters = 0\n").is_err());
     }
 
     #[test]

@@ -101,7 +101,9 @@ async fn postgres_end_to_end_and_dedup() {
         return;
     };
     let rx = Receiver::start().await;
-    let gw = Gateway::start(&config_toml(&db.url, &downstream_toml(&rx.url, 5))).await;
+    // Three writers: the copies land in concurrent batches, and the unique key still decides.
+    let extra = format!("[intake]\nwriters = 3\n{}", downstream_toml(&rx.url, 5));
+    let gw = Gateway::start(&config_toml(&db.url, &extra)).await;
     let web = gw.web();
     let body = complaint("投诉：客服态度很差，电话一直没人接");
     let tasks: Vec<_> = (0..50)
