@@ -642,7 +642,9 @@ async fn email_smtp_5xx_dead_letters_at_once_with_the_servers_answer() {
     // The sink refuses recipients named reject… with 550 5.1.1, as a server refuses an unknown user.
     imap.append(&complaint_from("reject.me@customer.example", "Unknown user").0).await;
     imap.append(&complaint_from("fine@customer.example", "Known user").0).await;
-    wait_cases(&gw, 2, 20).await;
+    // …and tempfail… with 451 4.3.0, as an overloaded server does: that one is retried.
+    imap.append(&complaint_from("tempfail@customer.example", "Try later").0).await;
+    wait_cases(&gw, 3, 20).await;
     let dead = eventually(20, "the refused acknowledgement dead-lettered", || async {
         let jobs = ack_jobs(&gw).await;
         jobs.into_iter().find(|j| j["state"] == "dead")
@@ -651,10 +653,57 @@ async fn email_smtp_5xx_dead_letters_at_once_with_the_servers_answer() {
     assert_eq!(dead["attempts"].as_i64(), Some(1), "a permanent refusal is not retried: {dead}");
     let error = dead["last_error"].as_str().unwrap_or_default();
     assert!(error.contains("550") && error.contains("User unknown"), "the server's answer is kept: {error}");
+    let retrying = eventually(20, "the 451 acknowledgement retried", || async {
+        let jobs = ack_jobs(&gw).await;
+        jobs.into_iter().find(|j| j["state"] != "dead" && j["attempts"].as_i64().is_some_and(|a| a >= 2))
+    })
+    .await;
+    let error = retrying["last_error"].as_str().unwrap_or_default();
+    assert!(error.contains("451"), "a 4xx is transient and kept for the retry: {retrying}");
     let acks = wait_mail(&smtp, 1, 20).await;
     ack_to(&acks, "fine@customer.example");
     tokio::time::sleep(SETTLE).await;
     assert_eq!(smtp.messages().len(), 1);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn email_smtp_authentication_is_used_and_a_refused_login_is_reported() {
+    let Some(imap) = Dovecot::start().await else { return };
+    let Some(smtp) = SmtpSink::start_auth("acks@example.com", "s3cret-smtp").await else { return };
+    let db = TestDb::sqlite();
+    let smtp_plain = format!("port = {}, security = \"plain\" }}", smtp.port);
+    let with = |password: &str| {
+        let config = email_toml(&db.url, &imap, &smtp, 200).replace(
+            &smtp_plain,
+            &format!(
+                "port = {}, security = \"plain\", username = \"acks@example.com\", password = \"{password}\" }}",
+                smtp.port
+            ),
+        );
+        assert!(config.contains(password), "{config}");
+        config
+    };
+
+    // A wrong password: the server refuses the login, the job is dead-lettered with its answer.
+    let gw = Gateway::start(&with("wrong")).await;
+    imap.append(&complaint_from("authed@customer.example", "Needs a login").0).await;
+    wait_cases(&gw, 1, 20).await;
+    let dead = eventually(20, "the acknowledgement dead-lettered", || async {
+        ack_jobs(&gw).await.into_iter().find(|j| j["state"] == "dead")
+    })
+    .await;
+    let error = dead["last_error"].as_str().unwrap_or_default();
+    assert!(error.contains("535"), "the server's refusal is kept: {dead}");
+    assert!(smtp.messages().is_empty());
+    gw.stop().await;
+
+    // The right one: replayed, the acknowledgement goes out.
+    let gw = Gateway::start(&with("s3cret-smtp")).await;
+    let (status, replayed) = gw.admin_post("/v1/outbox/replay-dead").await;
+    assert_eq!((status, replayed["replayed"].as_i64()), (200, Some(1)), "{replayed}");
+    let acks = wait_mail(&smtp, 1, 20).await;
+    ack_to(&acks, "authed@customer.example");
     gw.stop().await;
 }
 

@@ -494,6 +494,8 @@ pub struct SmtpSink {
     child: Option<Child>,
     /// Certificate, key, implicit TLS?
     tls: Option<(PathBuf, PathBuf, bool)>,
+    /// User and password AUTH must give.
+    auth: Option<(String, String)>,
 }
 
 /// One message the sink captured, parsed.
@@ -569,17 +571,61 @@ impl Mail {
     }
 }
 
-/// aiosmtpd's maildir handler, except that it refuses recipients whose local part starts with
-/// `reject` the way a real server refuses an unknown user: `550 5.1.1` at RCPT.
-const SINK_HANDLER: &str = r#"
+/// The sink: aiosmtpd's SMTP server and maildir handler, run the way its own command line runs them
+/// (that command line has no authentication options). It answers RCPT for local parts starting
+/// with `reject` as a real server answers an unknown user (`550 5.1.1`), and for `tempfail…` as a
+/// server that is overloaded (`451 4.3.0`). `--auth USER:PASSWORD` makes AUTH mandatory.
+const SINK_SCRIPT: &str = r#"
+import argparse, asyncio, signal, ssl
 from aiosmtpd.handlers import Mailbox
+from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 
-class RejectingMailbox(Mailbox):
+class TestMailbox(Mailbox):
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
-        if address.lower().startswith("reject"):
+        local = address.lower()
+        if local.startswith("reject"):
             return "550 5.1.1 <%s>: Recipient address rejected: User unknown in local recipient table" % address
+        if local.startswith("tempfail"):
+            return "451 4.3.0 <%s>: Temporary lookup failure, try again later" % address
         envelope.rcpt_tos.append(address)
         return "250 OK"
+
+p = argparse.ArgumentParser()
+p.add_argument("--port", type=int, required=True)
+p.add_argument("--maildir", required=True)
+p.add_argument("--cert")
+p.add_argument("--key")
+p.add_argument("--implicit", action="store_true")
+p.add_argument("--auth")
+a = p.parse_args()
+
+kw = {"hostname": "sink.test"}
+ctx = None
+if a.cert:
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(a.cert, a.key)
+    if not a.implicit:
+        kw.update(tls_context=ctx, require_starttls=True)
+if a.auth:
+    user, password = a.auth.split(":", 1)
+    def authenticator(server, session, envelope, mechanism, data):
+        ok = isinstance(data, LoginPassword) and data.login == user.encode() and data.password == password.encode()
+        return AuthResult(success=ok, handled=False)
+    kw.update(authenticator=authenticator, auth_required=True, auth_require_tls=False)
+handler = TestMailbox(a.maildir)
+
+async def main():
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(lambda: SMTP(handler, **kw), "127.0.0.1", a.port, ssl=ctx if a.implicit else None)
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    print("listening on", a.port, flush=True)
+    await stop.wait()
+    server.close()
+    await server.wait_closed()
+
+asyncio.run(main())
 "#;
 
 impl SmtpSink {
@@ -589,7 +635,7 @@ impl SmtpSink {
     pub async fn start() -> Option<SmtpSink> {
         let python = program("EARSHOT_TEST_SMTPD_PYTHON", "Python with aiosmtpd")?;
         let dir = tempfile::Builder::new().prefix("earshot-smtp.").tempdir().expect("temp dir");
-        let mut sink = SmtpSink { port: free_port(), dir, python, child: None, tls: None };
+        let mut sink = SmtpSink { port: free_port(), dir, python, child: None, tls: None, auth: None };
         sink.start_again().await;
         Some(sink)
     }
@@ -600,7 +646,18 @@ impl SmtpSink {
         let python = program("EARSHOT_TEST_SMTPD_PYTHON", "Python with aiosmtpd")?;
         let dir = tempfile::Builder::new().prefix("earshot-smtp.").tempdir().expect("temp dir");
         let tls = Some((certs.server_cert.clone(), certs.server_key.clone(), implicit));
-        let mut sink = SmtpSink { port: free_port(), dir, python, child: None, tls };
+        let mut sink = SmtpSink { port: free_port(), dir, python, child: None, tls, auth: None };
+        sink.start_again().await;
+        Some(sink)
+    }
+
+    /// As [`SmtpSink::start`], refusing to take mail until the client authenticates (AUTH PLAIN or
+    /// LOGIN) as `user` with `password`.
+    pub async fn start_auth(user: &str, password: &str) -> Option<SmtpSink> {
+        let python = program("EARSHOT_TEST_SMTPD_PYTHON", "Python with aiosmtpd")?;
+        let dir = tempfile::Builder::new().prefix("earshot-smtp.").tempdir().expect("temp dir");
+        let auth = Some((user.to_owned(), password.to_owned()));
+        let mut sink = SmtpSink { port: free_port(), dir, python, child: None, tls: None, auth };
         sink.start_again().await;
         Some(sink)
     }
@@ -618,17 +675,22 @@ impl SmtpSink {
         assert!(self.child.is_none(), "the SMTP sink is already running");
         let log_path = self.dir.path().join("smtpd.log");
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).expect("sink log");
-        std::fs::write(self.dir.path().join("earshot_sink.py"), SINK_HANDLER).expect("write the sink handler");
+        let script = self.dir.path().join("earshot_sink.py");
+        std::fs::write(&script, SINK_SCRIPT).expect("write the sink script");
+        let mut args: Vec<std::ffi::OsString> =
+            vec!["--port".into(), self.port.to_string().into(), "--maildir".into(), self.maildir().into()];
+        if let Some((cert, key, implicit)) = &self.tls {
+            args.extend(["--cert".into(), cert.into(), "--key".into(), key.into()]);
+            if *implicit {
+                args.push("--implicit".into());
+            }
+        }
+        if let Some((user, password)) = &self.auth {
+            args.extend(["--auth".into(), format!("{user}:{password}").into()]);
+        }
         let mut child = Command::new(&self.python)
-            .env("PYTHONPATH", self.dir.path())
-            .args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{}", self.port)])
-            .args(match &self.tls {
-                None => Vec::new(),
-                Some((cert, key, true)) => vec!["--smtpscert".into(), cert.clone(), "--smtpskey".into(), key.clone()],
-                Some((cert, key, false)) => vec!["--tlscert".into(), cert.clone(), "--tlskey".into(), key.clone()],
-            })
-            .args(["-c", "earshot_sink.RejectingMailbox"])
-            .arg(self.maildir())
+            .arg(&script)
+            .args(args)
             .stdin(Stdio::null())
             .stdout(log.try_clone().map(Stdio::from).unwrap_or(Stdio::null()))
             .stderr(Stdio::from(log))

@@ -173,4 +173,77 @@ mod tests {
         );
         assert_eq!(reply_subject(None, "4827-1936-5"), "Re: [Case 4827-1936-5]");
     }
+
+    fn mailbox(smtp_port: u16) -> crate::settings::MailboxSettings {
+        use crate::settings::{ImapSettings, MailboxSettings, Security, SmtpSettings};
+        MailboxSettings {
+            name: "support".into(),
+            address: "support@example.com".into(),
+            display_name: None,
+            imap: ImapSettings {
+                host: "127.0.0.1".into(),
+                port: 1,
+                security: Security::Plain,
+                username: "u".into(),
+                password: "p".to_owned().into(),
+                folder: "INBOX".into(),
+                idle: true,
+                poll: std::time::Duration::from_secs(60),
+                move_to: None,
+                batch: 1,
+                ca_pem: None,
+            },
+            smtp: SmtpSettings {
+                host: "127.0.0.1".into(),
+                port: smtp_port,
+                security: Security::Plain,
+                username: None,
+                password: None,
+                timeout: std::time::Duration::from_secs(2),
+                ca_pem: None,
+            },
+        }
+    }
+
+    fn ack_to(to: &str, n: u32) -> earshot_channel::Outbound {
+        earshot_channel::Outbound {
+            id: format!("msg_{n}"),
+            kind: earshot_channel::OutboundKind::Ack,
+            case_id: "case_1".into(),
+            case_ref: "4827-1936-5".into(),
+            lang: earshot_channel::Lang::En,
+            subject: None,
+            text: "We have your complaint.".into(),
+            html: None,
+            reply_route: earshot_channel::ReplyRoute::Email {
+                mailbox: "support".into(),
+                to: to.into(),
+                message_id: format!("c{n}@customer.example"),
+                references: vec![],
+                subject: Some("Broken".into()),
+            },
+        }
+    }
+
+    /// The per-recipient limit stops a loop by itself: past the hourly quota a recipient gets
+    /// nothing more (a transient refusal, retried once the quota refills), others are unaffected.
+    #[tokio::test]
+    async fn per_recipient_rate_limit_stops_a_loop() {
+        // Nothing listens on the port: each send that passes the limit fails to connect.
+        let port =
+            std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("port");
+        let sender = super::SmtpSender::new(&[mailbox(port)], 2).expect("sender");
+        for n in 0..2 {
+            let e = sender.send(&ack_to("loop@customer.example", n)).await.expect_err("nothing listens");
+            assert!(!e.to_string().contains("rate limit"), "within the quota it tries to send: {e}");
+        }
+        let e = sender.send(&ack_to("loop@customer.example", 3)).await.expect_err("limited");
+        assert!(
+            matches!(&e, earshot_channel::SendError::Transient { reason, retry_after: Some(wait) }
+                if reason.contains("rate limit") && *wait >= std::time::Duration::from_secs(1)),
+            "{e:?}"
+        );
+        let other = sender.send(&ack_to("someone.else@customer.example", 4)).await.expect_err("nothing listens");
+        assert!(!other.to_string().contains("rate limit"), "another recipient has its own quota: {other}");
+    }
 }
