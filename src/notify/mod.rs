@@ -36,7 +36,7 @@ pub struct AckContext<'a> {
     pub case_ref: &'a str,
     pub customer_name: Option<&'a str>,
     pub subject: Option<&'a str>,
-    /// The first-response due time, spelled for the language (e.g. "1 hour", "1 小时").
+    /// The first-response due time, spelled for the language (e.g. "1 hour", "1小时").
     pub first_response: String,
 }
 
@@ -96,13 +96,14 @@ impl Templates {
     }
 }
 
-/// "1 hour", "90 minutes", "1 小时", "30 分钟": whole hours when exact, else minutes.
+/// "1 hour", "90 minutes", "1小时", "30分钟": whole hours when exact, else minutes.
 pub fn spell_duration(d: Duration, lang: Lang) -> String {
     let mins = d.as_secs().div_ceil(60);
     let (n, unit_en, unit_zh) =
         if mins >= 60 && mins.is_multiple_of(60) { (mins / 60, "hour", "小时") } else { (mins, "minute", "分钟") };
     match lang {
-        Lang::Zh => format!("{n} {unit_zh}"),
+        // Chinese writes the number against its unit: "1小时", "30分钟".
+        Lang::Zh => format!("{n}{unit_zh}"),
         Lang::En if n == 1 => format!("{n} {unit_en}"),
         Lang::En => format!("{n} {unit_en}s"),
     }
@@ -124,7 +125,7 @@ mod tests {
         let en = t.ack(ChannelKind::Web, Lang::En, &ctx(Lang::En)).expect("renders");
         assert!(en.contains("4827-1936-5") && en.contains("within 1 hour"), "{en}");
         let zh = t.ack(ChannelKind::Web, Lang::Zh, &ctx(Lang::Zh)).expect("renders");
-        assert!(zh.contains("案件编号为 4827-1936-5") && zh.contains("1 小时内"), "{zh}");
+        assert!(zh.contains("案件编号为 4827-1936-5") && zh.contains("1小时内"), "{zh}");
     }
 
     #[test]
