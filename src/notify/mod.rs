@@ -132,6 +132,7 @@ mod tests {
     fn spells_durations() {
         assert_eq!(spell_duration(Duration::from_secs(7200), Lang::En), "2 hours");
         assert_eq!(spell_duration(Duration::from_secs(5400), Lang::En), "90 minutes");
-        assert_eq!(spell_duration(Duration::from_secs(1800), Lang::Zh), "30 分钟");
+        assert_eq!(spell_duration(Duration::from_secs(1800), Lang::Zh), "30分钟");
+        assert_eq!(spell_duration(Duration::from_secs(3600), Lang::Zh), "1小时");
     }
 }
