@@ -162,7 +162,12 @@ pub async fn run(settings: Settings, listener: TcpListener, shutdown: Cancellati
     tracing::info!("HTTP server stopped; committing queued complaints and finishing deliveries.");
     intake.close();
     let _ = writer.await;
-    while pulls.join_next().await.is_some() {}
+    // Pull channels stop at their next await point; one stuck in a slow server command is not
+    // waited for longer than the grace period (its lease then simply expires).
+    if tokio::time::timeout(grace, async { while pulls.join_next().await.is_some() {} }).await.is_err() {
+        tracing::warn!(grace_secs = grace.as_secs(), "A channel did not stop within the grace period; stopping it.");
+        pulls.abort_all();
+    }
     let _ = tokio::time::timeout(grace, workers).await;
     store.close().await;
     tracing::info!("Earshot stopped.");

@@ -172,8 +172,9 @@ pub struct ImapConfig {
     /// Messages fetched and committed per round. Default 200.
     #[serde(default = "default_imap_batch")]
     pub batch: u32,
-    /// A PEM file of certificates to trust besides the public roots: a private CA, or the
-    /// server's own self-signed certificate. Default none.
+    /// A PEM file of certificates to trust besides the public roots: a private CA (or a self-signed
+    /// server certificate that is not marked CA:TRUE; rustls refuses a CA used as the server's
+    /// own). Default none.
     pub ca_file: Option<String>,
 }
 

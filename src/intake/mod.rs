@@ -78,7 +78,17 @@ impl Intake for IntakeService {
         answer.await.unwrap_or_else(|_| Err(IntakeError::Unavailable("the intake writer stopped".into())))
     }
     async fn record_event(&self, ev: ChannelEvent) -> Result<(), IntakeError> {
+        if self.store.has_event(ev.channel.as_str(), &ev.external_id.0).await.map_err(unavailable)? {
+            // Fetched again (a rescan after a UIDVALIDITY change, a crash before the cursor moved):
+            // counted and acted on the first time already.
+            return Ok(());
+        }
         let now = crate::now_ms();
+        // Acted on before it is stored: if storing fails, the message is fetched again and this
+        // runs again, whereas the other way round a stored event would hide a lost suppression.
+        if ev.kind == AutoKind::Bounce {
+            self.suppress_bounced(&ev, now).await?;
+        }
         let kind = serde_json::to_value(ev.kind).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
         let data = serde_json::json!({
             "reason": ev.reason, "related_ids": ev.related_ids, "failed_recipients": ev.failed_recipients,
@@ -98,15 +108,9 @@ impl Intake for IntakeService {
             })
             .await
             .map_err(unavailable)?;
-        if !new {
-            // Fetched again (a rescan after a UIDVALIDITY change, a crash before the cursor moved):
-            // counted and acted on the first time already.
-            return Ok(());
-        }
-        metrics::counter!("earshot_channel_events_total", "channel" => ev.channel.as_str(), "kind" => kind)
-            .increment(1);
-        if ev.kind == AutoKind::Bounce {
-            self.suppress_bounced(&ev, now).await?;
+        if new {
+            metrics::counter!("earshot_channel_events_total", "channel" => ev.channel.as_str(), "kind" => kind)
+                .increment(1);
         }
         Ok(())
     }

@@ -240,7 +240,8 @@ macro_rules! shared_queries {
                 .execute(&mut *conn)
                 .await?;
             }
-            let mut acked: HashMap<&str, i64> = HashMap::new();
+            // Sorted, like every other table here, so concurrent batches lock rows in one order.
+            let mut acked: std::collections::BTreeMap<&str, i64> = std::collections::BTreeMap::new();
             for it in &new {
                 if let Some(addr) = &it.ack_address {
                     acked.insert(addr, it.now_ms);
@@ -560,6 +561,17 @@ macro_rules! shared_queries {
             .execute(&mut *conn)
             .await?;
             Ok(done.rows_affected() == 1)
+        }
+
+        pub(super) async fn has_event(conn: &mut Conn, channel: &str, external_id: &str) -> Result<bool> {
+            let n: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM channel_events WHERE channel = $1 AND external_id = $2",
+            )
+            .bind(channel)
+            .bind(external_id)
+            .fetch_one(&mut *conn)
+            .await?;
+            Ok(n > 0)
         }
 
         pub(super) async fn count_events(conn: &mut Conn, kind: Option<&str>) -> Result<i64> {

@@ -237,6 +237,8 @@ pub trait Store: Send + Sync + 'static {
     /// Stores an event; a repeat of the same `(channel, external_id)` is ignored.
     /// Stores a channel event once per `(channel, external_id)`; `false` when it was stored before.
     async fn record_event(&self, event: &NewEvent) -> Result<bool>;
+    /// Whether a channel event with this `(channel, external_id)` is stored.
+    async fn has_event(&self, channel: &str, external_id: &str) -> Result<bool>;
 
     async fn count_events(&self, kind: Option<&str>) -> Result<i64>;
 

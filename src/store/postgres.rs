@@ -148,6 +148,10 @@ impl super::Store for PgStore {
         list_quarantine(&mut *self.pool.acquire().await?, limit).await
     }
 
+    async fn has_event(&self, channel: &str, external_id: &str) -> Result<bool> {
+        has_event(&mut *self.pool.acquire().await?, channel, external_id).await
+    }
+
     async fn record_event(&self, event: &super::NewEvent) -> Result<bool> {
         record_event(&mut *self.pool.acquire().await?, event).await
     }

@@ -219,6 +219,10 @@ impl super::Store for SqliteStore {
         list_quarantine(&mut *self.read.acquire().await?, limit).await
     }
 
+    async fn has_event(&self, channel: &str, external_id: &str) -> Result<bool> {
+        has_event(&mut *self.read.acquire().await?, channel, external_id).await
+    }
+
     async fn record_event(&self, event: &super::NewEvent) -> Result<bool> {
         record_event(&mut *self.write.acquire().await?, event).await
     }

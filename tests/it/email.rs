@@ -858,20 +858,30 @@ async fn email_two_gateways_on_postgres_share_a_mailbox_through_one_lease() {
     wait_cases(&first, 10, 30).await;
     let holder = lease_holder(&db).await.expect("someone holds the mailbox lease");
 
-    // The first gateway stops: if it held the lease it lets go, and the second takes the mailbox over.
+    // Stop the holder, whichever it is, so that a takeover must happen: stopping the first
+    // gateway releases the lease if it held it; if the second held it, a third one is started and
+    // the second stopped.
     first.stop().await;
+    let live = if lease_holder(&db).await.as_ref() == Some(&holder) {
+        let third = Gateway::start(&config).await;
+        second.stop().await;
+        third
+    } else {
+        second
+    };
+    assert_ne!(lease_holder(&db).await.as_ref(), Some(&holder), "the stopped holder released the lease");
     for i in 10..15 {
         let (raw, id) = complaint_from(&format!("shared{i}@customer.example"), &format!("Shared {i}"));
         imap.append(&raw).await;
         ids.push(id);
     }
     // A waiting instance looks at the lease every third of its lifetime (20 s).
-    let all = wait_cases(&second, 15, 45).await;
-    let now_held_by = lease_holder(&db).await.expect("the second gateway holds the lease");
-    eprintln!("lease: {holder} before, {now_held_by} after the first gateway stopped");
+    let all = wait_cases(&live, 15, 45).await;
+    let now_held_by = lease_holder(&db).await.expect("the remaining gateway holds the lease");
+    assert_ne!(now_held_by, holder, "another instance took the mailbox over");
     let acks = wait_mail(&smtp, 15, 30).await;
     tokio::time::sleep(SETTLE).await;
-    let all = if case_count(&second).await > all.len() { cases(&second).await } else { all };
+    let all = if case_count(&live).await > all.len() { cases(&live).await } else { all };
     assert_eq!(all.len(), 15, "no message became two cases");
     for id in &ids {
         assert_eq!(messages_of(case_of(&all, id).unwrap_or_else(|| panic!("a case for {id}"))), 1);
@@ -879,7 +889,7 @@ async fn email_two_gateways_on_postgres_share_a_mailbox_through_one_lease() {
     let acks = if smtp.messages().len() > acks.len() { smtp.messages() } else { acks };
     assert_eq!(acks.len(), 15, "every complaint acknowledged once: {acks:#?}");
     eventually(10, "all fifteen flagged \\Seen", || async { (imap.counts().await == (15, 15)).then_some(()) }).await;
-    second.stop().await;
+    live.stop().await;
     assert_eq!(lease_holder(&db).await, None, "a clean stop releases the lease");
     db.cleanup().await;
 }
@@ -935,13 +945,17 @@ async fn email_polling_without_idle_picks_up_new_mail() {
     let db = TestDb::sqlite();
     let config = email_toml(&db.url, &imap, &smtp, 200).replace("idle = true", "idle = false");
     assert!(config.contains("idle = false"));
+    let (first, first_id) = complaint_from("early.poller@customer.example", "Before the start");
+    imap.append(&first).await;
     let gw = Gateway::start(&config).await;
-    // Appended after the first check: only the next poll (poll_secs = 1) can find it.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Once the first message is a case, the first scan is over: the second one can only be found
+    // by a later poll (poll_secs = 1).
+    let all = wait_cases(&gw, 1, 20).await;
+    assert!(case_of(&all, &first_id).is_some());
     let (raw, id) = complaint_from("patient.poller@customer.example", "Polled");
     imap.append(&raw).await;
-    let all = wait_cases(&gw, 1, 20).await;
+    let all = wait_cases(&gw, 2, 20).await;
     assert!(case_of(&all, &id).is_some());
-    wait_mail(&smtp, 1, 20).await;
+    wait_mail(&smtp, 2, 20).await;
     gw.stop().await;
 }

@@ -49,9 +49,12 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// connection: the session ends and reconnects instead of hanging until the kernel gives up.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(300);
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
-/// A message whose intake fails this many times in a row (a row the store refuses, say) is
-/// quarantined with the error, so it never blocks the messages behind it.
-const POISON_AFTER: u32 = 3;
+/// A message whose intake keeps failing (a row the store refuses, say) is quarantined with the
+/// error after this many tries spread over at least [`POISON_SPAN`], so it never blocks the
+/// messages behind it, while a short store outage (which fails every message alike) does not
+/// quarantine good mail.
+const POISON_AFTER: u32 = 5;
+const POISON_SPAN: Duration = Duration::from_secs(120);
 /// The lease is renewed well within its lifetime; another instance takes over a dead holder's
 /// mailbox after it expires.
 pub const LEASE_TTL: Duration = Duration::from_secs(60);
@@ -64,7 +67,16 @@ async fn tls_stream(s: &ImapSettings, tcp: TcpStream) -> Result<Box<dyn ImapStre
     Ok(Box::new(stream))
 }
 
+/// Connects, secures and logs in, all within twice [`CONNECT_TIMEOUT`]: a server that accepts the
+/// connection and then says nothing must not hold the mailbox forever.
 async fn connect(s: &ImapSettings) -> Result<Session, ImapError> {
+    match tokio::time::timeout(CONNECT_TIMEOUT * 2, connect_and_login(s)).await {
+        Ok(r) => r,
+        Err(_) => Err(ImapError::Timeout("connect and login")),
+    }
+}
+
+async fn connect_and_login(s: &ImapSettings) -> Result<Session, ImapError> {
     let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect((s.host.as_str(), s.port)))
         .await
         .map_err(|_| ImapError::Timeout("connect"))??;
@@ -134,17 +146,15 @@ pub async fn run_mailbox(
                 continue;
             }
         }
-        let mut run = SessionRun {
-            ctx: &ctx,
-            mb: &mb,
-            intake: &*intake,
-            lease: &lease,
-            failures: &mut failures,
-            connected: false,
+        let mut run = SessionRun { ctx: &ctx, mb: &mb, intake: &*intake, failures: &mut failures, healthy: false };
+        // The lease is kept alive beside the session, however long one command takes; if it is
+        // lost, the session is dropped at once (its connection closed), whatever it was doing.
+        let outcome = tokio::select! {
+            r = run.session(&shutdown) => r,
+            () = keep_lease(&*intake, &lease, &ctx.instance) => Err(ImapError::LeaseLost),
         };
-        let outcome = run.session(&shutdown).await;
-        if run.connected {
-            // The server was fine a moment ago: start the backoff over.
+        if run.healthy {
+            // Messages went through a moment ago: start the backoff over.
             backoff = Duration::from_secs(1);
         }
         match outcome {
@@ -162,9 +172,32 @@ pub async fn run_mailbox(
     tracing::info!(mailbox = %mb.name, "Mailbox loop stopped.");
 }
 
-/// Consecutive intake failures per UID, kept across reconnects.
+/// Renews the lease every third of its lifetime; returns when it is lost: another instance holds
+/// it, or it could not be renewed for so long that another may have taken it.
+async fn keep_lease(intake: &dyn Intake, lease: &str, instance: &str) {
+    let mut renewed = tokio::time::Instant::now();
+    loop {
+        tokio::time::sleep(LEASE_TTL / 3).await;
+        match intake.try_lease(lease, instance, LEASE_TTL).await {
+            Ok(true) => renewed = tokio::time::Instant::now(),
+            Ok(false) => {
+                tracing::warn!(lease, "Another instance holds this mailbox's lease now; stopping the session.");
+                return;
+            }
+            Err(e) if renewed.elapsed() < LEASE_TTL * 2 / 3 => {
+                tracing::warn!(lease, error = %e, "Could not renew the mailbox lease; trying again.");
+            }
+            Err(e) => {
+                tracing::warn!(lease, error = %e, "The mailbox lease could not be renewed in time; stopping the session.");
+                return;
+            }
+        }
+    }
+}
+
+/// Intake failures per message (`(UIDVALIDITY, UID)`): how many, since when. Kept across reconnects.
 #[derive(Default)]
-struct Failures(std::collections::HashMap<u32, u32>);
+struct Failures(std::collections::HashMap<(u32, u32), (u32, std::time::Instant)>);
 
 /// Runs `fut` under [`COMMAND_TIMEOUT`].
 async fn timed<T, E: Into<ImapError>>(
@@ -182,35 +215,17 @@ struct SessionRun<'a> {
     ctx: &'a EmailContext,
     mb: &'a MailboxSettings,
     intake: &'a dyn Intake,
-    lease: &'a str,
     failures: &'a mut Failures,
-    /// Set once the folder is selected: the server and the credentials work.
-    connected: bool,
+    /// Set once messages went through (a batch committed, or the folder fully scanned): what
+    /// fails after that is new trouble, so the reconnect backoff starts over.
+    healthy: bool,
 }
 
 impl SessionRun<'_> {
-    async fn renew_lease(&self, renewed: &mut std::time::Instant) -> Result<(), ImapError> {
-        if !self.intake.try_lease(self.lease, &self.ctx.instance, LEASE_TTL).await? {
-            return Err(ImapError::LeaseLost);
-        }
-        *renewed = std::time::Instant::now();
-        Ok(())
-    }
-
-    /// Renews the lease when a third of its lifetime has passed, so long batches never outlive it.
-    async fn renew_lease_if_due(&self, renewed: &mut std::time::Instant) -> Result<(), ImapError> {
-        if renewed.elapsed() >= LEASE_TTL / 3 {
-            self.renew_lease(renewed).await?;
-        }
-        Ok(())
-    }
-
     async fn session(&mut self, shutdown: &CancellationToken) -> Result<(), ImapError> {
         let (mb, intake) = (self.mb, self.intake);
-        let mut renewed = std::time::Instant::now();
         let mut session = connect(&mb.imap).await?;
         let selected = timed("SELECT", session.select(&mb.imap.folder)).await?;
-        self.connected = true;
         let uidvalidity = selected.uid_validity.unwrap_or(0);
         let cursor_key = format!("imap:{}:{}", mb.name, mb.imap.folder);
         let mut last_uid = match intake.load_cursor(&cursor_key).await?.as_deref().and_then(parse_cursor) {
@@ -225,8 +240,11 @@ impl SessionRun<'_> {
         let idle = mb.imap.idle && capabilities.has_str("IDLE");
         let can_move = capabilities.has_str("MOVE");
         drop(capabilities);
-        if let Some(folder) = &mb.imap.move_to {
-            ensure_folder(&mut session, &mb.name, folder).await?;
+        if let Some(folder) = &mb.imap.move_to
+            && let Err(e) = ensure_folder(&mut session, folder).await
+        {
+            // Moving will fail and be logged too; the messages are still taken in and kept.
+            tracing::warn!(mailbox = %mb.name, folder, error = %e, "The move_to folder is missing and could not be created.");
         }
         tracing::info!(mailbox = %mb.name, folder = %mb.imap.folder, uidvalidity, last_uid, idle, "IMAP connected.");
 
@@ -238,6 +256,7 @@ impl SessionRun<'_> {
                 // "n:*" always matches the highest UID, even when it is below n.
                 let mut uids: Vec<u32> = found.into_iter().filter(|u| *u > last_uid).collect();
                 if uids.is_empty() {
+                    self.healthy = true;
                     break;
                 }
                 uids.sort_unstable();
@@ -255,9 +274,8 @@ impl SessionRun<'_> {
                         tracing::warn!(mailbox = %mb.name, uid, "The server sent no body for this message; skipping it.");
                         continue;
                     };
-                    self.take_in(uid, body).await?;
+                    self.take_in(uidvalidity, uid, body).await?;
                     done.push(uid);
-                    self.renew_lease_if_due(&mut renewed).await?;
                 }
                 // The cursor moves first: the messages are committed, and a failure to flag or move
                 // them below must not make the next session take them in again and again.
@@ -267,12 +285,11 @@ impl SessionRun<'_> {
                     self.mark_done(&mut session, &uid_set(&done), can_move).await?;
                 }
                 tracing::info!(mailbox = %mb.name, committed = done.len(), remaining = remaining - uids.len(), last_uid, "IMAP batch committed.");
-                self.renew_lease(&mut renewed).await?;
+                self.healthy = true;
             }
-            self.renew_lease(&mut renewed).await?;
             if idle {
-                // IDLE for news, re-checking the folder (and renewing the lease) at least every
-                // third of the lease's lifetime, in case the server missed telling us.
+                // IDLE for news, re-checking the folder at least every third of the lease's
+                // lifetime, in case the server missed telling us.
                 let mut handle = session.idle();
                 timed("IDLE", handle.init()).await?;
                 let (until, interrupt) = handle.wait_with_timeout((LEASE_TTL / 3).min(mb.imap.poll).min(MAX_IDLE));
@@ -289,48 +306,38 @@ impl SessionRun<'_> {
                     Some(Err(e)) => return Err(e.into()),
                 }
             } else {
-                // Poll every `poll_secs`, renewing the lease in between when the interval is long.
-                let next_poll = tokio::time::Instant::now() + mb.imap.poll;
-                loop {
-                    let now = tokio::time::Instant::now();
-                    if now >= next_poll {
-                        break;
-                    }
-                    let nap = (next_poll - now).min(LEASE_TTL / 3);
-                    tokio::select! {
-                        _ = tokio::time::sleep(nap) => {}
-                        _ = shutdown.cancelled() => {
-                            let _ = session.logout().await;
-                            return Ok(());
-                        }
-                    }
-                    self.renew_lease_if_due(&mut renewed).await?;
+                // Poll every `poll_secs` (the lease is kept alive beside this).
+                tokio::select! {
+                    _ = tokio::time::sleep(mb.imap.poll) => {}
+                    _ = shutdown.cancelled() => break,
                 }
             }
         }
-        let _ = session.logout().await;
+        // A polite goodbye, but not worth waiting for.
+        let _ = tokio::time::timeout(Duration::from_secs(5), session.logout()).await;
         Ok(())
     }
 
     /// Takes one message in. A message that keeps failing is quarantined with the error after
     /// [`POISON_AFTER`] tries, so it cannot hold up the mailbox.
-    async fn take_in(&mut self, uid: u32, body: &[u8]) -> Result<(), ImapError> {
+    async fn take_in(&mut self, uidvalidity: u32, uid: u32, body: &[u8]) -> Result<(), ImapError> {
+        let key = (uidvalidity, uid);
         match handle::message(self.ctx, self.mb, self.intake, body).await {
             Ok(()) => {
-                self.failures.0.remove(&uid);
+                self.failures.0.remove(&key);
                 Ok(())
             }
             Err(e @ IntakeError::ShuttingDown) => Err(e.into()),
             Err(e) => {
-                let tries = self.failures.0.entry(uid).or_insert(0);
+                let (tries, since) = self.failures.0.entry(key).or_insert((0, std::time::Instant::now()));
                 *tries += 1;
-                if *tries < POISON_AFTER {
+                if *tries < POISON_AFTER || since.elapsed() < POISON_SPAN {
                     tracing::warn!(mailbox = %self.mb.name, uid, tries = *tries, error = %e, "Message not stored; it will be fetched again.");
                     return Err(e.into());
                 }
-                let reason = format!("not stored after {tries} tries: {e}");
+                let reason = format!("not stored after {tries} tries over {} s: {e}", since.elapsed().as_secs());
                 handle::quarantine(self.mb, self.intake, body, &reason).await?;
-                self.failures.0.remove(&uid);
+                self.failures.0.remove(&key);
                 Ok(())
             }
         }
@@ -366,13 +373,13 @@ async fn flag_seen(session: &mut Session, set: &str) -> Result<(), ImapError> {
 }
 
 /// Creates the `move_to` folder when the server does not have it yet, so moves cannot fail on it.
-async fn ensure_folder(session: &mut Session, mailbox: &str, folder: &str) -> Result<(), ImapError> {
+async fn ensure_folder(session: &mut Session, folder: &str) -> Result<(), ImapError> {
     let exists = timed("LIST", async { session.list(Some(""), Some(folder)).await?.try_collect::<Vec<_>>().await })
         .await?
         .iter()
         .any(|n| n.name() == folder);
     if !exists {
-        tracing::info!(mailbox, folder, "The move_to folder does not exist; creating it.");
+        tracing::info!(folder, "The move_to folder does not exist; creating it.");
         timed("CREATE", session.create(folder)).await?;
     }
     Ok(())

@@ -1,5 +1,5 @@
 //! TLS for IMAP (implicit and STARTTLS), with the web PKI roots plus any certificates the config
-//! adds (`ca_file`: a private CA, or a self-signed server).
+//! adds (`ca_file`: a private CA).
 
 use std::sync::Arc;
 
