@@ -319,7 +319,7 @@ impl SessionRun<'_> {
     }
 
     /// Takes one message in. A message that keeps failing is quarantined with the error after
-    /// [`POISON_AFTER`] tries, so it cannot hold up the mailbox.
+    /// [`POISON_AFTER`] tries over at least [`POISON_SPAN`], so it cannot hold up the mailbox.
     async fn take_in(&mut self, uidvalidity: u32, uid: u32, body: &[u8]) -> Result<(), ImapError> {
         let key = (uidvalidity, uid);
         match handle::message(self.ctx, self.mb, self.intake, body).await {
