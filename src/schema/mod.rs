@@ -46,10 +46,8 @@ impl CustomerId {
     /// The id a customer first seen with this identity gets. Deterministic, so that two gateway
     /// instances meeting a new customer at once agree on one id.
     pub fn for_identity(identity: &Identity) -> CustomerId {
-        use sha2::Digest;
-        let digest = sha2::Sha256::digest(format!("{}:{}", identity.kind.as_str(), identity.value));
-        let hex: String = digest.iter().take(12).map(|b| format!("{b:02x}")).collect();
-        CustomerId(format!("cus_{hex}"))
+        let hex = earshot_channel::sha256_hex(format!("{}:{}", identity.kind.as_str(), identity.value).as_bytes());
+        CustomerId(format!("cus_{}", &hex[..24]))
     }
 }
 

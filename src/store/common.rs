@@ -507,8 +507,7 @@ macro_rules! shared_queries {
             raw: &[u8],
             now_ms: i64,
         ) -> Result<i64> {
-            use sha2::Digest as _;
-            let digest: String = sha2::Sha256::digest(raw).iter().map(|b| format!("{b:02x}")).collect();
+            let digest = earshot_channel::sha256_hex(raw);
             let inserted: Option<i64> = sqlx::query_scalar(
                 "INSERT INTO quarantine (channel, source, reason, raw, created_at, digest) VALUES ($1, $2, $3, $4, $5, $6) \
                  ON CONFLICT (channel, source, digest) DO NOTHING RETURNING id",

@@ -234,7 +234,6 @@ pub trait Store: Send + Sync + 'static {
 
     async fn list_quarantine(&self, limit: i64) -> Result<Vec<QuarantineRow>>;
 
-    /// Stores an event; a repeat of the same `(channel, external_id)` is ignored.
     /// Stores a channel event once per `(channel, external_id)`; `false` when it was stored before.
     async fn record_event(&self, event: &NewEvent) -> Result<bool>;
     /// Whether a channel event with this `(channel, external_id)` is stored.

@@ -48,6 +48,14 @@ smtp = {{ host = "127.0.0.1", port = {smtp_port}, security = "plain" }}
     )
 }
 
+/// The same config with no acknowledgement window, for tests where only the loop rules may keep a
+/// message unanswered.
+fn without_ack_window(config: &str) -> String {
+    let out = config.replace("ack_window = \"10m\"", "ack_window = \"0s\"");
+    assert_ne!(out, config, "the config sets ack_window");
+    out
+}
+
 /// Dovecot and the SMTP sink, or `None` (the test skips, saying so) when either is unavailable.
 async fn servers() -> Option<(Dovecot, SmtpSink)> {
     let imap = Dovecot::start().await?;
@@ -712,8 +720,7 @@ async fn email_bounce_of_an_acknowledgement_suppresses_the_address() {
     let Some((imap, smtp)) = servers().await else { return };
     let db = TestDb::sqlite();
     // No acknowledgement window: only the suppression can keep the second complaint unanswered.
-    let config = email_toml(&db.url, &imap, &smtp, 200).replace("ack_window = \"10m\"", "ack_window = \"0s\"");
-    let gw = Gateway::start(&config).await;
+    let gw = Gateway::start(&without_ack_window(&email_toml(&db.url, &imap, &smtp, 200))).await;
     let address = "gone@customer.example";
     let (first, first_id) = complaint_from(address, "First try");
     imap.append(&first).await;
@@ -899,8 +906,7 @@ async fn email_auto_reply_to_an_acknowledgement_joins_the_case_unanswered_and_ow
     let Some((imap, smtp)) = servers().await else { return };
     let db = TestDb::sqlite();
     // No window: what keeps these unanswered must be the loop rules themselves.
-    let config = email_toml(&db.url, &imap, &smtp, 200).replace("ack_window = \"10m\"", "ack_window = \"0s\"");
-    let gw = Gateway::start(&config).await;
+    let gw = Gateway::start(&without_ack_window(&email_toml(&db.url, &imap, &smtp, 200))).await;
     let (first, first_id) = complaint_from("traveller@customer.example", "Lost parcel");
     imap.append(&first).await;
     let all = wait_cases(&gw, 1, 20).await;

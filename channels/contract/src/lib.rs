@@ -19,6 +19,18 @@ pub use types::*;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// The SHA-256 of `bytes` in lower-case hex: attachment digests, derived ids, dedup keys.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    use std::fmt::Write as _;
+    let digest = sha2::Sha256::digest(bytes);
+    let mut s = String::with_capacity(digest.len() * 2);
+    for b in digest {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
 use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 

@@ -11,16 +11,14 @@
 //!   clients send them, and it contains no NUL or other control characters a store would refuse.
 
 use std::borrow::Cow;
-use std::fmt::Write as _;
 
 use base64::Engine as _;
 use bytes::Bytes;
-use earshot_channel::{AttachmentMeta, AutoKind, CaseRef, Lang};
+use earshot_channel::{AttachmentMeta, AutoKind, CaseRef, Lang, sha256_hex};
 use mail_parser::decoders::charsets::map::charset_decoder;
 use mail_parser::decoders::html::html_to_text;
 use mail_parser::decoders::quoted_printable::quoted_printable_decode;
 use mail_parser::{Address, Encoding, HeaderValue, Message, MessageParser, MessagePart, MimeHeaders, PartType};
-use sha2::{Digest, Sha256};
 use time::{OffsetDateTime, UtcOffset};
 
 use crate::report::{self, Report};
@@ -203,16 +201,8 @@ pub fn normalize(raw: &[u8], opts: &ParseOptions) -> Result<ParsedMail, ParseErr
 
 /// `sha256-<first 32 hex of SHA-256 of the raw bytes>@earshot.invalid`.
 pub fn derived_id(raw: &[u8]) -> String {
-    let hex = hex(&Sha256::digest(raw));
+    let hex = sha256_hex(raw);
     format!("sha256-{}@{DERIVED_ID_DOMAIN}", &hex[..32])
-}
-
-fn hex(bytes: &[u8]) -> String {
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        let _ = write!(s, "{b:02x}");
-    }
-    s
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -649,7 +639,7 @@ fn attachment(raw: &[u8], part: &MessagePart<'_>, n: usize, opts: &ParseOptions)
         });
     let size = bytes.len();
     let truncated = size > opts.max_attachment_bytes;
-    let sha256 = Some(hex(&Sha256::digest(&bytes)));
+    let sha256 = Some(sha256_hex(&bytes));
     let content = (!truncated).then(|| Bytes::from(bytes.into_owned()));
     Some(Attachment {
         meta: AttachmentMeta {
@@ -870,7 +860,7 @@ mod tests {
         assert_eq!(pdf.meta.media_type, "application/pdf");
         assert_eq!(pdf.content.as_deref(), Some(&b"%PDF-1.4\n"[..]));
         assert_eq!(pdf.meta.size, 9);
-        assert_eq!(pdf.meta.sha256.as_deref(), Some(hex(&Sha256::digest(b"%PDF-1.4\n")).as_str()));
+        assert_eq!(pdf.meta.sha256.as_deref(), Some(sha256_hex(b"%PDF-1.4\n").as_str()));
         assert!(!pdf.meta.truncated);
         // The text attachment is the file as sent: GBK bytes, not UTF-8.
         assert_eq!(m.attachments[1].content.as_deref(), Some(&b"\xc4\xe3\xba\xc3"[..]));
