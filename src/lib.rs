@@ -101,7 +101,7 @@ pub async fn run(settings: Settings, listener: TcpListener, shutdown: Cancellati
     };
     let (intake, writer) = IntakeService::start(WriterContext {
         store: store.clone(),
-        builder,
+        builder: Arc::new(builder),
         max_batch: settings.max_batch,
         writers: settings.writers,
         outbox_wake: wake.clone(),

@@ -73,7 +73,7 @@ async fn commit(ctx: &WriterContext, batch: Vec<Submission>) {
     }
 
     let started = std::time::Instant::now();
-    let prepared = match prepare(ctx, &groups).await {
+    let prepared = match prepare(ctx, &mut groups).await {
         Ok(p) => p,
         Err(e) => {
             tracing::error!(error = %e, batch = groups.len(), "Intake batch could not be prepared; answering 503.");
@@ -186,8 +186,9 @@ enum Prepared {
 
 /// Reads what the rows depend on (sequence numbers, known customers, threads, acknowledgement
 /// history) and renders every item.
-async fn prepare(ctx: &WriterContext, groups: &[Group]) -> crate::store::Result<Vec<Prepared>> {
-    let seqs = ctx.store.next_seqs(groups.len()).await?;
+async fn prepare(ctx: &WriterContext, groups: &mut [Group]) -> crate::store::Result<Vec<Prepared>> {
+    let unnumbered = groups.iter().filter(|g| g.first.prebuilt.is_none()).count();
+    let mut seqs = ctx.store.next_seqs(unnumbered).await?.into_iter();
     let identities: Vec<_> = groups.iter().flat_map(|g| g.first.inbound.identities.iter().cloned()).collect();
     let known = ctx.store.customers_for(&identities).await?;
     let now = OffsetDateTime::now_utc();
@@ -205,13 +206,29 @@ async fn prepare(ctx: &WriterContext, groups: &[Group]) -> crate::store::Result<
     }
 
     let mut out = Vec::with_capacity(groups.len());
-    for (g, seq) in groups.iter().zip(seqs) {
+    for g in groups.iter_mut() {
         let inbound = &g.first.inbound;
         if inbound.identities.is_empty() {
             out.push(Prepared::Failed("a message needs at least one identity".to_owned()));
             continue;
         }
         let customer = inbound.identities.iter().find_map(|i| known.get(i).cloned());
+        if let Some(pre) = g.first.prebuilt.take() {
+            // Rendered for a new customer; a known one means rendering again, with the same number.
+            if customer.as_deref().is_none_or(|c| c == pre.row.customer_id) {
+                out.push(Prepared::Row(pre.row, pre.ack));
+            } else {
+                out.push(match ctx.builder.build(inbound, pre.row.seq, customer, now, true) {
+                    Ok((row, ack)) => Prepared::Row(Box::new(row), ack),
+                    Err(e) => Prepared::Failed(e.to_string()),
+                });
+            }
+            continue;
+        }
+        let Some(seq) = seqs.next() else {
+            out.push(Prepared::Failed("no case sequence number".to_owned()));
+            continue;
+        };
         if let Some(case) = thread_case(ctx, inbound, customer.as_deref()).await? {
             out.push(match ctx.builder.build_follow_up(inbound, case, now) {
                 Ok(row) => Prepared::Row(Box::new(row), None),

@@ -1,4 +1,5 @@
-//! SQL shared by both backends, expanded once per backend by [`shared_queries!`].
+//! SQL of the store: the reads, expanded once per backend by [`shared_queries!`], and the writes of
+//! PostgreSQL ([`write_queries!`]; SQLite's writer has its own, see `sqlite_writer.rs`).
 //!
 //! The statements are the same text on SQLite and PostgreSQL (`$n` placeholders work on both in sqlx);
 //! only the pool type differs, and sqlx's generic executor bounds are far harder to read than this
@@ -26,16 +27,208 @@ pub(super) fn lease_sql(lock: &str) -> String {
 
 macro_rules! shared_queries {
     ($db:ty) => {
+        #[allow(unused_imports)]
         use std::collections::{HashMap, HashSet};
 
+        #[allow(unused_imports)]
         use earshot_channel::{Identity, IdentityKind};
         use sqlx::QueryBuilder;
 
         use super::common::{CASE_COLUMNS, JOB_COLUMNS};
+        #[allow(unused_imports)]
         use super::{CaseRow, Committed, Job, NewCase, Result};
 
         type Conn = <$db as sqlx::Database>::Connection;
+        pub(super) async fn list_jobs(conn: &mut Conn, state: Option<&str>, limit: i64) -> Result<Vec<Job>> {
+            let jobs = match state {
+                Some(s) => {
+                    sqlx::query_as::<_, Job>(&format!(
+                        "SELECT {JOB_COLUMNS} FROM outbox WHERE state = $1 ORDER BY id DESC LIMIT $2"
+                    ))
+                    .bind(s)
+                    .bind(limit)
+                    .fetch_all(&mut *conn)
+                    .await?
+                }
+                None => {
+                    sqlx::query_as::<_, Job>(&format!("SELECT {JOB_COLUMNS} FROM outbox ORDER BY id DESC LIMIT $1"))
+                        .bind(limit)
+                        .fetch_all(&mut *conn)
+                        .await?
+                }
+            };
+            Ok(jobs)
+        }
 
+        pub(super) async fn job_counts(conn: &mut Conn) -> Result<Vec<(String, i64)>> {
+            Ok(sqlx::query_as("SELECT state, COUNT(*) FROM outbox GROUP BY state ORDER BY state")
+                .fetch_all(&mut *conn)
+                .await?)
+        }
+
+        pub(super) async fn list_cases(conn: &mut Conn, limit: i64) -> Result<Vec<CaseRow>> {
+            Ok(sqlx::query_as(&format!("SELECT {CASE_COLUMNS} FROM cases ORDER BY seq DESC LIMIT $1"))
+                .bind(limit)
+                .fetch_all(&mut *conn)
+                .await?)
+        }
+
+        pub(super) async fn get_case(conn: &mut Conn, id: &str) -> Result<Option<(CaseRow, Vec<String>)>> {
+            let row: Option<CaseRow> = sqlx::query_as(&format!("SELECT {CASE_COLUMNS} FROM cases WHERE id = $1"))
+                .bind(id)
+                .fetch_optional(&mut *conn)
+                .await?;
+            let Some(row) = row else { return Ok(None) };
+            let messages: Vec<String> =
+                sqlx::query_scalar("SELECT data FROM messages WHERE case_id = $1 ORDER BY received_at, id")
+                    .bind(id)
+                    .fetch_all(&mut *conn)
+                    .await?;
+            Ok(Some((row, messages)))
+        }
+
+        pub(super) async fn count_cases(conn: &mut Conn) -> Result<i64> {
+            Ok(sqlx::query_scalar("SELECT COUNT(*) FROM cases").fetch_one(&mut *conn).await?)
+        }
+
+        fn in_list<'a>(qb: &mut QueryBuilder<'a, $db>, values: &'a [String]) {
+            qb.push("(");
+            let mut sep = qb.separated(", ");
+            for v in values {
+                sep.push_bind(v);
+            }
+            qb.push(")");
+        }
+
+        pub(super) async fn find_thread(
+            conn: &mut Conn,
+            channel: &str,
+            message_ids: &[String],
+            event_ids: &[String],
+            refs: &[String],
+        ) -> Result<Vec<super::ThreadHit>> {
+            let mut hits = Vec::new();
+            type Row = (String, String, String, String, String);
+            let to_hit = |(case_id, case_ref, status, customer_id, matched): Row| super::ThreadHit {
+                case_id,
+                case_ref,
+                status,
+                customer_id,
+                matched,
+            };
+            if !message_ids.is_empty() {
+                let mut qb = QueryBuilder::<$db>::new(
+                    "SELECT c.id, c.case_ref, c.status, c.customer_id, m.external_id FROM messages m \
+                     JOIN cases c ON c.id = m.case_id WHERE m.channel = ",
+                );
+                qb.push_bind(channel).push(" AND m.external_id IN ");
+                in_list(&mut qb, message_ids);
+                let rows: Vec<Row> = qb.build_query_as().fetch_all(&mut *conn).await?;
+                hits.extend(rows.into_iter().map(to_hit));
+            }
+            if !event_ids.is_empty() {
+                let mut qb = QueryBuilder::<$db>::new(
+                    "SELECT c.id, c.case_ref, c.status, c.customer_id, o.event_id FROM outbox o \
+                     JOIN cases c ON c.id = o.case_id WHERE o.event_id IN ",
+                );
+                in_list(&mut qb, event_ids);
+                let rows: Vec<Row> = qb.build_query_as().fetch_all(&mut *conn).await?;
+                hits.extend(rows.into_iter().map(to_hit));
+            }
+            // References are looked up through the sequence number they encode (cases.seq is indexed).
+            let seqs: Vec<i64> = refs
+                .iter()
+                .filter_map(|r| earshot_channel::CaseRef::parse(r).ok())
+                .filter_map(|r| i64::try_from(r.seq()).ok())
+                .collect();
+            if !seqs.is_empty() {
+                let mut qb = QueryBuilder::<$db>::new(
+                    "SELECT c.id, c.case_ref, c.status, c.customer_id, c.case_ref FROM cases c WHERE c.seq IN (",
+                );
+                let mut sep = qb.separated(", ");
+                for s in &seqs {
+                    sep.push_bind(*s);
+                }
+                qb.push(")");
+                let rows: Vec<Row> = qb.build_query_as().fetch_all(&mut *conn).await?;
+                hits.extend(rows.into_iter().map(to_hit));
+            }
+            Ok(hits)
+        }
+
+        pub(super) async fn job_by_event_id(conn: &mut Conn, event_id: &str) -> Result<Option<Job>> {
+            Ok(sqlx::query_as::<_, Job>(&format!("SELECT {JOB_COLUMNS} FROM outbox WHERE event_id = $1"))
+                .bind(event_id)
+                .fetch_optional(&mut *conn)
+                .await?)
+        }
+
+        pub(super) async fn load_cursor(conn: &mut Conn, name: &str) -> Result<Option<String>> {
+            Ok(sqlx::query_scalar("SELECT value FROM cursors WHERE name = $1")
+                .bind(name)
+                .fetch_optional(&mut *conn)
+                .await?)
+        }
+
+        pub(super) async fn list_quarantine(conn: &mut Conn, limit: i64) -> Result<Vec<super::QuarantineRow>> {
+            Ok(sqlx::query_as(
+                "SELECT id, channel, source, reason, CAST(LENGTH(raw) AS BIGINT) AS size, created_at FROM quarantine \
+                 ORDER BY id DESC LIMIT $1",
+            )
+            .bind(limit)
+            .fetch_all(&mut *conn)
+            .await?)
+        }
+
+        pub(super) async fn has_event(conn: &mut Conn, channel: &str, external_id: &str) -> Result<bool> {
+            let n: i64 =
+                sqlx::query_scalar("SELECT COUNT(*) FROM channel_events WHERE channel = $1 AND external_id = $2")
+                    .bind(channel)
+                    .bind(external_id)
+                    .fetch_one(&mut *conn)
+                    .await?;
+            Ok(n > 0)
+        }
+
+        pub(super) async fn count_events(conn: &mut Conn, kind: Option<&str>) -> Result<i64> {
+            Ok(match kind {
+                Some(k) => {
+                    sqlx::query_scalar("SELECT COUNT(*) FROM channel_events WHERE kind = $1")
+                        .bind(k)
+                        .fetch_one(&mut *conn)
+                        .await?
+                }
+                None => sqlx::query_scalar("SELECT COUNT(*) FROM channel_events").fetch_one(&mut *conn).await?,
+            })
+        }
+
+        pub(super) async fn raw_messages(
+            conn: &mut Conn,
+            after: &str,
+            limit: i64,
+        ) -> Result<Vec<(String, String, Vec<u8>, String)>> {
+            Ok(sqlx::query_as(
+                "SELECT r.message_id, r.channel, r.raw, m.data FROM raw_messages r \
+                 JOIN messages m ON m.id = r.message_id WHERE r.message_id > $1 ORDER BY r.message_id LIMIT $2",
+            )
+            .bind(after)
+            .bind(limit)
+            .fetch_all(&mut *conn)
+            .await?)
+        }
+
+        pub(super) async fn applied_migrations(conn: &mut Conn) -> Result<i64> {
+            Ok(sqlx::query_scalar("SELECT COUNT(*) FROM _sqlx_migrations WHERE success").fetch_one(&mut *conn).await?)
+        }
+    };
+}
+
+pub(super) use shared_queries;
+
+/// The writes, as multi-row statements for PostgreSQL. SQLite runs the same statements one row at a
+/// time on its writer thread instead (`sqlite_writer.rs`), where a statement costs no round trip.
+macro_rules! write_queries {
+    ($db:ty) => {
         fn identity_kind(s: &str) -> Option<IdentityKind> {
             [IdentityKind::Email, IdentityKind::Phone, IdentityKind::Telegram, IdentityKind::WebUser]
                 .into_iter()
@@ -75,6 +268,10 @@ macro_rules! shared_queries {
         }
 
         /// The body of `commit_batch`, run inside the caller's transaction.
+        ///
+        /// Each table's rows go in as one `INSERT … SELECT FROM unnest(arrays)`: the SQL text is the
+        /// same whatever the batch size, so each statement is parsed and planned once per connection
+        /// (a `VALUES` list per batch size filled the statement cache and was planned again and again).
         pub(super) async fn commit_items(conn: &mut Conn, items: &[NewCase]) -> Result<Vec<Committed>> {
             if items.is_empty() {
                 return Ok(Vec::new());
@@ -86,46 +283,38 @@ macro_rules! shared_queries {
             by_key.sort_unstable_by(|a, b| (a.channel, &a.external_id).cmp(&(b.channel, &b.external_id)));
             // The message row goes first: its UNIQUE (channel, external_id) decides, also against a
             // concurrent transaction of another instance, which items are new.
-            let mut qb = QueryBuilder::<$db>::new(
-                "INSERT INTO messages (id, case_id, channel, external_id, direction, data, received_at) ",
-            );
-            qb.push_values(by_key, |mut b, it| {
-                b.push_bind(&it.message_id)
-                    .push_bind(&it.case_id)
-                    .push_bind(it.channel)
-                    .push_bind(&it.external_id)
-                    .push_bind("inbound")
-                    .push_bind(&it.message_json)
-                    .push_bind(it.now_ms);
-            });
-            qb.push(" ON CONFLICT (channel, external_id) DO NOTHING RETURNING id");
-            let inserted: HashSet<String> = qb.build_query_scalar::<String>().fetch_all(&mut *conn).await?.into_iter().collect();
+            let inserted: HashSet<String> = sqlx::query_scalar::<_, String>(
+                "INSERT INTO messages (id, case_id, channel, external_id, direction, data, received_at) \
+                 SELECT id, case_id, channel, external_id, 'inbound', data, received_at \
+                 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int8[]) \
+                   AS t(id, case_id, channel, external_id, data, received_at) \
+                 ON CONFLICT (channel, external_id) DO NOTHING RETURNING id",
+            )
+            .bind(by_key.iter().map(|it| it.message_id.as_str()).collect::<Vec<_>>())
+            .bind(by_key.iter().map(|it| it.case_id.as_str()).collect::<Vec<_>>())
+            .bind(by_key.iter().map(|it| it.channel).collect::<Vec<_>>())
+            .bind(by_key.iter().map(|it| it.external_id.as_str()).collect::<Vec<_>>())
+            .bind(by_key.iter().map(|it| it.message_json.as_str()).collect::<Vec<_>>())
+            .bind(by_key.iter().map(|it| it.now_ms).collect::<Vec<_>>())
+            .fetch_all(&mut *conn)
+            .await?
+            .into_iter()
+            .collect();
             let new: Vec<&NewCase> = items.iter().filter(|it| inserted.contains(&it.message_id)).collect();
 
             let mut existing: HashMap<(String, String), Committed> = HashMap::new();
             if new.len() < items.len() {
-                // Grouped by channel for the same reason as in `customers_for`: the UNIQUE index serves
-                // `channel = ? AND external_id IN (…)`, not a row-value IN.
-                let mut by_channel: HashMap<&str, Vec<&String>> = HashMap::new();
-                for it in items.iter().filter(|it| !inserted.contains(&it.message_id)) {
-                    by_channel.entry(it.channel).or_default().push(&it.external_id);
-                }
-                let mut qb = QueryBuilder::<$db>::new(
-                    "SELECT m.channel, m.external_id, c.id, c.case_ref, c.status FROM messages m \
-                     JOIN cases c ON c.id = m.case_id WHERE ",
-                );
-                for (n, (channel, ids)) in by_channel.iter().enumerate() {
-                    if n > 0 {
-                        qb.push(" OR ");
-                    }
-                    qb.push("(m.channel = ").push_bind(*channel).push(" AND m.external_id IN (");
-                    let mut sep = qb.separated(", ");
-                    for id in ids {
-                        sep.push_bind(*id);
-                    }
-                    qb.push("))");
-                }
-                let rows: Vec<(String, String, String, String, String)> = qb.build_query_as().fetch_all(&mut *conn).await?;
+                let dups: Vec<&NewCase> = items.iter().filter(|it| !inserted.contains(&it.message_id)).collect();
+                let rows: Vec<(String, String, String, String, String)> = sqlx::query_as(
+                    "SELECT m.channel, m.external_id, c.id, c.case_ref, c.status \
+                     FROM unnest($1::text[], $2::text[]) AS k(channel, external_id) \
+                     JOIN messages m ON m.channel = k.channel AND m.external_id = k.external_id \
+                     JOIN cases c ON c.id = m.case_id",
+                )
+                .bind(dups.iter().map(|it| it.channel).collect::<Vec<_>>())
+                .bind(dups.iter().map(|it| it.external_id.as_str()).collect::<Vec<_>>())
+                .fetch_all(&mut *conn)
+                .await?;
                 for (channel, ext, case_id, case_ref, status) in rows {
                     existing.insert((channel, ext), Committed::Duplicate { case_id, case_ref, status });
                 }
@@ -133,51 +322,54 @@ macro_rules! shared_queries {
 
             let fresh: Vec<&NewCase> = new.iter().copied().filter(|it| !it.follow_up).collect();
             if !fresh.is_empty() {
-                let mut customers: HashMap<&str, (Option<&str>, i64)> = HashMap::new();
-                let mut identities: HashMap<(&str, &str), (&str, i64)> = HashMap::new();
+                let mut customers: std::collections::BTreeMap<&str, (Option<&str>, i64)> = Default::default();
+                let mut identities: std::collections::BTreeMap<(&str, &str), (&str, i64)> = Default::default();
                 for it in &fresh {
                     customers.insert(&it.customer_id, (it.customer_name.as_deref(), it.now_ms));
                     for id in &it.identities {
                         identities.entry((id.kind.as_str(), &id.value)).or_insert((&it.customer_id, it.now_ms));
                     }
                 }
-                let mut customers: Vec<_> = customers.into_iter().collect();
-                customers.sort_unstable_by_key(|(id, _)| *id);
-                let mut identities: Vec<_> = identities.into_iter().collect();
-                identities.sort_unstable_by_key(|(key, _)| *key);
-                let mut qb = QueryBuilder::<$db>::new("INSERT INTO customers (id, name, created_at, updated_at) ");
-                qb.push_values(&customers, |mut b, (id, (name, now))| {
-                    b.push_bind(*id).push_bind(*name).push_bind(*now).push_bind(*now);
-                });
-                qb.push(
-                    " ON CONFLICT (id) DO UPDATE SET updated_at = excluded.updated_at, \
+                sqlx::query(
+                    "INSERT INTO customers (id, name, created_at, updated_at) \
+                     SELECT id, name, at, at FROM unnest($1::text[], $2::text[], $3::int8[]) AS t(id, name, at) \
+                     ON CONFLICT (id) DO UPDATE SET updated_at = excluded.updated_at, \
                      name = COALESCE(excluded.name, customers.name)",
-                );
-                qb.build().execute(&mut *conn).await?;
-
-                let mut qb = QueryBuilder::<$db>::new("INSERT INTO identities (kind, value, customer_id, created_at) ");
-                qb.push_values(&identities, |mut b, ((kind, value), (customer, now))| {
-                    b.push_bind(*kind).push_bind(*value).push_bind(*customer).push_bind(*now);
-                });
-                qb.push(" ON CONFLICT (kind, value) DO NOTHING");
-                qb.build().execute(&mut *conn).await?;
-
-                let mut qb = QueryBuilder::<$db>::new(
-                    "INSERT INTO cases (id, seq, case_ref, status, channel, source, customer_id, data, created_at, updated_at) ",
-                );
-                qb.push_values(&fresh, |mut b, it| {
-                    b.push_bind(&it.case_id)
-                        .push_bind(it.seq)
-                        .push_bind(&it.case_ref)
-                        .push_bind(it.status)
-                        .push_bind(it.channel)
-                        .push_bind(&it.source)
-                        .push_bind(&it.customer_id)
-                        .push_bind(&it.case_json)
-                        .push_bind(it.now_ms)
-                        .push_bind(it.now_ms);
-                });
-                qb.build().execute(&mut *conn).await?;
+                )
+                .bind(customers.keys().copied().collect::<Vec<_>>())
+                .bind(customers.values().map(|(name, _)| *name).collect::<Vec<_>>())
+                .bind(customers.values().map(|(_, at)| *at).collect::<Vec<_>>())
+                .execute(&mut *conn)
+                .await?;
+                sqlx::query(
+                    "INSERT INTO identities (kind, value, customer_id, created_at) \
+                     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int8[]) \
+                     ON CONFLICT (kind, value) DO NOTHING",
+                )
+                .bind(identities.keys().map(|(kind, _)| *kind).collect::<Vec<_>>())
+                .bind(identities.keys().map(|(_, value)| *value).collect::<Vec<_>>())
+                .bind(identities.values().map(|(customer, _)| *customer).collect::<Vec<_>>())
+                .bind(identities.values().map(|(_, at)| *at).collect::<Vec<_>>())
+                .execute(&mut *conn)
+                .await?;
+                sqlx::query(
+                    "INSERT INTO cases (id, seq, case_ref, status, channel, source, customer_id, data, created_at, updated_at) \
+                     SELECT id, seq, case_ref, status, channel, source, customer_id, data, at, at \
+                     FROM unnest($1::text[], $2::int8[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], \
+                                 $8::text[], $9::int8[]) \
+                       AS t(id, seq, case_ref, status, channel, source, customer_id, data, at)",
+                )
+                .bind(fresh.iter().map(|it| it.case_id.as_str()).collect::<Vec<_>>())
+                .bind(fresh.iter().map(|it| it.seq).collect::<Vec<_>>())
+                .bind(fresh.iter().map(|it| it.case_ref.as_str()).collect::<Vec<_>>())
+                .bind(fresh.iter().map(|it| it.status).collect::<Vec<_>>())
+                .bind(fresh.iter().map(|it| it.channel).collect::<Vec<_>>())
+                .bind(fresh.iter().map(|it| it.source.as_str()).collect::<Vec<_>>())
+                .bind(fresh.iter().map(|it| it.customer_id.as_str()).collect::<Vec<_>>())
+                .bind(fresh.iter().map(|it| it.case_json.as_str()).collect::<Vec<_>>())
+                .bind(fresh.iter().map(|it| it.now_ms).collect::<Vec<_>>())
+                .execute(&mut *conn)
+                .await?;
             }
             let mut follow_ups: Vec<&NewCase> = new.iter().copied().filter(|it| it.follow_up).collect();
             follow_ups.sort_unstable_by(|a, b| a.case_id.cmp(&b.case_id));
@@ -189,28 +381,27 @@ macro_rules! shared_queries {
                     .await?;
             }
 
+            // In this order, so ids follow creation order within a case (`WITH ORDINALITY` keeps it).
             let jobs: Vec<(&NewCase, &super::NewJob)> =
                 new.iter().flat_map(|it| it.jobs.iter().map(move |j| (*it, j))).collect();
             if !jobs.is_empty() {
-                let mut qb = QueryBuilder::<$db>::new(
+                sqlx::query(
                     "INSERT INTO outbox (event_id, case_id, kind, destination, payload, state, attempts, \
-                     max_attempts, next_attempt_at, created_at, updated_at) ",
-                );
-                // Rows are inserted in this order, so ids follow creation order within a case.
-                qb.push_values(&jobs, |mut b, (it, j)| {
-                    b.push_bind(&j.event_id)
-                        .push_bind(&it.case_id)
-                        .push_bind(j.kind)
-                        .push_bind(&j.destination)
-                        .push_bind(&j.payload)
-                        .push_bind("pending")
-                        .push_bind(0_i64)
-                        .push_bind(j.max_attempts)
-                        .push_bind(it.now_ms)
-                        .push_bind(it.now_ms)
-                        .push_bind(it.now_ms);
-                });
-                qb.build().execute(&mut *conn).await?;
+                     max_attempts, next_attempt_at, created_at, updated_at) \
+                     SELECT event_id, case_id, kind, destination, payload, 'pending', 0, max_attempts, at, at, at \
+                     FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int8[], $7::int8[]) \
+                       WITH ORDINALITY AS t(event_id, case_id, kind, destination, payload, max_attempts, at, n) \
+                     ORDER BY n",
+                )
+                .bind(jobs.iter().map(|(_, j)| j.event_id.as_str()).collect::<Vec<_>>())
+                .bind(jobs.iter().map(|(it, _)| it.case_id.as_str()).collect::<Vec<_>>())
+                .bind(jobs.iter().map(|(_, j)| j.kind).collect::<Vec<_>>())
+                .bind(jobs.iter().map(|(_, j)| j.destination.as_str()).collect::<Vec<_>>())
+                .bind(jobs.iter().map(|(_, j)| j.payload.as_str()).collect::<Vec<_>>())
+                .bind(jobs.iter().map(|(_, j)| j.max_attempts).collect::<Vec<_>>())
+                .bind(jobs.iter().map(|(it, _)| it.now_ms).collect::<Vec<_>>())
+                .execute(&mut *conn)
+                .await?;
             }
 
             let raws: Vec<&NewCase> = new.iter().copied().filter(|it| it.raw.is_some()).collect();
@@ -342,130 +533,6 @@ macro_rules! shared_queries {
             Ok(r.rows_affected())
         }
 
-        pub(super) async fn list_jobs(conn: &mut Conn, state: Option<&str>, limit: i64) -> Result<Vec<Job>> {
-            let jobs = match state {
-                Some(s) => {
-                    sqlx::query_as::<_, Job>(&format!("SELECT {JOB_COLUMNS} FROM outbox WHERE state = $1 ORDER BY id DESC LIMIT $2"))
-                        .bind(s)
-                        .bind(limit)
-                        .fetch_all(&mut *conn)
-                        .await?
-                }
-                None => {
-                    sqlx::query_as::<_, Job>(&format!("SELECT {JOB_COLUMNS} FROM outbox ORDER BY id DESC LIMIT $1"))
-                        .bind(limit)
-                        .fetch_all(&mut *conn)
-                        .await?
-                }
-            };
-            Ok(jobs)
-        }
-
-        pub(super) async fn job_counts(conn: &mut Conn) -> Result<Vec<(String, i64)>> {
-            Ok(sqlx::query_as("SELECT state, COUNT(*) FROM outbox GROUP BY state ORDER BY state").fetch_all(&mut *conn).await?)
-        }
-
-        pub(super) async fn list_cases(conn: &mut Conn, limit: i64) -> Result<Vec<CaseRow>> {
-            Ok(sqlx::query_as(&format!("SELECT {CASE_COLUMNS} FROM cases ORDER BY seq DESC LIMIT $1"))
-                .bind(limit)
-                .fetch_all(&mut *conn)
-                .await?)
-        }
-
-        pub(super) async fn get_case(conn: &mut Conn, id: &str) -> Result<Option<(CaseRow, Vec<String>)>> {
-            let row: Option<CaseRow> = sqlx::query_as(&format!("SELECT {CASE_COLUMNS} FROM cases WHERE id = $1"))
-                .bind(id)
-                .fetch_optional(&mut *conn)
-                .await?;
-            let Some(row) = row else { return Ok(None) };
-            let messages: Vec<String> =
-                sqlx::query_scalar("SELECT data FROM messages WHERE case_id = $1 ORDER BY received_at, id")
-                    .bind(id)
-                    .fetch_all(&mut *conn)
-                    .await?;
-            Ok(Some((row, messages)))
-        }
-
-        pub(super) async fn count_cases(conn: &mut Conn) -> Result<i64> {
-            Ok(sqlx::query_scalar("SELECT COUNT(*) FROM cases").fetch_one(&mut *conn).await?)
-        }
-
-        fn in_list<'a>(qb: &mut QueryBuilder<'a, $db>, values: &'a [String]) {
-            qb.push("(");
-            let mut sep = qb.separated(", ");
-            for v in values {
-                sep.push_bind(v);
-            }
-            qb.push(")");
-        }
-
-        pub(super) async fn find_thread(
-            conn: &mut Conn,
-            channel: &str,
-            message_ids: &[String],
-            event_ids: &[String],
-            refs: &[String],
-        ) -> Result<Vec<super::ThreadHit>> {
-            let mut hits = Vec::new();
-            type Row = (String, String, String, String, String);
-            let to_hit = |(case_id, case_ref, status, customer_id, matched): Row| super::ThreadHit {
-                case_id,
-                case_ref,
-                status,
-                customer_id,
-                matched,
-            };
-            if !message_ids.is_empty() {
-                let mut qb = QueryBuilder::<$db>::new(
-                    "SELECT c.id, c.case_ref, c.status, c.customer_id, m.external_id FROM messages m \
-                     JOIN cases c ON c.id = m.case_id WHERE m.channel = ",
-                );
-                qb.push_bind(channel).push(" AND m.external_id IN ");
-                in_list(&mut qb, message_ids);
-                let rows: Vec<Row> = qb.build_query_as().fetch_all(&mut *conn).await?;
-                hits.extend(rows.into_iter().map(to_hit));
-            }
-            if !event_ids.is_empty() {
-                let mut qb = QueryBuilder::<$db>::new(
-                    "SELECT c.id, c.case_ref, c.status, c.customer_id, o.event_id FROM outbox o \
-                     JOIN cases c ON c.id = o.case_id WHERE o.event_id IN ",
-                );
-                in_list(&mut qb, event_ids);
-                let rows: Vec<Row> = qb.build_query_as().fetch_all(&mut *conn).await?;
-                hits.extend(rows.into_iter().map(to_hit));
-            }
-            // References are looked up through the sequence number they encode (cases.seq is indexed).
-            let seqs: Vec<i64> = refs
-                .iter()
-                .filter_map(|r| earshot_channel::CaseRef::parse(r).ok())
-                .filter_map(|r| i64::try_from(r.seq()).ok())
-                .collect();
-            if !seqs.is_empty() {
-                let mut qb = QueryBuilder::<$db>::new(
-                    "SELECT c.id, c.case_ref, c.status, c.customer_id, c.case_ref FROM cases c WHERE c.seq IN (",
-                );
-                let mut sep = qb.separated(", ");
-                for s in &seqs {
-                    sep.push_bind(*s);
-                }
-                qb.push(")");
-                let rows: Vec<Row> = qb.build_query_as().fetch_all(&mut *conn).await?;
-                hits.extend(rows.into_iter().map(to_hit));
-            }
-            Ok(hits)
-        }
-
-        pub(super) async fn job_by_event_id(conn: &mut Conn, event_id: &str) -> Result<Option<Job>> {
-            Ok(sqlx::query_as::<_, Job>(&format!("SELECT {JOB_COLUMNS} FROM outbox WHERE event_id = $1"))
-                .bind(event_id)
-                .fetch_optional(&mut *conn)
-                .await?)
-        }
-
-        pub(super) async fn load_cursor(conn: &mut Conn, name: &str) -> Result<Option<String>> {
-            Ok(sqlx::query_scalar("SELECT value FROM cursors WHERE name = $1").bind(name).fetch_optional(&mut *conn).await?)
-        }
-
         pub(super) async fn save_cursor(conn: &mut Conn, name: &str, value: &str, now_ms: i64) -> Result<()> {
             sqlx::query(
                 "INSERT INTO cursors (name, value, updated_at) VALUES ($1, $2, $3) \
@@ -533,16 +600,6 @@ macro_rules! shared_queries {
             }
         }
 
-        pub(super) async fn list_quarantine(conn: &mut Conn, limit: i64) -> Result<Vec<super::QuarantineRow>> {
-            Ok(sqlx::query_as(
-                "SELECT id, channel, source, reason, CAST(LENGTH(raw) AS BIGINT) AS size, created_at FROM quarantine \
-                 ORDER BY id DESC LIMIT $1",
-            )
-            .bind(limit)
-            .fetch_all(&mut *conn)
-            .await?)
-        }
-
         pub(super) async fn record_event(conn: &mut Conn, e: &super::NewEvent) -> Result<bool> {
             let done = sqlx::query(
                 "INSERT INTO channel_events (channel, source, kind, external_id, sender, subject, data, raw, created_at) \
@@ -560,24 +617,6 @@ macro_rules! shared_queries {
             .execute(&mut *conn)
             .await?;
             Ok(done.rows_affected() == 1)
-        }
-
-        pub(super) async fn has_event(conn: &mut Conn, channel: &str, external_id: &str) -> Result<bool> {
-            let n: i64 = sqlx::query_scalar(
-                "SELECT COUNT(*) FROM channel_events WHERE channel = $1 AND external_id = $2",
-            )
-            .bind(channel)
-            .bind(external_id)
-            .fetch_one(&mut *conn)
-            .await?;
-            Ok(n > 0)
-        }
-
-        pub(super) async fn count_events(conn: &mut Conn, kind: Option<&str>) -> Result<i64> {
-            Ok(match kind {
-                Some(k) => sqlx::query_scalar("SELECT COUNT(*) FROM channel_events WHERE kind = $1").bind(k).fetch_one(&mut *conn).await?,
-                None => sqlx::query_scalar("SELECT COUNT(*) FROM channel_events").fetch_one(&mut *conn).await?,
-            })
         }
 
         pub(super) async fn suppress(conn: &mut Conn, address: &str, reason: &str, until_ms: i64) -> Result<()> {
@@ -613,30 +652,12 @@ macro_rules! shared_queries {
             Ok(qb.build_query_scalar().fetch_all(&mut *conn).await?)
         }
 
-        pub(super) async fn raw_messages(
-            conn: &mut Conn,
-            after: &str,
-            limit: i64,
-        ) -> Result<Vec<(String, String, Vec<u8>, String)>> {
-            Ok(sqlx::query_as(
-                "SELECT r.message_id, r.channel, r.raw, m.data FROM raw_messages r \
-                 JOIN messages m ON m.id = r.message_id WHERE r.message_id > $1 ORDER BY r.message_id LIMIT $2",
-            )
-            .bind(after)
-            .bind(limit)
-            .fetch_all(&mut *conn)
-            .await?)
-        }
-
         pub(super) async fn update_message(conn: &mut Conn, message_id: &str, data: &str) -> Result<()> {
             sqlx::query("UPDATE messages SET data = $2 WHERE id = $1").bind(message_id).bind(data).execute(&mut *conn).await?;
             Ok(())
         }
 
-        pub(super) async fn applied_migrations(conn: &mut Conn) -> Result<i64> {
-            Ok(sqlx::query_scalar("SELECT COUNT(*) FROM _sqlx_migrations WHERE success").fetch_one(&mut *conn).await?)
-        }
     };
 }
 
-pub(super) use shared_queries;
+pub(super) use write_queries;

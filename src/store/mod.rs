@@ -7,6 +7,7 @@
 mod common;
 mod postgres;
 mod sqlite;
+mod sqlite_writer;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -145,6 +146,10 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("stored data is not valid: {0}")]
     Corrupt(String),
+    #[error("database error: {0}")]
+    Sqlite(String),
+    #[error("the store is closed")]
+    Closed,
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;

@@ -1,9 +1,10 @@
 //! SQLite backend: WAL, `synchronous=FULL`, one writer connection.
 //!
-//! All writes go through a pool of exactly one connection, so SQLite never sees two writers from this
-//! process and no transaction waits on a busy lock; reads use their own pool. Case sequence numbers come
-//! from an in-memory counter seeded from the file, which is sound because only one process writes an
-//! SQLite store (use PostgreSQL for several instances).
+//! Every write goes through one connection owned by one thread (`sqlite_writer`), so SQLite never
+//! sees two writers from this process and no transaction waits on a busy lock; reads use a pool of
+//! sqlx connections. Case sequence numbers come from an in-memory counter seeded from the file,
+//! which is sound because only one process writes an SQLite store (use PostgreSQL for several
+//! instances).
 
 use std::str::FromStr;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -15,11 +16,16 @@ use tokio::sync::OnceCell;
 
 super::common::shared_queries!(sqlx::Sqlite);
 
+use super::sqlite_writer::{self, WriterThread};
+
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
 pub struct SqliteStore {
-    write: SqlitePool,
+    /// Options of the sqlx connections: the readers, and the short-lived one that runs migrations.
+    opts: SqliteConnectOptions,
     read: SqlitePool,
+    /// The one connection that writes (see `sqlite_writer`).
+    writer: WriterThread,
     seq: OnceCell<AtomicI64>,
 }
 
@@ -30,29 +36,39 @@ impl SqliteStore {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(10))
-            .foreign_keys(false)
-            // Batch inserts have one SQL text per batch size and table; keep them all prepared.
-            .statement_cache_capacity(4096);
+            .foreign_keys(false);
         let file = opts.get_filename().to_path_buf();
         if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(sqlx::Error::Io)?;
         }
+        // Creates the file in WAL mode before the writer opens it.
+        let read = SqlitePoolOptions::new()
+            .max_connections(readers.max(1))
+            .min_connections(1)
+            // No ping before each acquire: an SQLite connection is a file handle, which cannot go
+            // stale the way a network connection can.
+            .test_before_acquire(false)
+            .connect_with(opts.clone())
+            .await?;
         // The writer keeps a larger page cache (index pages of random keys stay hot) and checkpoints
         // the WAL less often, so a page written by many batches reaches the database file once.
         // Durability is unchanged: every commit is still fsynced to the WAL (synchronous=FULL).
         //
-        // Multi-row `INSERT … ON CONFLICT` statements need a statement journal; with the default
-        // temp_store it spills to a new temporary file in /var/tmp on every batch (open, write,
-        // unlink, close). In memory it costs nothing, and it never had to survive a crash.
-        let write_opts = opts
-            .clone()
-            .pragma("cache_size", "-32768")
-            .pragma("wal_autocheckpoint", WRITER_AUTOCHECKPOINT_PAGES)
-            .pragma("temp_store", "MEMORY");
-        let write = SqlitePoolOptions::new().max_connections(1).min_connections(1).connect_with(write_opts).await?;
-        let read = SqlitePoolOptions::new().max_connections(readers.max(1)).connect_with(opts).await?;
+        // Statements with `ON CONFLICT` need a statement journal; with the default temp_store it
+        // spills to a new temporary file in /var/tmp on every batch (open, write, unlink, close). In
+        // memory it costs nothing, and it never had to survive a crash.
+        let writer_pragmas: Vec<(&'static str, String)> = vec![
+            ("journal_mode", "WAL".into()),
+            ("synchronous", "FULL".into()),
+            ("busy_timeout", "10000".into()),
+            ("foreign_keys", "OFF".into()),
+            ("cache_size", "-32768".into()),
+            ("wal_autocheckpoint", WRITER_AUTOCHECKPOINT_PAGES.into()),
+            ("temp_store", "MEMORY".into()),
+        ];
+        let writer = WriterThread::open(&file, &writer_pragmas).await?;
         spawn_checkpointer(read.clone());
-        Ok(SqliteStore { write, read, seq: OnceCell::new() })
+        Ok(SqliteStore { opts, read, writer, seq: OnceCell::new() })
     }
 }
 
@@ -95,7 +111,12 @@ impl super::Store for SqliteStore {
     }
 
     async fn migrate(&self) -> Result<()> {
-        MIGRATOR.run(&self.write).await?;
+        // On a connection of its own, closed afterwards: sqlx's migrator needs an sqlx connection,
+        // and the writer thread does not take new work while it runs (nothing is queued yet).
+        let pool = SqlitePoolOptions::new().max_connections(1).connect_with(self.opts.clone()).await?;
+        let ran = MIGRATOR.run(&pool).await;
+        pool.close().await;
+        ran?;
         Ok(())
     }
 
@@ -114,8 +135,7 @@ impl super::Store for SqliteStore {
         let counter = self
             .seq
             .get_or_try_init(|| async {
-                let max: i64 =
-                    sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM cases").fetch_one(&self.write).await?;
+                let max = self.writer.call(|c| sqlite_writer::max_seq(c)).await?;
                 Ok::<_, super::StoreError>(AtomicI64::new(max))
             })
             .await?;
@@ -127,30 +147,31 @@ impl super::Store for SqliteStore {
     // writer connection: its page cache is hot and stays valid, whereas a reader connection drops
     // its whole cache each time it sees that the writer committed, i.e. on every batch.
     async fn customers_for(&self, identities: &[Identity]) -> Result<HashMap<Identity, String>> {
-        customers_for(&mut *self.write.acquire().await?, identities).await
+        let identities = identities.to_vec();
+        self.writer.call(move |conn| sqlite_writer::customers_for(conn, &identities)).await
     }
 
     async fn commit_batch(&self, items: &[NewCase]) -> Result<Vec<Committed>> {
-        let mut tx = self.write.begin().await?;
-        let out = commit_items(&mut tx, items).await?;
-        tx.commit().await?;
-        Ok(out)
+        let items = items.to_vec();
+        self.writer.call(move |conn| sqlite_writer::commit_batch(conn, &items)).await
     }
 
     async fn lease_jobs(&self, now_ms: i64, lease_until_ms: i64, limit: i64) -> Result<Vec<Job>> {
-        lease(&mut *self.write.acquire().await?, "", now_ms, lease_until_ms, limit).await
+        self.writer.call(move |c| sqlite_writer::lease(c, now_ms, lease_until_ms, limit)).await
     }
 
     async fn complete_job(&self, id: i64, attempts: i64, now_ms: i64) -> Result<bool> {
-        complete(&mut *self.write.acquire().await?, id, attempts, now_ms).await
+        self.writer.call(move |c| sqlite_writer::complete(c, id, attempts, now_ms)).await
     }
 
     async fn fail_job(&self, id: i64, attempts: i64, next_ms: Option<i64>, error: &str, now_ms: i64) -> Result<bool> {
-        fail(&mut *self.write.acquire().await?, id, attempts, next_ms, error, now_ms).await
+        let error = error.to_owned();
+        self.writer.call(move |c| sqlite_writer::fail(c, id, attempts, next_ms, &error, now_ms)).await
     }
 
     async fn set_ticket_id(&self, case_id: &str, ticket_id: &str, now_ms: i64) -> Result<()> {
-        set_ticket(&mut *self.write.acquire().await?, case_id, ticket_id, now_ms).await
+        let (case_id, ticket_id) = (case_id.to_owned(), ticket_id.to_owned());
+        self.writer.call(move |c| sqlite_writer::set_ticket(c, &case_id, &ticket_id, now_ms)).await
     }
 
     async fn list_jobs(&self, state: Option<&str>, limit: i64) -> Result<Vec<Job>> {
@@ -158,11 +179,11 @@ impl super::Store for SqliteStore {
     }
 
     async fn replay_job(&self, id: i64, now_ms: i64) -> Result<bool> {
-        Ok(replay(&mut *self.write.acquire().await?, Some(id), now_ms).await? == 1)
+        Ok(self.writer.call(move |c| sqlite_writer::replay(c, Some(id), now_ms)).await? == 1)
     }
 
     async fn replay_all_dead(&self, now_ms: i64) -> Result<u64> {
-        replay(&mut *self.write.acquire().await?, None, now_ms).await
+        self.writer.call(move |c| sqlite_writer::replay(c, None, now_ms)).await
     }
 
     async fn job_counts(&self) -> Result<Vec<(String, i64)>> {
@@ -200,19 +221,23 @@ impl super::Store for SqliteStore {
     }
 
     async fn save_cursor(&self, name: &str, value: &str, now_ms: i64) -> Result<()> {
-        save_cursor(&mut *self.write.acquire().await?, name, value, now_ms).await
+        let (name, value) = (name.to_owned(), value.to_owned());
+        self.writer.call(move |c| sqlite_writer::save_cursor(c, &name, &value, now_ms)).await
     }
 
     async fn try_lease(&self, name: &str, holder: &str, now_ms: i64, ttl_ms: i64) -> Result<bool> {
-        try_lease(&mut *self.write.acquire().await?, name, holder, now_ms, ttl_ms).await
+        let (name, holder) = (name.to_owned(), holder.to_owned());
+        self.writer.call(move |c| sqlite_writer::try_lease(c, &name, &holder, now_ms, ttl_ms)).await
     }
 
     async fn release_lease(&self, name: &str, holder: &str) -> Result<()> {
-        release_lease(&mut *self.write.acquire().await?, name, holder).await
+        let (name, holder) = (name.to_owned(), holder.to_owned());
+        self.writer.call(move |c| sqlite_writer::release_lease(c, &name, &holder)).await
     }
 
     async fn quarantine(&self, channel: &str, source: &str, reason: &str, raw: &[u8], now_ms: i64) -> Result<i64> {
-        quarantine(&mut *self.write.acquire().await?, channel, source, reason, raw, now_ms).await
+        let (channel, source, reason, raw) = (channel.to_owned(), source.to_owned(), reason.to_owned(), raw.to_vec());
+        self.writer.call(move |c| sqlite_writer::quarantine(c, &channel, &source, &reason, &raw, now_ms)).await
     }
 
     async fn list_quarantine(&self, limit: i64) -> Result<Vec<super::QuarantineRow>> {
@@ -224,7 +249,8 @@ impl super::Store for SqliteStore {
     }
 
     async fn record_event(&self, event: &super::NewEvent) -> Result<bool> {
-        record_event(&mut *self.write.acquire().await?, event).await
+        let event = event.clone();
+        self.writer.call(move |c| sqlite_writer::record_event(c, &event)).await
     }
 
     async fn count_events(&self, kind: Option<&str>) -> Result<i64> {
@@ -232,15 +258,18 @@ impl super::Store for SqliteStore {
     }
 
     async fn suppress(&self, address: &str, reason: &str, until_ms: i64) -> Result<()> {
-        suppress(&mut *self.write.acquire().await?, address, reason, until_ms).await
+        let (address, reason) = (address.to_owned(), reason.to_owned());
+        self.writer.call(move |c| sqlite_writer::suppress(c, &address, &reason, until_ms)).await
     }
 
     async fn suppressed(&self, addresses: &[String], now_ms: i64) -> Result<Vec<String>> {
-        suppressed(&mut *self.write.acquire().await?, addresses, now_ms).await
+        let addresses = addresses.to_vec();
+        self.writer.call(move |conn| sqlite_writer::suppressed(conn, &addresses, now_ms)).await
     }
 
     async fn acked_since(&self, addresses: &[String], since_ms: i64) -> Result<Vec<String>> {
-        acked_since(&mut *self.write.acquire().await?, addresses, since_ms).await
+        let addresses = addresses.to_vec();
+        self.writer.call(move |conn| sqlite_writer::acked_since(conn, &addresses, since_ms)).await
     }
 
     async fn raw_messages(&self, after: &str, limit: i64) -> Result<Vec<(String, String, Vec<u8>, String)>> {
@@ -248,11 +277,12 @@ impl super::Store for SqliteStore {
     }
 
     async fn update_message(&self, message_id: &str, data: &str) -> Result<()> {
-        update_message(&mut *self.write.acquire().await?, message_id, data).await
+        let (message_id, data) = (message_id.to_owned(), data.to_owned());
+        self.writer.call(move |c| sqlite_writer::update_message(c, &message_id, &data)).await
     }
 
     async fn close(&self) {
         self.read.close().await;
-        self.write.close().await;
+        self.writer.close().await;
     }
 }

@@ -286,3 +286,49 @@ async fn operations_routes() {
     assert_eq!(gw.admin_get("/v1/quarantine").await.0, 200);
     gw.stop().await;
 }
+
+/// A case is rendered ahead as if its sender were new; a contact already known must still give
+/// the known customer, whichever contact comes first and on either store.
+#[tokio::test]
+async fn a_returning_customer_keeps_one_customer_id() {
+    let mut dbs = vec![TestDb::sqlite()];
+    dbs.extend(TestDb::postgres().await);
+    for db in dbs {
+        let gw = Gateway::start(&config_toml(&db.url, "")).await;
+        let web = gw.web();
+        let customer_of = |receipt: Value| {
+            let gw = &gw;
+            async move {
+                let id = receipt["case_id"].as_str().expect("case_id").to_owned();
+                let (status, case) = gw.admin_get(&format!("/v1/cases/{id}")).await;
+                assert_eq!(status, 200, "{case}");
+                case["customer"]["id"].as_str().expect("customer id").to_owned()
+            }
+        };
+        let first =
+            json!({ "customer": { "email": "li.lei@example.cn", "phone": "+86 139 0000 1111" }, "text": "第一次投诉" });
+        let (s, r) = web.send(&first).await;
+        assert_eq!(s, 202, "{r}");
+        let known = customer_of(r).await;
+
+        // Only the phone, which was the second contact the first time.
+        let (s, r) = web.send(&json!({ "customer": { "phone": "+86 139 0000 1111" }, "text": "第二次" })).await;
+        assert_eq!(s, 202, "{r}");
+        assert_eq!(customer_of(r).await, known, "{}: the phone's customer", db.url);
+
+        // A new email first, the known phone second.
+        let both =
+            json!({ "customer": { "email": "new.box@example.cn", "phone": "+86 139 0000 1111" }, "text": "第三次" });
+        let (s, r) = web.send(&both).await;
+        assert_eq!(s, 202, "{r}");
+        assert_eq!(customer_of(r).await, known, "{}: the known contact decides", db.url);
+
+        // A stranger is somebody else.
+        let (s, r) = web.send(&json!({ "customer": { "email": "someone.else@example.cn" }, "text": "别人" })).await;
+        assert_eq!(s, 202, "{r}");
+        assert_ne!(customer_of(r).await, known);
+
+        gw.stop().await;
+        db.cleanup().await;
+    }
+}
