@@ -242,25 +242,15 @@ macro_rules! write_queries {
             if identities.is_empty() {
                 return Ok(HashMap::new());
             }
-            // One `kind = ? AND value IN (…)` per kind: SQLite answers that from the primary key, while
-            // a row-value `(kind, value) IN (VALUES …)` makes it scan the whole table.
-            let mut by_kind: HashMap<&str, Vec<&String>> = HashMap::new();
-            for id in identities {
-                by_kind.entry(id.kind.as_str()).or_default().push(&id.value);
-            }
-            let mut qb = QueryBuilder::<$db>::new("SELECT kind, value, customer_id FROM identities WHERE ");
-            for (n, (kind, values)) in by_kind.iter().enumerate() {
-                if n > 0 {
-                    qb.push(" OR ");
-                }
-                qb.push("(kind = ").push_bind(*kind).push(" AND value IN (");
-                let mut sep = qb.separated(", ");
-                for v in values {
-                    sep.push_bind(*v);
-                }
-                qb.push("))");
-            }
-            let rows: Vec<(String, String, String)> = qb.build_query_as().fetch_all(&mut *conn).await?;
+            // Arrays, not a list of placeholders: one statement text whatever the batch size.
+            let rows: Vec<(String, String, String)> = sqlx::query_as(
+                "SELECT i.kind, i.value, i.customer_id FROM unnest($1::text[], $2::text[]) AS k(kind, value) \
+                 JOIN identities i ON i.kind = k.kind AND i.value = k.value",
+            )
+            .bind(identities.iter().map(|i| i.kind.as_str()).collect::<Vec<_>>())
+            .bind(identities.iter().map(|i| i.value.as_str()).collect::<Vec<_>>())
+            .fetch_all(&mut *conn)
+            .await?;
             Ok(rows
                 .into_iter()
                 .filter_map(|(k, value, c)| identity_kind(&k).map(|kind| (Identity { kind, value }, c)))
@@ -302,23 +292,8 @@ macro_rules! write_queries {
             .collect();
             let new: Vec<&NewCase> = items.iter().filter(|it| inserted.contains(&it.message_id)).collect();
 
-            let mut existing: HashMap<(String, String), Committed> = HashMap::new();
-            if new.len() < items.len() {
-                let dups: Vec<&NewCase> = items.iter().filter(|it| !inserted.contains(&it.message_id)).collect();
-                let rows: Vec<(String, String, String, String, String)> = sqlx::query_as(
-                    "SELECT m.channel, m.external_id, c.id, c.case_ref, c.status \
-                     FROM unnest($1::text[], $2::text[]) AS k(channel, external_id) \
-                     JOIN messages m ON m.channel = k.channel AND m.external_id = k.external_id \
-                     JOIN cases c ON c.id = m.case_id",
-                )
-                .bind(dups.iter().map(|it| it.channel).collect::<Vec<_>>())
-                .bind(dups.iter().map(|it| it.external_id.as_str()).collect::<Vec<_>>())
-                .fetch_all(&mut *conn)
-                .await?;
-                for (channel, ext, case_id, case_ref, status) in rows {
-                    existing.insert((channel, ext), Committed::Duplicate { case_id, case_ref, status });
-                }
-            }
+            let duplicates: Vec<&NewCase> = items.iter().filter(|it| !inserted.contains(&it.message_id)).collect();
+            let existing = if duplicates.is_empty() { HashMap::new() } else { existing_cases(conn, &duplicates).await? };
 
             let fresh: Vec<&NewCase> = new.iter().copied().filter(|it| !it.follow_up).collect();
             if !fresh.is_empty() {
@@ -447,21 +422,37 @@ macro_rules! write_queries {
                 qb.build().execute(&mut *conn).await?;
             }
 
-            items
-                .iter()
-                .map(|it| {
-                    if inserted.contains(&it.message_id) {
-                        Ok(Committed::Created)
-                    } else {
-                        existing.get(&(it.channel.to_owned(), it.external_id.clone())).cloned().ok_or_else(|| {
-                            super::StoreError::Corrupt(format!(
-                                "message {}:{} exists without its case",
-                                it.channel, it.external_id
-                            ))
-                        })
-                    }
+            items.iter().map(|it| outcome(it, &inserted, &existing)).collect()
+        }
+
+        /// The cases of messages already stored, by (channel, external id).
+        async fn existing_cases(conn: &mut Conn, items: &[&NewCase]) -> Result<HashMap<(String, String), Committed>> {
+            let rows: Vec<(String, String, String, String, String)> = sqlx::query_as(
+                "SELECT m.channel, m.external_id, c.id, c.case_ref, c.status \
+                 FROM unnest($1::text[], $2::text[]) AS k(channel, external_id) \
+                 JOIN messages m ON m.channel = k.channel AND m.external_id = k.external_id \
+                 JOIN cases c ON c.id = m.case_id",
+            )
+            .bind(items.iter().map(|it| it.channel).collect::<Vec<_>>())
+            .bind(items.iter().map(|it| it.external_id.as_str()).collect::<Vec<_>>())
+            .fetch_all(&mut *conn)
+            .await?;
+            Ok(rows
+                .into_iter()
+                .map(|(channel, ext, case_id, case_ref, status)| {
+                    ((channel, ext), Committed::Duplicate { case_id, case_ref, status })
                 })
-                .collect()
+                .collect())
+        }
+
+        /// What became of `it`: new if its message was inserted, else the case that has it.
+        fn outcome(it: &NewCase, inserted: &HashSet<String>, existing: &HashMap<(String, String), Committed>) -> Result<Committed> {
+            if inserted.contains(&it.message_id) {
+                return Ok(Committed::Created);
+            }
+            existing.get(&(it.channel.to_owned(), it.external_id.clone())).cloned().ok_or_else(|| {
+                super::StoreError::Corrupt(format!("message {}:{} exists without its case", it.channel, it.external_id))
+            })
         }
 
         pub(super) async fn lease(conn: &mut Conn, lock: &str, now_ms: i64, until_ms: i64, limit: i64) -> Result<Vec<Job>> {
