@@ -152,6 +152,7 @@ impl Builder {
             raw: inbound.raw.clone(),
             attachments: inbound.attachments.clone(),
             ack_address: None,
+            check_customer: false,
         })
     }
 
@@ -279,6 +280,7 @@ impl Builder {
             raw: inbound.raw.clone(),
             attachments: inbound.attachments.clone(),
             ack_address,
+            check_customer: false,
         };
         Ok((new, ack))
     }

@@ -119,6 +119,15 @@ async fn commit(ctx: &WriterContext, batch: Vec<Submission>) {
             }
         }
     }
+    let mut prepared = prepared;
+    rerender_for_known_customers(ctx, &groups, &mut prepared, &mut outcomes).await;
+    let items: Vec<&NewCase> = prepared
+        .iter()
+        .filter_map(|p| match p {
+            Prepared::Row(n, _) => Some(&**n),
+            _ => None,
+        })
+        .collect();
     if items
         .iter()
         .any(|it| !it.jobs.is_empty() && matches!(outcomes.get(&it.message_id), Some(Ok(Committed::Created))))
@@ -163,6 +172,9 @@ async fn commit(ctx: &WriterContext, batch: Vec<Submission>) {
                     let ack = if item.follow_up { None } else { ctx.builder.ack_text(&group.first.inbound, &case_ref) };
                     Ok(Receipt { case_id, case_ref, status, duplicate: true, follow_up: item.follow_up, ack })
                 }
+                Some(Ok(Committed::OtherCustomer { .. })) => {
+                    Err(IntakeError::Unavailable("the case could not be rendered for its customer".into()))
+                }
                 Some(Err(e)) => {
                     metrics::counter!("earshot_intake_failures_total").increment(1);
                     tracing::error!(error = %e, channel = item.channel, external_id = %item.external_id, "Message not stored; answering 503.");
@@ -172,6 +184,55 @@ async fn commit(ctx: &WriterContext, batch: Vec<Submission>) {
             },
         };
         answer_group(group, result);
+    }
+}
+
+/// Cases rendered ahead whose contact turned out to belong to a known customer: rendered again
+/// for that customer (same sequence number) and committed as a second, small batch. Rare: it
+/// takes a returning customer who gives a contact first that they have not used before.
+async fn rerender_for_known_customers(
+    ctx: &WriterContext,
+    groups: &[Group],
+    prepared: &mut [Prepared],
+    outcomes: &mut HashMap<String, Result<Committed, String>>,
+) {
+    let now = OffsetDateTime::now_utc();
+    let mut again: Vec<usize> = Vec::new();
+    for (i, (g, p)) in groups.iter().zip(prepared.iter_mut()).enumerate() {
+        let Prepared::Row(row, _) = p else { continue };
+        if !matches!(outcomes.get(&row.message_id), Some(Ok(Committed::OtherCustomer { .. }))) {
+            continue;
+        }
+        let Some(Ok(Committed::OtherCustomer { customer_id })) = outcomes.remove(&row.message_id) else { continue };
+        let seq = row.seq;
+        *p = match ctx.builder.build(&g.first.inbound, seq, Some(customer_id), now, true) {
+            Ok((row, ack)) => Prepared::Row(Box::new(row), ack),
+            Err(e) => Prepared::Failed(e.to_string()),
+        };
+        again.push(i);
+    }
+    let rows: Vec<NewCase> = again
+        .iter()
+        .filter_map(|&i| match &prepared[i] {
+            Prepared::Row(n, _) => Some(NewCase::clone(n)),
+            _ => None,
+        })
+        .collect();
+    if rows.is_empty() {
+        return;
+    }
+    match ctx.store.commit_batch(&rows).await {
+        Ok(results) => {
+            for (row, r) in rows.iter().zip(results) {
+                outcomes.insert(row.message_id.clone(), Ok(r));
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "Cases of known customers not stored; answering 503.");
+            for row in &rows {
+                outcomes.insert(row.message_id.clone(), Err(e.to_string()));
+            }
+        }
     }
 }
 
@@ -189,8 +250,13 @@ enum Prepared {
 async fn prepare(ctx: &WriterContext, groups: &mut [Group]) -> crate::store::Result<Vec<Prepared>> {
     let unnumbered = groups.iter().filter(|g| g.first.prebuilt.is_none()).count();
     let mut seqs = ctx.store.next_seqs(unnumbered).await?.into_iter();
-    let identities: Vec<_> = groups.iter().flat_map(|g| g.first.inbound.identities.iter().cloned()).collect();
-    let known = ctx.store.customers_for(&identities).await?;
+    // Cases rendered ahead have their customer checked by the store, inside the commit.
+    let identities: Vec<_> = groups
+        .iter()
+        .filter(|g| g.first.prebuilt.is_none())
+        .flat_map(|g| g.first.inbound.identities.iter().cloned())
+        .collect();
+    let known = if identities.is_empty() { HashMap::new() } else { ctx.store.customers_for(&identities).await? };
     let now = OffsetDateTime::now_utc();
     let now_ms = crate::now_ms();
 
@@ -212,19 +278,13 @@ async fn prepare(ctx: &WriterContext, groups: &mut [Group]) -> crate::store::Res
             out.push(Prepared::Failed("a message needs at least one identity".to_owned()));
             continue;
         }
-        let customer = inbound.identities.iter().find_map(|i| known.get(i).cloned());
-        if let Some(pre) = g.first.prebuilt.take() {
-            // Rendered for a new customer; a known one means rendering again, with the same number.
-            if customer.as_deref().is_none_or(|c| c == pre.row.customer_id) {
-                out.push(Prepared::Row(pre.row, pre.ack));
-            } else {
-                out.push(match ctx.builder.build(inbound, pre.row.seq, customer, now, true) {
-                    Ok((row, ack)) => Prepared::Row(Box::new(row), ack),
-                    Err(e) => Prepared::Failed(e.to_string()),
-                });
-            }
+        if let Some(mut pre) = g.first.prebuilt.take() {
+            // Rendered for a new customer: the store checks that none of its contacts is known.
+            pre.row.check_customer = true;
+            out.push(Prepared::Row(pre.row, pre.ack));
             continue;
         }
+        let customer = inbound.identities.iter().find_map(|i| known.get(i).cloned());
         let Some(seq) = seqs.next() else {
             out.push(Prepared::Failed("no case sequence number".to_owned()));
             continue;

@@ -30,6 +30,19 @@ fn connect_options(url: &str) -> Result<PgConnectOptions> {
 }
 
 impl PgStore {
+    async fn commit_unchecked(&self, items: &[NewCase]) -> Result<Vec<Committed>> {
+        // The common batch (cases and jobs only) is one statement, so one round trip and its own
+        // transaction; raw messages, attachments and the acknowledgement log (email) take the
+        // statement-per-table path inside an explicit transaction.
+        if items.iter().all(|it| it.raw.is_none() && it.attachments.is_empty() && it.ack_address.is_none()) {
+            return commit_in_one_statement(&mut *self.pool.acquire().await?, items).await;
+        }
+        let mut tx = self.pool.begin().await?;
+        let out = commit_items(&mut tx, items).await?;
+        tx.commit().await?;
+        Ok(out)
+    }
+
     pub async fn connect(url: &str, max_connections: u32) -> Result<PgStore> {
         let pool = PgPoolOptions::new()
             .max_connections(max_connections.max(2))
@@ -82,16 +95,14 @@ impl super::Store for PgStore {
     }
 
     async fn commit_batch(&self, items: &[NewCase]) -> Result<Vec<Committed>> {
-        // The common batch (cases and jobs only) is one statement, so one round trip and its own
-        // transaction; raw messages, attachments and the acknowledgement log (email) take the
-        // statement-per-table path inside an explicit transaction.
-        if items.iter().all(|it| it.raw.is_none() && it.attachments.is_empty() && it.ack_address.is_none()) {
-            return commit_in_one_statement(&mut *self.pool.acquire().await?, items).await;
+        let checked = super::checked_identities(items);
+        if checked.is_empty() {
+            return self.commit_unchecked(items).await;
         }
-        let mut tx = self.pool.begin().await?;
-        let out = commit_items(&mut tx, items).await?;
-        tx.commit().await?;
-        Ok(out)
+        let known = customers_for(&mut *self.pool.acquire().await?, &checked).await?;
+        let (kept, others) = super::split_checked(items, &known);
+        let done = if kept.is_empty() { Vec::new() } else { self.commit_unchecked(&kept).await? };
+        super::merge_checked(others, done)
     }
 
     async fn lease_jobs(&self, now_ms: i64, lease_until_ms: i64, limit: i64) -> Result<Vec<Job>> {

@@ -151,9 +151,11 @@ pub(super) fn acked_since(conn: &Connection, addresses: &[String], since_ms: i64
 /// one prepared row at a time, which costs nothing without a network between.
 pub(super) fn commit_batch(conn: &mut Connection, items: &[NewCase]) -> Result<Vec<Committed>> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    let out = commit_items(&tx, items)?;
+    let known = customers_for(&tx, &super::checked_identities(items))?;
+    let (kept, others) = super::split_checked(items, &known);
+    let out = if kept.is_empty() { Vec::new() } else { commit_items(&tx, &kept)? };
     tx.commit()?;
-    Ok(out)
+    super::merge_checked(others, out)
 }
 
 fn commit_items(conn: &Connection, items: &[NewCase]) -> Result<Vec<Committed>> {

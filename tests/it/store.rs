@@ -74,6 +74,7 @@ on_both_backends!(store check_per_case_ordering => sqlite_per_case_ordering, pos
 on_both_backends!(store check_dead_and_replay => sqlite_dead_and_replay, postgres_dead_and_replay);
 on_both_backends!(store check_ticket_id => sqlite_ticket_id, postgres_ticket_id);
 on_both_backends!(store check_customers_for => sqlite_customers_for, postgres_customers_for);
+on_both_backends!(store check_customer_checked_at_commit => sqlite_customer_checked_at_commit, postgres_customer_checked_at_commit);
 on_both_backends!(store check_mailbox_leases => sqlite_mailbox_leases, postgres_mailbox_leases);
 on_both_backends!(store check_channel_state_is_idempotent => sqlite_channel_state_is_idempotent, postgres_channel_state_is_idempotent);
 
@@ -166,6 +167,7 @@ fn new_case(seq: i64, now_ms: i64, destinations: &[&str]) -> NewCase {
         raw: None,
         attachments: vec![],
         ack_address: None,
+        check_customer: false,
     }
 }
 
@@ -729,6 +731,46 @@ async fn check_customers_for(store: &dyn Store) {
         store.customers_for(&[email.clone(), b_own.clone()]).await.expect("customers_for"),
         HashMap::from([(email, a.customer_id.clone()), (b_own, b.customer_id.clone())])
     );
+}
+
+/// A case rendered ahead as a new customer's (`check_customer`) whose contact is already known is
+/// written not at all and answered with the known customer; the rest of its batch commits.
+async fn check_customer_checked_at_commit(store: &dyn Store) {
+    let s = seqs(store, 4).await;
+    let known = new_case(s[0], T0, &[]);
+    commit(store, std::slice::from_ref(&known)).await;
+    let cases0 = store.count_cases().await.expect("count");
+
+    // Its own new contact first, the known one second: the known one decides.
+    let mut returning = new_case(s[1], T0 + 1, &[TICKETS]);
+    returning.identities.push(known.identities[0].clone());
+    returning.check_customer = true;
+    let mut stranger = new_case(s[2], T0 + 1, &[TICKETS]);
+    stranger.check_customer = true;
+    // Not checked: written with the customer it names, as the writer resolved it itself.
+    let mut unchecked = new_case(s[3], T0 + 1, &[]);
+    unchecked.identities.push(known.identities[0].clone());
+
+    let results = commit(store, &[returning.clone(), stranger.clone(), unchecked.clone()]).await;
+    assert_eq!(
+        results,
+        vec![
+            Committed::OtherCustomer { customer_id: known.customer_id.clone() },
+            Committed::Created,
+            Committed::Created
+        ]
+    );
+    assert_eq!(store.count_cases().await.expect("count"), cases0 + 2, "the returning customer's case is not written");
+    assert!(jobs_of(store, &returning.case_id).await.is_empty(), "nor its jobs");
+    assert_eq!(jobs_of(store, &stranger.case_id).await.len(), 1);
+
+    // Rendered again for the known customer, it commits.
+    let mut again = new_case(s[1], T0 + 2, &[TICKETS]);
+    again.external_id = returning.external_id.clone();
+    again.identities = returning.identities.clone();
+    again.customer_id = known.customer_id.clone();
+    again.check_customer = true;
+    assert_eq!(commit(store, std::slice::from_ref(&again)).await, vec![Committed::Created]);
 }
 
 /// Several leasers at once (two stores on PostgreSQL) never lease one job twice, and between them
