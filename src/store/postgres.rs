@@ -30,13 +30,9 @@ fn connect_options(url: &str) -> Result<PgConnectOptions> {
 }
 
 impl PgStore {
+    /// A batch with raw messages, attachments or acknowledgement log rows (email), one statement
+    /// per table in one transaction.
     async fn commit_unchecked(&self, items: &[NewCase]) -> Result<Vec<Committed>> {
-        // The common batch (cases and jobs only) is one statement, so one round trip and its own
-        // transaction; raw messages, attachments and the acknowledgement log (email) take the
-        // statement-per-table path inside an explicit transaction.
-        if items.iter().all(|it| it.raw.is_none() && it.attachments.is_empty() && it.ack_address.is_none()) {
-            return commit_in_one_statement(&mut *self.pool.acquire().await?, items).await;
-        }
         let mut tx = self.pool.begin().await?;
         let out = commit_items(&mut tx, items).await?;
         tx.commit().await?;
@@ -95,6 +91,10 @@ impl super::Store for PgStore {
     }
 
     async fn commit_batch(&self, items: &[NewCase]) -> Result<Vec<Committed>> {
+        if one_statement(items) {
+            // Checks customers itself.
+            return commit_in_one_statement(&mut *self.pool.acquire().await?, items).await;
+        }
         let checked = super::checked_identities(items);
         if checked.is_empty() {
             return self.commit_unchecked(items).await;
@@ -224,6 +224,13 @@ impl super::Store for PgStore {
     }
 }
 
+/// Whether a batch is only cases, follow-ups and jobs, which [`commit_in_one_statement`] writes
+/// in one round trip; the rest (email's raw messages, attachments, acknowledgement log) takes a
+/// statement per table.
+fn one_statement(items: &[NewCase]) -> bool {
+    items.iter().all(|it| it.raw.is_none() && it.attachments.is_empty() && it.ack_address.is_none())
+}
+
 /// A batch of cases, follow-ups and their outbox jobs in one statement: the same rows, order and
 /// conflict rules as [`commit_items`], as data-modifying CTEs over arrays. Every part sees which
 /// messages were new through `m`, the messages insert that decides them; being one statement, it
@@ -233,11 +240,24 @@ async fn commit_in_one_statement(conn: &mut sqlx::PgConnection, items: &[NewCase
         return Ok(Vec::new());
     }
     const SQL: &str = "\
-        WITH input AS ( \
+        WITH given AS ( \
             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int8[], $7::bool[], \
-                                 $8::int8[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::text[]) \
+                                 $8::int8[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::text[], \
+                                 $24::bool[]) \
                 WITH ORDINALITY AS t(message_id, case_id, channel, external_id, message_json, at, follow_up, \
-                                     seq, case_ref, status, source, customer_id, customer_name, case_json, n) \
+                                     seq, case_ref, status, source, customer_id, customer_name, case_json, \
+                                     check_customer, n) \
+        ), contacts AS ( \
+            SELECT * FROM unnest($15::text[], $16::text[], $17::text[]) WITH ORDINALITY AS i(kind, value, message_id, n) \
+        ), known AS ( \
+            SELECT DISTINCT ON (c.message_id) c.message_id, ident.customer_id \
+            FROM contacts c JOIN identities ident ON ident.kind = c.kind AND ident.value = c.value \
+            ORDER BY c.message_id, c.n \
+        ), other AS ( \
+            SELECT g.message_id, k.customer_id FROM given g JOIN known k ON k.message_id = g.message_id \
+            WHERE g.check_customer AND NOT g.follow_up AND k.customer_id <> g.customer_id \
+        ), input AS ( \
+            SELECT * FROM given WHERE message_id NOT IN (SELECT message_id FROM other) \
         ), m AS ( \
             INSERT INTO messages (id, case_id, channel, external_id, direction, data, received_at) \
             SELECT message_id, case_id, channel, external_id, 'inbound', message_json, at FROM input \
@@ -255,7 +275,7 @@ async fn commit_in_one_statement(conn: &mut sqlx::PgConnection, items: &[NewCase
         ), id AS ( \
             INSERT INTO identities (kind, value, customer_id, created_at) \
             SELECT * FROM (SELECT DISTINCT ON (i.kind, i.value) i.kind, i.value, new.customer_id, new.at \
-                           FROM unnest($15::text[], $16::text[], $17::text[]) WITH ORDINALITY AS i(kind, value, message_id, n) \
+                           FROM contacts i \
                            JOIN new ON new.message_id = i.message_id AND NOT new.follow_up \
                            ORDER BY i.kind, i.value, i.n) x \
             ORDER BY 1, 2 \
@@ -278,13 +298,13 @@ async fn commit_in_one_statement(conn: &mut sqlx::PgConnection, items: &[NewCase
             JOIN new ON new.message_id = j.message_id \
             ORDER BY j.n \
         ) \
-        SELECT id FROM m";
+        SELECT id, NULL::text FROM m UNION ALL SELECT message_id, customer_id FROM other";
 
     let idents: Vec<(&NewCase, &earshot_channel::Identity)> =
         items.iter().flat_map(|it| it.identities.iter().map(move |i| (it, i))).collect();
     let jobs: Vec<(&NewCase, &super::NewJob)> =
         items.iter().flat_map(|it| it.jobs.iter().map(move |j| (it, j))).collect();
-    let inserted: HashSet<String> = sqlx::query_scalar::<_, String>(SQL)
+    let rows: Vec<(String, Option<String>)> = sqlx::query_as(SQL)
         .bind(items.iter().map(|it| it.message_id.as_str()).collect::<Vec<_>>())
         .bind(items.iter().map(|it| it.case_id.as_str()).collect::<Vec<_>>())
         .bind(items.iter().map(|it| it.channel).collect::<Vec<_>>())
@@ -308,11 +328,26 @@ async fn commit_in_one_statement(conn: &mut sqlx::PgConnection, items: &[NewCase
         .bind(jobs.iter().map(|(_, j)| j.destination.as_str()).collect::<Vec<_>>())
         .bind(jobs.iter().map(|(_, j)| j.payload.as_str()).collect::<Vec<_>>())
         .bind(jobs.iter().map(|(_, j)| j.max_attempts).collect::<Vec<_>>())
+        .bind(items.iter().map(|it| it.check_customer).collect::<Vec<_>>())
         .fetch_all(&mut *conn)
-        .await?
-        .into_iter()
-        .collect();
-    let duplicates: Vec<&NewCase> = items.iter().filter(|it| !inserted.contains(&it.message_id)).collect();
+        .await?;
+    let mut inserted: HashSet<String> = HashSet::new();
+    let mut others: HashMap<String, String> = HashMap::new();
+    for (message_id, other) in rows {
+        if let Some(customer_id) = other {
+            others.insert(message_id, customer_id);
+        } else {
+            inserted.insert(message_id);
+        }
+    }
+    let duplicates: Vec<&NewCase> =
+        items.iter().filter(|it| !inserted.contains(&it.message_id) && !others.contains_key(&it.message_id)).collect();
     let existing = if duplicates.is_empty() { HashMap::new() } else { existing_cases(conn, &duplicates).await? };
-    items.iter().map(|it| outcome(it, &inserted, &existing)).collect()
+    items
+        .iter()
+        .map(|it| match others.remove(&it.message_id) {
+            Some(customer_id) => Ok(Committed::OtherCustomer { customer_id }),
+            None => outcome(it, &inserted, &existing),
+        })
+        .collect()
 }
