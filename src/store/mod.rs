@@ -1,5 +1,6 @@
-//! The store: one [`Store`] interface, two sqlx backends (SQLite, the embedded default; PostgreSQL, for
-//! several instances sharing one database), migrations per backend under `migrations/`.
+//! The store: one [`Store`] interface, two backends (SQLite, the embedded default, written by one
+//! rusqlite connection on its own thread and read through sqlx; PostgreSQL through sqlx, for several
+//! instances sharing one database), migrations per backend under `migrations/`.
 //!
 //! Invariant: a case, its first message and all its outbox jobs are written in one transaction
 //! ([`Store::commit_batch`]); `(channel, external_id)` is unique, so the same message never makes two cases.
@@ -219,7 +220,9 @@ pub trait Store: Send + Sync + 'static {
     async fn customers_for(&self, identities: &[Identity]) -> Result<HashMap<Identity, String>>;
 
     /// Commits all of `items` in one transaction, skipping (and reporting) those whose
-    /// `(channel, external_id)` is already stored. Either every row is written or none is.
+    /// `(channel, external_id)` is already stored, and those with `check_customer` whose contact
+    /// belongs to another customer ([`Committed::OtherCustomer`], see [`other_customer`]). Either
+    /// every row is written or none is.
     async fn commit_batch(&self, items: &[NewCase]) -> Result<Vec<Committed>>;
 
     /// Leases up to `limit` due jobs until `lease_until_ms`, oldest first, never two of one case and
