@@ -221,18 +221,24 @@ async fn rerender_for_known_customers(
     if rows.is_empty() {
         return;
     }
-    match ctx.store.commit_batch(&rows).await {
-        Ok(results) => {
-            for (row, r) in rows.iter().zip(results) {
-                outcomes.insert(row.message_id.clone(), Ok(r));
-            }
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "Cases of known customers not stored; answering 503.");
+    // One by one if the batch fails, so that one bad row fails alone.
+    let results = match ctx.store.commit_batch(&rows).await {
+        Ok(results) => results.into_iter().map(Ok).collect(),
+        Err(_) if rows.len() > 1 => {
+            let mut each = Vec::with_capacity(rows.len());
             for row in &rows {
-                outcomes.insert(row.message_id.clone(), Err(e.to_string()));
+                let r = ctx.store.commit_batch(std::slice::from_ref(row)).await;
+                each.push(r.map_err(|e| e.to_string()).and_then(|mut v| v.pop().ok_or_else(|| "no result".to_owned())));
             }
+            each
         }
+        Err(e) => vec![Err(e.to_string())],
+    };
+    for (row, r) in rows.iter().zip(results) {
+        if let Err(e) = &r {
+            tracing::error!(error = %e, case_id = %row.case_id, "Case of a known customer not stored; answering 503.");
+        }
+        outcomes.insert(row.message_id.clone(), r);
     }
 }
 

@@ -228,10 +228,11 @@ impl super::Store for PgStore {
 /// in one round trip; the rest (email's raw messages, attachments, acknowledgement log) takes a
 /// statement per table.
 fn one_statement(items: &[NewCase]) -> bool {
-    items.iter().all(|it| it.raw.is_none() && it.attachments.is_empty() && it.ack_address.is_none())
+    // Follow-ups (email) also take the per-table path, which updates their cases in id order.
+    items.iter().all(|it| it.raw.is_none() && it.attachments.is_empty() && it.ack_address.is_none() && !it.follow_up)
 }
 
-/// A batch of cases, follow-ups and their outbox jobs in one statement: the same rows, order and
+/// A batch of new cases and their outbox jobs in one statement: the same rows, order and
 /// conflict rules as [`commit_items`], as data-modifying CTEs over arrays. Every part sees which
 /// messages were new through `m`, the messages insert that decides them; being one statement, it
 /// commits (one fsync) or fails whole.
@@ -284,10 +285,6 @@ async fn commit_in_one_statement(conn: &mut sqlx::PgConnection, items: &[NewCase
             INSERT INTO cases (id, seq, case_ref, status, channel, source, customer_id, data, created_at, updated_at) \
             SELECT case_id, seq, case_ref, status, channel, source, customer_id, case_json, at, at FROM new \
             WHERE NOT follow_up ORDER BY n \
-        ), fu AS ( \
-            UPDATE cases SET updated_at = f.at \
-            FROM (SELECT case_id, max(at) AS at FROM new WHERE follow_up GROUP BY case_id) f \
-            WHERE cases.id = f.case_id \
         ), jobs AS ( \
             INSERT INTO outbox (event_id, case_id, kind, destination, payload, state, attempts, max_attempts, \
                                 next_attempt_at, created_at, updated_at) \

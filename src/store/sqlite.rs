@@ -38,6 +38,13 @@ impl SqliteStore {
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(false);
         let file = opts.get_filename().to_path_buf();
+        // Writes go through a connection of their own (`sqlite_writer`), which an in-memory
+        // database would not share with the readers.
+        if url.contains(":memory:") || url.contains("mode=memory") {
+            return Err(super::StoreError::Sqlite(format!(
+                "{url}: an in-memory SQLite database is not supported; give a file path"
+            )));
+        }
         if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(sqlx::Error::Io)?;
         }

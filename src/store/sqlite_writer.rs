@@ -64,6 +64,12 @@ impl WriterThread {
                     }
                 };
                 while let Ok(call) = rx.recv() {
+                    // A transaction left open (a ROLLBACK that failed while a call unwound) would
+                    // swallow every later write without making it durable: end it first.
+                    if !conn.is_autocommit() {
+                        tracing::error!("The SQLite writer found a transaction left open; rolling it back.");
+                        let _ = conn.execute_batch("ROLLBACK");
+                    }
                     // A panic inside a call rolls its transaction back (the guard's drop) and fails
                     // that call alone (its answer channel is dropped); the thread goes on.
                     if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| call(&mut conn))).is_err() {
@@ -91,7 +97,9 @@ impl WriterThread {
         });
         let sender = self.tx.lock().ok().and_then(|s| s.clone()).ok_or(StoreError::Closed)?;
         sender.send(call).map_err(|_| StoreError::Closed)?;
-        rx.await.map_err(|_| StoreError::Closed)?
+        // Not held while waiting, so that `close` does not wait for callers.
+        drop(sender);
+        rx.await.map_err(|_| StoreError::Sqlite("the write was abandoned (it panicked; see the log)".into()))?
     }
 
     /// Lets the thread finish the calls already queued, then closes the connection.
@@ -354,7 +362,8 @@ fn job_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Job> {
 // The other writes of the SQLite store: the same statements as `common.rs` runs on PostgreSQL.
 
 pub(super) fn lease(conn: &Connection, now_ms: i64, until_ms: i64, limit: i64) -> Result<Vec<Job>> {
-    let mut stmt = conn.prepare_cached(&lease_sql(""))?;
+    // `?N` is SQLite's explicit parameter number; `$N` would be numbered by first appearance.
+    let mut stmt = conn.prepare_cached(&lease_sql("").replace('$', "?"))?;
     let rows = stmt.query_map(params![until_ms, now_ms, limit], job_from_row)?;
     Ok(rows.collect::<rusqlite::Result<Vec<Job>>>()?)
 }

@@ -875,3 +875,12 @@ async fn check_channel_state_is_idempotent(store: &dyn Store) {
     assert_eq!(listed.iter().filter(|q| q.id == first || q.id == other).count(), 2);
     assert_eq!(listed.iter().find(|q| q.id == first).map(|q| q.size), Some(raw.len() as i64));
 }
+
+/// Writes go through a connection of their own, which an in-memory database would not share.
+#[tokio::test]
+async fn sqlite_in_memory_is_refused_with_a_clear_error() {
+    for url in ["sqlite::memory:", "sqlite://file:x?mode=memory"] {
+        let err = earshot::store::SqliteStore::open(url, 1).await.err().expect("refused");
+        assert!(err.to_string().contains("in-memory SQLite database is not supported"), "{url}: {err}");
+    }
+}
