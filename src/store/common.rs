@@ -25,6 +25,40 @@ pub(super) fn lease_sql(lock: &str) -> String {
     )
 }
 
+/// The single-statement writes, with `$n` placeholders: PostgreSQL runs them through sqlx
+/// ([`write_queries!`]), SQLite's writer through rusqlite after [`numbered`].
+pub(super) mod sql {
+    pub const COMPLETE_JOB: &str = "UPDATE outbox SET state = 'done', last_error = NULL, updated_at = $3 \
+        WHERE id = $1 AND attempts = $2 AND state = 'leased'";
+    pub const FAIL_JOB: &str = "UPDATE outbox SET state = $3, next_attempt_at = $4, last_error = $5, updated_at = $6 \
+        WHERE id = $1 AND attempts = $2 AND state = 'leased'";
+    pub const SET_TICKET: &str = "UPDATE cases SET ticket_id = $2, updated_at = $3 WHERE id = $1";
+    pub const REPLAY_ALL_DEAD: &str =
+        "UPDATE outbox SET state = 'pending', attempts = 0, next_attempt_at = $1, updated_at = $1 WHERE state = 'dead'";
+    pub const REPLAY_DEAD: &str = "UPDATE outbox SET state = 'pending', attempts = 0, next_attempt_at = $1, updated_at = $1 \
+        WHERE state = 'dead' AND id = $2";
+    pub const SAVE_CURSOR: &str = "INSERT INTO cursors (name, value, updated_at) VALUES ($1, $2, $3) \
+        ON CONFLICT (name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at";
+    pub const TRY_LEASE: &str = "INSERT INTO leases (name, holder, expires_at) VALUES ($1, $2, $3) \
+        ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at \
+        WHERE leases.holder = excluded.holder OR leases.expires_at < $4";
+    pub const RELEASE_LEASE: &str = "DELETE FROM leases WHERE name = $1 AND holder = $2";
+    pub const QUARANTINE: &str = "INSERT INTO quarantine (channel, source, reason, raw, created_at, digest) \
+        VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (channel, source, digest) DO NOTHING RETURNING id";
+    pub const QUARANTINED: &str = "SELECT id FROM quarantine WHERE channel = $1 AND source = $2 AND digest = $3";
+    pub const RECORD_EVENT: &str = "INSERT INTO channel_events \
+        (channel, source, kind, external_id, sender, subject, data, raw, created_at) \
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (channel, external_id) DO NOTHING";
+    pub const SUPPRESS: &str = "INSERT INTO suppressions (address, reason, until) VALUES ($1, $2, $3) \
+        ON CONFLICT (address) DO UPDATE SET reason = excluded.reason, until = excluded.until";
+    pub const UPDATE_MESSAGE: &str = "UPDATE messages SET data = $2 WHERE id = $1";
+}
+
+/// `sql` with SQLite's explicit `?n` placeholders: SQLite numbers `$n` by first appearance.
+pub(super) fn numbered(sql: &str) -> String {
+    sql.replace('$', "?")
+}
+
 macro_rules! shared_queries {
     ($db:ty) => {
         #[allow(unused_imports)]
@@ -465,10 +499,7 @@ macro_rules! write_queries {
         }
 
         pub(super) async fn complete(conn: &mut Conn, id: i64, attempts: i64, now_ms: i64) -> Result<bool> {
-            let r = sqlx::query(
-                "UPDATE outbox SET state = 'done', last_error = NULL, updated_at = $3 \
-                 WHERE id = $1 AND attempts = $2 AND state = 'leased'",
-            )
+            let r = sqlx::query(super::common::sql::COMPLETE_JOB)
             .bind(id)
             .bind(attempts)
             .bind(now_ms)
@@ -489,10 +520,7 @@ macro_rules! write_queries {
                 Some(at) => ("pending", at),
                 None => ("dead", now_ms),
             };
-            let r = sqlx::query(
-                "UPDATE outbox SET state = $3, next_attempt_at = $4, last_error = $5, updated_at = $6 \
-                 WHERE id = $1 AND attempts = $2 AND state = 'leased'",
-            )
+            let r = sqlx::query(super::common::sql::FAIL_JOB)
             .bind(id)
             .bind(attempts)
             .bind(state)
@@ -505,7 +533,7 @@ macro_rules! write_queries {
         }
 
         pub(super) async fn set_ticket(conn: &mut Conn, case_id: &str, ticket: &str, now_ms: i64) -> Result<()> {
-            sqlx::query("UPDATE cases SET ticket_id = $2, updated_at = $3 WHERE id = $1")
+            sqlx::query(super::common::sql::SET_TICKET)
                 .bind(case_id)
                 .bind(ticket)
                 .bind(now_ms)
@@ -515,20 +543,15 @@ macro_rules! write_queries {
         }
 
         pub(super) async fn replay(conn: &mut Conn, id: Option<i64>, now_ms: i64) -> Result<u64> {
-            let sql = "UPDATE outbox SET state = 'pending', attempts = 0, next_attempt_at = $1, updated_at = $1 \
-                       WHERE state = 'dead'";
             let r = match id {
-                Some(id) => sqlx::query(&format!("{sql} AND id = $2")).bind(now_ms).bind(id).execute(&mut *conn).await?,
-                None => sqlx::query(sql).bind(now_ms).execute(&mut *conn).await?,
+                Some(id) => sqlx::query(super::common::sql::REPLAY_DEAD).bind(now_ms).bind(id).execute(&mut *conn).await?,
+                None => sqlx::query(super::common::sql::REPLAY_ALL_DEAD).bind(now_ms).execute(&mut *conn).await?,
             };
             Ok(r.rows_affected())
         }
 
         pub(super) async fn save_cursor(conn: &mut Conn, name: &str, value: &str, now_ms: i64) -> Result<()> {
-            sqlx::query(
-                "INSERT INTO cursors (name, value, updated_at) VALUES ($1, $2, $3) \
-                 ON CONFLICT (name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
-            )
+            sqlx::query(super::common::sql::SAVE_CURSOR)
             .bind(name)
             .bind(value)
             .bind(now_ms)
@@ -538,11 +561,7 @@ macro_rules! write_queries {
         }
 
         pub(super) async fn try_lease(conn: &mut Conn, name: &str, holder: &str, now_ms: i64, ttl_ms: i64) -> Result<bool> {
-            let r = sqlx::query(
-                "INSERT INTO leases (name, holder, expires_at) VALUES ($1, $2, $3) \
-                 ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at \
-                 WHERE leases.holder = excluded.holder OR leases.expires_at < $4",
-            )
+            let r = sqlx::query(super::common::sql::TRY_LEASE)
             .bind(name)
             .bind(holder)
             .bind(now_ms + ttl_ms)
@@ -553,7 +572,7 @@ macro_rules! write_queries {
         }
 
         pub(super) async fn release_lease(conn: &mut Conn, name: &str, holder: &str) -> Result<()> {
-            sqlx::query("DELETE FROM leases WHERE name = $1 AND holder = $2").bind(name).bind(holder).execute(&mut *conn).await?;
+            sqlx::query(super::common::sql::RELEASE_LEASE).bind(name).bind(holder).execute(&mut *conn).await?;
             Ok(())
         }
 
@@ -566,10 +585,7 @@ macro_rules! write_queries {
             now_ms: i64,
         ) -> Result<i64> {
             let digest = earshot_channel::sha256_hex(raw);
-            let inserted: Option<i64> = sqlx::query_scalar(
-                "INSERT INTO quarantine (channel, source, reason, raw, created_at, digest) VALUES ($1, $2, $3, $4, $5, $6) \
-                 ON CONFLICT (channel, source, digest) DO NOTHING RETURNING id",
-            )
+            let inserted: Option<i64> = sqlx::query_scalar(super::common::sql::QUARANTINE)
             .bind(channel)
             .bind(source)
             .bind(reason)
@@ -580,9 +596,7 @@ macro_rules! write_queries {
             .await?;
             match inserted {
                 Some(id) => Ok(id),
-                None => Ok(sqlx::query_scalar(
-                    "SELECT id FROM quarantine WHERE channel = $1 AND source = $2 AND digest = $3",
-                )
+                None => Ok(sqlx::query_scalar(super::common::sql::QUARANTINED)
                 .bind(channel)
                 .bind(source)
                 .bind(&digest)
@@ -592,10 +606,7 @@ macro_rules! write_queries {
         }
 
         pub(super) async fn record_event(conn: &mut Conn, e: &super::NewEvent) -> Result<bool> {
-            let done = sqlx::query(
-                "INSERT INTO channel_events (channel, source, kind, external_id, sender, subject, data, raw, created_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (channel, external_id) DO NOTHING",
-            )
+            let done = sqlx::query(super::common::sql::RECORD_EVENT)
             .bind(e.channel)
             .bind(&e.source)
             .bind(&e.kind)
@@ -611,10 +622,7 @@ macro_rules! write_queries {
         }
 
         pub(super) async fn suppress(conn: &mut Conn, address: &str, reason: &str, until_ms: i64) -> Result<()> {
-            sqlx::query(
-                "INSERT INTO suppressions (address, reason, until) VALUES ($1, $2, $3) \
-                 ON CONFLICT (address) DO UPDATE SET reason = excluded.reason, until = excluded.until",
-            )
+            sqlx::query(super::common::sql::SUPPRESS)
             .bind(address)
             .bind(reason)
             .bind(until_ms)
@@ -644,7 +652,7 @@ macro_rules! write_queries {
         }
 
         pub(super) async fn update_message(conn: &mut Conn, message_id: &str, data: &str) -> Result<()> {
-            sqlx::query("UPDATE messages SET data = $2 WHERE id = $1").bind(message_id).bind(data).execute(&mut *conn).await?;
+            sqlx::query(super::common::sql::UPDATE_MESSAGE).bind(message_id).bind(data).execute(&mut *conn).await?;
             Ok(())
         }
 

@@ -19,7 +19,7 @@ use earshot_channel::Identity;
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::oneshot;
 
-use super::common::lease_sql;
+use super::common::{lease_sql, numbered, sql};
 use super::{Committed, Job, NewCase, NewEvent, Result, StoreError};
 
 type Call = Box<dyn FnOnce(&mut Connection) + Send>;
@@ -132,22 +132,20 @@ pub(super) fn customers_for(conn: &Connection, identities: &[Identity]) -> Resul
 
 /// Of `addresses`, those whose suppression lasts beyond `now_ms`.
 pub(super) fn suppressed(conn: &Connection, addresses: &[String], now_ms: i64) -> Result<Vec<String>> {
-    let mut stmt = conn.prepare_cached("SELECT 1 FROM suppressions WHERE address = ?1 AND until > ?2")?;
-    let mut out = Vec::new();
-    for a in addresses {
-        if stmt.exists(params![a, now_ms])? {
-            out.push(a.clone());
-        }
-    }
-    Ok(out)
+    matching(conn, "SELECT 1 FROM suppressions WHERE address = ?1 AND until > ?2", addresses, now_ms)
 }
 
 /// Of `addresses`, those acknowledged at or after `since_ms`.
 pub(super) fn acked_since(conn: &Connection, addresses: &[String], since_ms: i64) -> Result<Vec<String>> {
-    let mut stmt = conn.prepare_cached("SELECT 1 FROM ack_log WHERE address = ?1 AND last_at >= ?2")?;
+    matching(conn, "SELECT 1 FROM ack_log WHERE address = ?1 AND last_at >= ?2", addresses, since_ms)
+}
+
+/// The addresses for which `sql` (address, time) finds a row.
+fn matching(conn: &Connection, sql: &str, addresses: &[String], at: i64) -> Result<Vec<String>> {
+    let mut stmt = conn.prepare_cached(sql)?;
     let mut out = Vec::new();
     for a in addresses {
-        if stmt.exists(params![a, since_ms])? {
+        if stmt.exists(params![a, at])? {
             out.push(a.clone());
         }
     }
@@ -362,20 +360,13 @@ fn job_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Job> {
 // The other writes of the SQLite store: the same statements as `common.rs` runs on PostgreSQL.
 
 pub(super) fn lease(conn: &Connection, now_ms: i64, until_ms: i64, limit: i64) -> Result<Vec<Job>> {
-    // `?N` is SQLite's explicit parameter number; `$N` would be numbered by first appearance.
-    let mut stmt = conn.prepare_cached(&lease_sql("").replace('$', "?"))?;
+    let mut stmt = prepared(conn, &lease_sql(""))?;
     let rows = stmt.query_map(params![until_ms, now_ms, limit], job_from_row)?;
     Ok(rows.collect::<rusqlite::Result<Vec<Job>>>()?)
 }
 
 pub(super) fn complete(conn: &Connection, id: i64, attempts: i64, now_ms: i64) -> Result<bool> {
-    let n = conn
-        .prepare_cached(
-            "UPDATE outbox SET state = 'done', last_error = NULL, updated_at = ?3 \
-         WHERE id = ?1 AND attempts = ?2 AND state = 'leased'",
-        )?
-        .execute(params![id, attempts, now_ms])?;
-    Ok(n == 1)
+    Ok(prepared(conn, sql::COMPLETE_JOB)?.execute(params![id, attempts, now_ms])? == 1)
 }
 
 pub(super) fn fail(
@@ -390,53 +381,33 @@ pub(super) fn fail(
         Some(at) => ("pending", at),
         None => ("dead", now_ms),
     };
-    let n = conn
-        .prepare_cached(
-            "UPDATE outbox SET state = ?3, next_attempt_at = ?4, last_error = ?5, updated_at = ?6 \
-             WHERE id = ?1 AND attempts = ?2 AND state = 'leased'",
-        )?
-        .execute(params![id, attempts, state, next, error, now_ms])?;
-    Ok(n == 1)
+    Ok(prepared(conn, sql::FAIL_JOB)?.execute(params![id, attempts, state, next, error, now_ms])? == 1)
 }
 
 pub(super) fn set_ticket(conn: &Connection, case_id: &str, ticket: &str, now_ms: i64) -> Result<()> {
-    conn.prepare_cached("UPDATE cases SET ticket_id = ?2, updated_at = ?3 WHERE id = ?1")?
-        .execute(params![case_id, ticket, now_ms])?;
+    prepared(conn, sql::SET_TICKET)?.execute(params![case_id, ticket, now_ms])?;
     Ok(())
 }
 
 pub(super) fn replay(conn: &Connection, id: Option<i64>, now_ms: i64) -> Result<u64> {
-    let sql = "UPDATE outbox SET state = 'pending', attempts = 0, next_attempt_at = ?1, updated_at = ?1 \
-               WHERE state = 'dead'";
     let n = match id {
-        Some(id) => conn.execute(&format!("{sql} AND id = ?2"), params![now_ms, id])?,
-        None => conn.execute(sql, params![now_ms])?,
+        Some(id) => prepared(conn, sql::REPLAY_DEAD)?.execute(params![now_ms, id])?,
+        None => prepared(conn, sql::REPLAY_ALL_DEAD)?.execute(params![now_ms])?,
     };
     Ok(n as u64)
 }
 
 pub(super) fn save_cursor(conn: &Connection, name: &str, value: &str, now_ms: i64) -> Result<()> {
-    conn.prepare_cached(
-        "INSERT INTO cursors (name, value, updated_at) VALUES (?1, ?2, ?3) \
-         ON CONFLICT (name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
-    )?
-    .execute(params![name, value, now_ms])?;
+    prepared(conn, sql::SAVE_CURSOR)?.execute(params![name, value, now_ms])?;
     Ok(())
 }
 
 pub(super) fn try_lease(conn: &Connection, name: &str, holder: &str, now_ms: i64, ttl_ms: i64) -> Result<bool> {
-    let n = conn
-        .prepare_cached(
-            "INSERT INTO leases (name, holder, expires_at) VALUES (?1, ?2, ?3) \
-             ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at \
-             WHERE leases.holder = excluded.holder OR leases.expires_at < ?4",
-        )?
-        .execute(params![name, holder, now_ms + ttl_ms, now_ms])?;
-    Ok(n == 1)
+    Ok(prepared(conn, sql::TRY_LEASE)?.execute(params![name, holder, now_ms + ttl_ms, now_ms])? == 1)
 }
 
 pub(super) fn release_lease(conn: &Connection, name: &str, holder: &str) -> Result<()> {
-    conn.prepare_cached("DELETE FROM leases WHERE name = ?1 AND holder = ?2")?.execute(params![name, holder])?;
+    prepared(conn, sql::RELEASE_LEASE)?.execute(params![name, holder])?;
     Ok(())
 }
 
@@ -449,53 +420,43 @@ pub(super) fn quarantine(
     now_ms: i64,
 ) -> Result<i64> {
     let digest = earshot_channel::sha256_hex(raw);
-    let inserted: Option<i64> = conn
-        .prepare_cached(
-            "INSERT INTO quarantine (channel, source, reason, raw, created_at, digest) VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
-             ON CONFLICT (channel, source, digest) DO NOTHING RETURNING id",
-        )?
+    let inserted: Option<i64> = prepared(conn, sql::QUARANTINE)?
         .query_row(params![channel, source, reason, raw, now_ms, digest], |r| r.get(0))
         .optional()?;
     match inserted {
         Some(id) => Ok(id),
-        None => Ok(conn
-            .prepare_cached("SELECT id FROM quarantine WHERE channel = ?1 AND source = ?2 AND digest = ?3")?
-            .query_row(params![channel, source, digest], |r| r.get(0))?),
+        None => Ok(prepared(conn, sql::QUARANTINED)?.query_row(params![channel, source, digest], |r| r.get(0))?),
     }
 }
 
 pub(super) fn record_event(conn: &Connection, e: &NewEvent) -> Result<bool> {
-    let n = conn
-        .prepare_cached(
-            "INSERT INTO channel_events (channel, source, kind, external_id, sender, subject, data, raw, created_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) ON CONFLICT (channel, external_id) DO NOTHING",
-        )?
-        .execute(params![
-            e.channel,
-            e.source,
-            e.kind,
-            e.external_id,
-            e.sender,
-            e.subject,
-            e.data,
-            e.raw.as_deref(),
-            e.now_ms
-        ])?;
+    let n = prepared(conn, sql::RECORD_EVENT)?.execute(params![
+        e.channel,
+        e.source,
+        e.kind,
+        e.external_id,
+        e.sender,
+        e.subject,
+        e.data,
+        e.raw.as_deref(),
+        e.now_ms
+    ])?;
     Ok(n == 1)
 }
 
 pub(super) fn suppress(conn: &Connection, address: &str, reason: &str, until_ms: i64) -> Result<()> {
-    conn.prepare_cached(
-        "INSERT INTO suppressions (address, reason, until) VALUES (?1, ?2, ?3) \
-         ON CONFLICT (address) DO UPDATE SET reason = excluded.reason, until = excluded.until",
-    )?
-    .execute(params![address, reason, until_ms])?;
+    prepared(conn, sql::SUPPRESS)?.execute(params![address, reason, until_ms])?;
     Ok(())
 }
 
 pub(super) fn update_message(conn: &Connection, message_id: &str, data: &str) -> Result<()> {
-    conn.prepare_cached("UPDATE messages SET data = ?2 WHERE id = ?1")?.execute(params![message_id, data])?;
+    prepared(conn, sql::UPDATE_MESSAGE)?.execute(params![message_id, data])?;
     Ok(())
+}
+
+/// One of the shared statements of `common::sql`, prepared once per connection.
+fn prepared<'c>(conn: &'c Connection, sql: &str) -> Result<rusqlite::CachedStatement<'c>> {
+    Ok(conn.prepare_cached(&numbered(sql))?)
 }
 
 /// The highest case sequence number stored.
