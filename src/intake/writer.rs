@@ -30,7 +30,7 @@ struct Group {
 /// With more than one (PostgreSQL only), a batch is prepared and committed while another commits,
 /// so their network round trips overlap (worth it when the database is on another host; on one
 /// 2-core machine it measured no faster). Concurrent batches cannot deadlock, because
-/// each locks the rows it inserts in one global order (see `commit_items`), and a message sent to
+/// each locks the rows it inserts in one global order (see the stores' batch commits), and a message sent to
 /// two batches at once is still stored once: the second waits on the first's unique key.
 pub(super) async fn run_all(rx: mpsc::Receiver<Submission>, ctx: WriterContext) {
     let rx = Arc::new(tokio::sync::Mutex::new(rx));

@@ -54,6 +54,14 @@ pub(super) mod sql {
     pub const UPDATE_MESSAGE: &str = "UPDATE messages SET data = $2 WHERE id = $1";
 }
 
+/// The state and next attempt time of a failed job: retried at `next_ms`, or dead now.
+pub(super) fn failed_state(next_ms: Option<i64>, now_ms: i64) -> (&'static str, i64) {
+    match next_ms {
+        Some(at) => ("pending", at),
+        None => ("dead", now_ms),
+    }
+}
+
 /// `sql` with SQLite's explicit `?n` placeholders: SQLite numbers `$n` by first appearance.
 pub(super) fn numbered(sql: &str) -> String {
     sql.replace('$', "?")
@@ -291,95 +299,13 @@ macro_rules! write_queries {
                 .collect())
         }
 
-        /// The body of `commit_batch`, run inside the caller's transaction.
-        ///
-        /// Each table's rows go in as one `INSERT … SELECT FROM unnest(arrays)`: the SQL text is the
-        /// same whatever the batch size, so each statement is parsed and planned once per connection
-        /// (a `VALUES` list per batch size filled the statement cache and was planned again and again).
-        pub(super) async fn commit_items(conn: &mut Conn, items: &[NewCase]) -> Result<Vec<Committed>> {
-            if items.is_empty() {
-                return Ok(Vec::new());
-            }
-            // Every table's rows go in in one global order (by their unique key), so that
-            // concurrent batches (several writers, several instances) lock them in the same order
-            // and cannot deadlock.
-            let mut by_key: Vec<&NewCase> = items.iter().collect();
-            by_key.sort_unstable_by(|a, b| (a.channel, &a.external_id).cmp(&(b.channel, &b.external_id)));
-            // The message row goes first: its UNIQUE (channel, external_id) decides, also against a
-            // concurrent transaction of another instance, which items are new.
-            let inserted: HashSet<String> = sqlx::query_scalar::<_, String>(
-                "INSERT INTO messages (id, case_id, channel, external_id, direction, data, received_at) \
-                 SELECT id, case_id, channel, external_id, 'inbound', data, received_at \
-                 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int8[]) \
-                   AS t(id, case_id, channel, external_id, data, received_at) \
-                 ON CONFLICT (channel, external_id) DO NOTHING RETURNING id",
-            )
-            .bind(by_key.iter().map(|it| it.message_id.as_str()).collect::<Vec<_>>())
-            .bind(by_key.iter().map(|it| it.case_id.as_str()).collect::<Vec<_>>())
-            .bind(by_key.iter().map(|it| it.channel).collect::<Vec<_>>())
-            .bind(by_key.iter().map(|it| it.external_id.as_str()).collect::<Vec<_>>())
-            .bind(by_key.iter().map(|it| it.message_json.as_str()).collect::<Vec<_>>())
-            .bind(by_key.iter().map(|it| it.now_ms).collect::<Vec<_>>())
-            .fetch_all(&mut *conn)
-            .await?
-            .into_iter()
-            .collect();
-            let new: Vec<&NewCase> = items.iter().filter(|it| inserted.contains(&it.message_id)).collect();
-
-            let duplicates: Vec<&NewCase> = items.iter().filter(|it| !inserted.contains(&it.message_id)).collect();
-            let existing = if duplicates.is_empty() { HashMap::new() } else { existing_cases(conn, &duplicates).await? };
-
-            let fresh: Vec<&NewCase> = new.iter().copied().filter(|it| !it.follow_up).collect();
-            if !fresh.is_empty() {
-                let mut customers: std::collections::BTreeMap<&str, (Option<&str>, i64)> = Default::default();
-                let mut identities: std::collections::BTreeMap<(&str, &str), (&str, i64)> = Default::default();
-                for it in &fresh {
-                    customers.insert(&it.customer_id, (it.customer_name.as_deref(), it.now_ms));
-                    for id in &it.identities {
-                        identities.entry((id.kind.as_str(), &id.value)).or_insert((&it.customer_id, it.now_ms));
-                    }
-                }
-                sqlx::query(
-                    "INSERT INTO customers (id, name, created_at, updated_at) \
-                     SELECT id, name, at, at FROM unnest($1::text[], $2::text[], $3::int8[]) AS t(id, name, at) \
-                     ON CONFLICT (id) DO UPDATE SET updated_at = excluded.updated_at, \
-                     name = COALESCE(excluded.name, customers.name)",
-                )
-                .bind(customers.keys().copied().collect::<Vec<_>>())
-                .bind(customers.values().map(|(name, _)| *name).collect::<Vec<_>>())
-                .bind(customers.values().map(|(_, at)| *at).collect::<Vec<_>>())
-                .execute(&mut *conn)
-                .await?;
-                sqlx::query(
-                    "INSERT INTO identities (kind, value, customer_id, created_at) \
-                     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int8[]) \
-                     ON CONFLICT (kind, value) DO NOTHING",
-                )
-                .bind(identities.keys().map(|(kind, _)| *kind).collect::<Vec<_>>())
-                .bind(identities.keys().map(|(_, value)| *value).collect::<Vec<_>>())
-                .bind(identities.values().map(|(customer, _)| *customer).collect::<Vec<_>>())
-                .bind(identities.values().map(|(_, at)| *at).collect::<Vec<_>>())
-                .execute(&mut *conn)
-                .await?;
-                sqlx::query(
-                    "INSERT INTO cases (id, seq, case_ref, status, channel, source, customer_id, data, created_at, updated_at) \
-                     SELECT id, seq, case_ref, status, channel, source, customer_id, data, at, at \
-                     FROM unnest($1::text[], $2::int8[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], \
-                                 $8::text[], $9::int8[]) \
-                       AS t(id, seq, case_ref, status, channel, source, customer_id, data, at)",
-                )
-                .bind(fresh.iter().map(|it| it.case_id.as_str()).collect::<Vec<_>>())
-                .bind(fresh.iter().map(|it| it.seq).collect::<Vec<_>>())
-                .bind(fresh.iter().map(|it| it.case_ref.as_str()).collect::<Vec<_>>())
-                .bind(fresh.iter().map(|it| it.status).collect::<Vec<_>>())
-                .bind(fresh.iter().map(|it| it.channel).collect::<Vec<_>>())
-                .bind(fresh.iter().map(|it| it.source.as_str()).collect::<Vec<_>>())
-                .bind(fresh.iter().map(|it| it.customer_id.as_str()).collect::<Vec<_>>())
-                .bind(fresh.iter().map(|it| it.case_json.as_str()).collect::<Vec<_>>())
-                .bind(fresh.iter().map(|it| it.now_ms).collect::<Vec<_>>())
-                .execute(&mut *conn)
-                .await?;
-            }
+        /// The rows only email batches have, for the items `results` says were new: the follow-ups'
+        /// cases touched, raw messages, attachments, acknowledgement log. Run in the caller's
+        /// transaction, after the batch statement (`postgres::commit_in_one_statement`).
+        pub(super) async fn commit_extras(conn: &mut Conn, items: &[NewCase], results: &[Committed]) -> Result<()> {
+            let new: Vec<&NewCase> =
+                items.iter().zip(results).filter(|(_, r)| **r == Committed::Created).map(|(it, _)| it).collect();
+            // Sorted, like every other table here, so concurrent batches lock rows in one order.
             let mut follow_ups: Vec<&NewCase> = new.iter().copied().filter(|it| it.follow_up).collect();
             follow_ups.sort_unstable_by(|a, b| a.case_id.cmp(&b.case_id));
             for it in follow_ups {
@@ -388,29 +314,6 @@ macro_rules! write_queries {
                     .bind(it.now_ms)
                     .execute(&mut *conn)
                     .await?;
-            }
-
-            // In this order, so ids follow creation order within a case (`WITH ORDINALITY` keeps it).
-            let jobs: Vec<(&NewCase, &super::NewJob)> =
-                new.iter().flat_map(|it| it.jobs.iter().map(move |j| (*it, j))).collect();
-            if !jobs.is_empty() {
-                sqlx::query(
-                    "INSERT INTO outbox (event_id, case_id, kind, destination, payload, state, attempts, \
-                     max_attempts, next_attempt_at, created_at, updated_at) \
-                     SELECT event_id, case_id, kind, destination, payload, 'pending', 0, max_attempts, at, at, at \
-                     FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int8[], $7::int8[]) \
-                       WITH ORDINALITY AS t(event_id, case_id, kind, destination, payload, max_attempts, at, n) \
-                     ORDER BY n",
-                )
-                .bind(jobs.iter().map(|(_, j)| j.event_id.as_str()).collect::<Vec<_>>())
-                .bind(jobs.iter().map(|(it, _)| it.case_id.as_str()).collect::<Vec<_>>())
-                .bind(jobs.iter().map(|(_, j)| j.kind).collect::<Vec<_>>())
-                .bind(jobs.iter().map(|(_, j)| j.destination.as_str()).collect::<Vec<_>>())
-                .bind(jobs.iter().map(|(_, j)| j.payload.as_str()).collect::<Vec<_>>())
-                .bind(jobs.iter().map(|(_, j)| j.max_attempts).collect::<Vec<_>>())
-                .bind(jobs.iter().map(|(it, _)| it.now_ms).collect::<Vec<_>>())
-                .execute(&mut *conn)
-                .await?;
             }
 
             let raws: Vec<&NewCase> = new.iter().copied().filter(|it| it.raw.is_some()).collect();
@@ -456,7 +359,7 @@ macro_rules! write_queries {
                 qb.build().execute(&mut *conn).await?;
             }
 
-            items.iter().map(|it| outcome(it, &inserted, &existing)).collect()
+            Ok(())
         }
 
         /// The cases of messages already stored, by (channel, external id).
@@ -480,7 +383,11 @@ macro_rules! write_queries {
         }
 
         /// What became of `it`: new if its message was inserted, else the case that has it.
-        fn outcome(it: &NewCase, inserted: &HashSet<String>, existing: &HashMap<(String, String), Committed>) -> Result<Committed> {
+        fn outcome(
+            it: &NewCase,
+            inserted: &HashSet<String>,
+            existing: &HashMap<(String, String), Committed>,
+        ) -> Result<Committed> {
             if inserted.contains(&it.message_id) {
                 return Ok(Committed::Created);
             }
@@ -489,7 +396,13 @@ macro_rules! write_queries {
             })
         }
 
-        pub(super) async fn lease(conn: &mut Conn, lock: &str, now_ms: i64, until_ms: i64, limit: i64) -> Result<Vec<Job>> {
+        pub(super) async fn lease(
+            conn: &mut Conn,
+            lock: &str,
+            now_ms: i64,
+            until_ms: i64,
+            limit: i64,
+        ) -> Result<Vec<Job>> {
             Ok(sqlx::query_as::<_, Job>(&super::common::lease_sql(lock))
                 .bind(until_ms)
                 .bind(now_ms)
@@ -500,11 +413,11 @@ macro_rules! write_queries {
 
         pub(super) async fn complete(conn: &mut Conn, id: i64, attempts: i64, now_ms: i64) -> Result<bool> {
             let r = sqlx::query(super::common::sql::COMPLETE_JOB)
-            .bind(id)
-            .bind(attempts)
-            .bind(now_ms)
-            .execute(&mut *conn)
-            .await?;
+                .bind(id)
+                .bind(attempts)
+                .bind(now_ms)
+                .execute(&mut *conn)
+                .await?;
             Ok(r.rows_affected() == 1)
         }
 
@@ -516,19 +429,16 @@ macro_rules! write_queries {
             error: &str,
             now_ms: i64,
         ) -> Result<bool> {
-            let (state, next) = match next_ms {
-                Some(at) => ("pending", at),
-                None => ("dead", now_ms),
-            };
+            let (state, next) = super::common::failed_state(next_ms, now_ms);
             let r = sqlx::query(super::common::sql::FAIL_JOB)
-            .bind(id)
-            .bind(attempts)
-            .bind(state)
-            .bind(next)
-            .bind(error)
-            .bind(now_ms)
-            .execute(&mut *conn)
-            .await?;
+                .bind(id)
+                .bind(attempts)
+                .bind(state)
+                .bind(next)
+                .bind(error)
+                .bind(now_ms)
+                .execute(&mut *conn)
+                .await?;
             Ok(r.rows_affected() == 1)
         }
 
@@ -544,7 +454,9 @@ macro_rules! write_queries {
 
         pub(super) async fn replay(conn: &mut Conn, id: Option<i64>, now_ms: i64) -> Result<u64> {
             let r = match id {
-                Some(id) => sqlx::query(super::common::sql::REPLAY_DEAD).bind(now_ms).bind(id).execute(&mut *conn).await?,
+                Some(id) => {
+                    sqlx::query(super::common::sql::REPLAY_DEAD).bind(now_ms).bind(id).execute(&mut *conn).await?
+                }
                 None => sqlx::query(super::common::sql::REPLAY_ALL_DEAD).bind(now_ms).execute(&mut *conn).await?,
             };
             Ok(r.rows_affected())
@@ -552,22 +464,28 @@ macro_rules! write_queries {
 
         pub(super) async fn save_cursor(conn: &mut Conn, name: &str, value: &str, now_ms: i64) -> Result<()> {
             sqlx::query(super::common::sql::SAVE_CURSOR)
-            .bind(name)
-            .bind(value)
-            .bind(now_ms)
-            .execute(&mut *conn)
-            .await?;
+                .bind(name)
+                .bind(value)
+                .bind(now_ms)
+                .execute(&mut *conn)
+                .await?;
             Ok(())
         }
 
-        pub(super) async fn try_lease(conn: &mut Conn, name: &str, holder: &str, now_ms: i64, ttl_ms: i64) -> Result<bool> {
+        pub(super) async fn try_lease(
+            conn: &mut Conn,
+            name: &str,
+            holder: &str,
+            now_ms: i64,
+            ttl_ms: i64,
+        ) -> Result<bool> {
             let r = sqlx::query(super::common::sql::TRY_LEASE)
-            .bind(name)
-            .bind(holder)
-            .bind(now_ms + ttl_ms)
-            .bind(now_ms)
-            .execute(&mut *conn)
-            .await?;
+                .bind(name)
+                .bind(holder)
+                .bind(now_ms + ttl_ms)
+                .bind(now_ms)
+                .execute(&mut *conn)
+                .await?;
             Ok(r.rows_affected() == 1)
         }
 
@@ -586,48 +504,48 @@ macro_rules! write_queries {
         ) -> Result<i64> {
             let digest = earshot_channel::sha256_hex(raw);
             let inserted: Option<i64> = sqlx::query_scalar(super::common::sql::QUARANTINE)
-            .bind(channel)
-            .bind(source)
-            .bind(reason)
-            .bind(raw)
-            .bind(now_ms)
-            .bind(&digest)
-            .fetch_optional(&mut *conn)
-            .await?;
+                .bind(channel)
+                .bind(source)
+                .bind(reason)
+                .bind(raw)
+                .bind(now_ms)
+                .bind(&digest)
+                .fetch_optional(&mut *conn)
+                .await?;
             match inserted {
                 Some(id) => Ok(id),
                 None => Ok(sqlx::query_scalar(super::common::sql::QUARANTINED)
-                .bind(channel)
-                .bind(source)
-                .bind(&digest)
-                .fetch_one(&mut *conn)
-                .await?),
+                    .bind(channel)
+                    .bind(source)
+                    .bind(&digest)
+                    .fetch_one(&mut *conn)
+                    .await?),
             }
         }
 
         pub(super) async fn record_event(conn: &mut Conn, e: &super::NewEvent) -> Result<bool> {
             let done = sqlx::query(super::common::sql::RECORD_EVENT)
-            .bind(e.channel)
-            .bind(&e.source)
-            .bind(&e.kind)
-            .bind(&e.external_id)
-            .bind(&e.sender)
-            .bind(&e.subject)
-            .bind(&e.data)
-            .bind(e.raw.as_deref())
-            .bind(e.now_ms)
-            .execute(&mut *conn)
-            .await?;
+                .bind(e.channel)
+                .bind(&e.source)
+                .bind(&e.kind)
+                .bind(&e.external_id)
+                .bind(&e.sender)
+                .bind(&e.subject)
+                .bind(&e.data)
+                .bind(e.raw.as_deref())
+                .bind(e.now_ms)
+                .execute(&mut *conn)
+                .await?;
             Ok(done.rows_affected() == 1)
         }
 
         pub(super) async fn suppress(conn: &mut Conn, address: &str, reason: &str, until_ms: i64) -> Result<()> {
             sqlx::query(super::common::sql::SUPPRESS)
-            .bind(address)
-            .bind(reason)
-            .bind(until_ms)
-            .execute(&mut *conn)
-            .await?;
+                .bind(address)
+                .bind(reason)
+                .bind(until_ms)
+                .execute(&mut *conn)
+                .await?;
             Ok(())
         }
 
@@ -655,7 +573,6 @@ macro_rules! write_queries {
             sqlx::query(super::common::sql::UPDATE_MESSAGE).bind(message_id).bind(data).execute(&mut *conn).await?;
             Ok(())
         }
-
     };
 }
 

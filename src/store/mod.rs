@@ -52,46 +52,6 @@ pub struct NewCase {
     pub check_customer: bool,
 }
 
-/// The customer a new case must have instead of its own, if one of its contacts is known: the
-/// first known contact in the case's order decides, as when the writer looks up customers itself.
-pub fn other_customer(item: &NewCase, known: &HashMap<Identity, String>) -> Option<String> {
-    if !item.check_customer || item.follow_up {
-        return None;
-    }
-    item.identities.iter().find_map(|i| known.get(i)).filter(|c| **c != item.customer_id).cloned()
-}
-
-/// The items to write (those [`other_customer`] does not send back) and, in the order of
-/// `items`, the customer each one sent back must have.
-pub(crate) fn split_checked<'a>(
-    items: &'a [NewCase],
-    known: &HashMap<Identity, String>,
-) -> (std::borrow::Cow<'a, [NewCase]>, Vec<Option<String>>) {
-    let others: Vec<Option<String>> = items.iter().map(|it| other_customer(it, known)).collect();
-    if others.iter().all(Option::is_none) {
-        return (std::borrow::Cow::Borrowed(items), others);
-    }
-    let kept = items.iter().zip(&others).filter(|(_, o)| o.is_none()).map(|(it, _)| it.clone()).collect();
-    (std::borrow::Cow::Owned(kept), others)
-}
-
-/// The answers for every item: those sent back, and those written (`done`, in order).
-pub(crate) fn merge_checked(others: Vec<Option<String>>, done: Vec<Committed>) -> Result<Vec<Committed>> {
-    let mut done = done.into_iter();
-    others
-        .into_iter()
-        .map(|o| match o {
-            Some(customer_id) => Ok(Committed::OtherCustomer { customer_id }),
-            None => done.next().ok_or_else(|| StoreError::Corrupt("a batch answer is missing".into())),
-        })
-        .collect()
-}
-
-/// The contacts of the items whose customer the store has to check.
-pub(crate) fn checked_identities(items: &[NewCase]) -> Vec<Identity> {
-    items.iter().filter(|it| it.check_customer && !it.follow_up).flat_map(|it| it.identities.iter().cloned()).collect()
-}
-
 /// A case that an incoming message's thread hint points at.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ThreadHit {
@@ -221,7 +181,7 @@ pub trait Store: Send + Sync + 'static {
 
     /// Commits all of `items` in one transaction, skipping (and reporting) those whose
     /// `(channel, external_id)` is already stored, and those with `check_customer` whose contact
-    /// belongs to another customer ([`Committed::OtherCustomer`], see [`other_customer`]). Either
+    /// belongs to another customer ([`Committed::OtherCustomer`]: the first known contact decides). Either
     /// every row is written or none is.
     async fn commit_batch(&self, items: &[NewCase]) -> Result<Vec<Committed>>;
 

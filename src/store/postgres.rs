@@ -30,15 +30,6 @@ fn connect_options(url: &str) -> Result<PgConnectOptions> {
 }
 
 impl PgStore {
-    /// A batch with raw messages, attachments or acknowledgement log rows (email), one statement
-    /// per table in one transaction.
-    async fn commit_unchecked(&self, items: &[NewCase]) -> Result<Vec<Committed>> {
-        let mut tx = self.pool.begin().await?;
-        let out = commit_items(&mut tx, items).await?;
-        tx.commit().await?;
-        Ok(out)
-    }
-
     pub async fn connect(url: &str, max_connections: u32) -> Result<PgStore> {
         let pool = PgPoolOptions::new()
             .max_connections(max_connections.max(2))
@@ -91,18 +82,15 @@ impl super::Store for PgStore {
     }
 
     async fn commit_batch(&self, items: &[NewCase]) -> Result<Vec<Committed>> {
-        if one_statement(items) {
-            // Checks customers itself.
+        if !needs_extras(items) {
+            // One statement, its own transaction.
             return commit_in_one_statement(&mut *self.pool.acquire().await?, items).await;
         }
-        let checked = super::checked_identities(items);
-        if checked.is_empty() {
-            return self.commit_unchecked(items).await;
-        }
-        let known = customers_for(&mut *self.pool.acquire().await?, &checked).await?;
-        let (kept, others) = super::split_checked(items, &known);
-        let done = if kept.is_empty() { Vec::new() } else { self.commit_unchecked(&kept).await? };
-        super::merge_checked(others, done)
+        let mut tx = self.pool.begin().await?;
+        let out = commit_in_one_statement(&mut tx, items).await?;
+        commit_extras(&mut tx, items, &out).await?;
+        tx.commit().await?;
+        Ok(out)
     }
 
     async fn lease_jobs(&self, now_ms: i64, lease_until_ms: i64, limit: i64) -> Result<Vec<Job>> {
@@ -224,18 +212,19 @@ impl super::Store for PgStore {
     }
 }
 
-/// Whether a batch is only cases, follow-ups and jobs, which [`commit_in_one_statement`] writes
-/// in one round trip; the rest (email's raw messages, attachments, acknowledgement log) takes a
-/// statement per table.
-fn one_statement(items: &[NewCase]) -> bool {
-    // Follow-ups (email) also take the per-table path, which updates their cases in id order.
-    items.iter().all(|it| it.raw.is_none() && it.attachments.is_empty() && it.ack_address.is_none() && !it.follow_up)
+/// Whether a batch has rows only email has (follow-ups, raw messages, attachments, the
+/// acknowledgement log): [`commit_extras`] writes them after the batch statement, in one
+/// transaction with it.
+fn needs_extras(items: &[NewCase]) -> bool {
+    items.iter().any(|it| it.raw.is_some() || !it.attachments.is_empty() || it.ack_address.is_some() || it.follow_up)
 }
 
-/// A batch of new cases and their outbox jobs in one statement: the same rows, order and
-/// conflict rules as [`commit_items`], as data-modifying CTEs over arrays. Every part sees which
-/// messages were new through `m`, the messages insert that decides them; being one statement, it
-/// commits (one fsync) or fails whole.
+/// The messages, customers, contacts, cases and outbox jobs of a batch in one statement, as
+/// data-modifying CTEs over arrays: one round trip, and its own transaction unless the caller has
+/// one open. Every part sees which messages were new through `m`, the messages insert that decides
+/// them. Rows go in in key order, so concurrent batches (several writers or instances) lock them in
+/// one order. A case with `check_customer` whose contact is known is written not at all
+/// ([`Committed::OtherCustomer`]).
 async fn commit_in_one_statement(conn: &mut sqlx::PgConnection, items: &[NewCase]) -> Result<Vec<Committed>> {
     if items.is_empty() {
         return Ok(Vec::new());

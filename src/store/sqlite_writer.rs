@@ -19,7 +19,7 @@ use earshot_channel::Identity;
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::oneshot;
 
-use super::common::{lease_sql, numbered, sql};
+use super::common::{failed_state, lease_sql, numbered, sql};
 use super::{Committed, Job, NewCase, NewEvent, Result, StoreError};
 
 type Call = Box<dyn FnOnce(&mut Connection) + Send>;
@@ -153,15 +153,15 @@ fn matching(conn: &Connection, sql: &str, addresses: &[String], at: i64) -> Resu
 }
 
 /// Commits a batch in one transaction: the same rows, in the same order and with the same
-/// conflict rules, as the PostgreSQL backend's multi-row statements (`common.rs`), written here
+/// conflict rules, as the PostgreSQL backend's batch statement (`postgres.rs`), written here
 /// one prepared row at a time, which costs nothing without a network between.
 pub(super) fn commit_batch(conn: &mut Connection, items: &[NewCase]) -> Result<Vec<Committed>> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    let known = customers_for(&tx, &super::checked_identities(items))?;
-    let (kept, others) = super::split_checked(items, &known);
+    let known = customers_for(&tx, &checked_identities(items))?;
+    let (kept, others) = split_checked(items, &known);
     let out = if kept.is_empty() { Vec::new() } else { commit_items(&tx, &kept)? };
     tx.commit()?;
-    super::merge_checked(others, out)
+    merge_checked(others, out)
 }
 
 fn commit_items(conn: &Connection, items: &[NewCase]) -> Result<Vec<Committed>> {
@@ -377,10 +377,7 @@ pub(super) fn fail(
     error: &str,
     now_ms: i64,
 ) -> Result<bool> {
-    let (state, next) = match next_ms {
-        Some(at) => ("pending", at),
-        None => ("dead", now_ms),
-    };
+    let (state, next) = failed_state(next_ms, now_ms);
     Ok(prepared(conn, sql::FAIL_JOB)?.execute(params![id, attempts, state, next, error, now_ms])? == 1)
 }
 
@@ -462,4 +459,47 @@ fn prepared<'c>(conn: &'c Connection, sql: &str) -> Result<rusqlite::CachedState
 /// The highest case sequence number stored.
 pub(super) fn max_seq(conn: &Connection) -> Result<i64> {
     Ok(conn.query_row("SELECT COALESCE(MAX(seq), 0) FROM cases", [], |r| r.get(0))?)
+}
+
+// The customer check of cases rendered ahead (`NewCase::check_customer`); PostgreSQL does the same
+// in its batch statement (`known` and `other` in `postgres::commit_in_one_statement`).
+
+/// The customer a new case must have instead of its own, if one of its contacts is known: the
+/// first known contact in the case's order decides, as when the writer looks up customers itself.
+fn other_customer(item: &NewCase, known: &HashMap<Identity, String>) -> Option<String> {
+    if !item.check_customer || item.follow_up {
+        return None;
+    }
+    item.identities.iter().find_map(|i| known.get(i)).filter(|c| **c != item.customer_id).cloned()
+}
+
+/// The items to write (those `other_customer` does not send back) and, in the order of
+/// `items`, the customer each one sent back must have.
+fn split_checked<'a>(
+    items: &'a [NewCase],
+    known: &HashMap<Identity, String>,
+) -> (std::borrow::Cow<'a, [NewCase]>, Vec<Option<String>>) {
+    let others: Vec<Option<String>> = items.iter().map(|it| other_customer(it, known)).collect();
+    if others.iter().all(Option::is_none) {
+        return (std::borrow::Cow::Borrowed(items), others);
+    }
+    let kept = items.iter().zip(&others).filter(|(_, o)| o.is_none()).map(|(it, _)| it.clone()).collect();
+    (std::borrow::Cow::Owned(kept), others)
+}
+
+/// The answers for every item: those sent back, and those written (`done`, in order).
+fn merge_checked(others: Vec<Option<String>>, done: Vec<Committed>) -> Result<Vec<Committed>> {
+    let mut done = done.into_iter();
+    others
+        .into_iter()
+        .map(|o| match o {
+            Some(customer_id) => Ok(Committed::OtherCustomer { customer_id }),
+            None => done.next().ok_or_else(|| StoreError::Corrupt("a batch answer is missing".into())),
+        })
+        .collect()
+}
+
+/// The contacts of the items whose customer the store has to check.
+fn checked_identities(items: &[NewCase]) -> Vec<Identity> {
+    items.iter().filter(|it| it.check_customer && !it.follow_up).flat_map(|it| it.identities.iter().cloned()).collect()
 }
