@@ -8,7 +8,8 @@
 #   DURATION       seconds of each closed- and open-loop run (default 30)
 #   CONCURRENCY    closed-loop workers, the same for the echo baseline and the gateway (default 64)
 #   OPEN_RATE      open-loop offered rate, requests per second (default 1000)
-#   SEED_CASES     cases stored before the RSS and startup figures (default 1000000)
+#   SEED_CASES     cases stored before the RSS and startup figures (default 1000000;
+#                  SKIP_SEED=1 skips that part, for a quick pass on throughput and latency)
 #   PG_URL         PostgreSQL server to create a scratch database on
 #                  (default postgres://postgres@127.0.0.1:5432/postgres; SKIP_PG=1 skips it)
 #   BENCH_TMPDIR   where the scratch folder goes (default: $TMPDIR or /tmp); KEEP_TMP=1 keeps it
@@ -23,6 +24,7 @@ OPEN_RATE=${OPEN_RATE:-1000}
 SEED_CASES=${SEED_CASES:-1000000}
 PG_URL=${PG_URL:-postgres://postgres@127.0.0.1:5432/postgres}
 SKIP_PG=${SKIP_PG:-0}
+SKIP_SEED=${SKIP_SEED:-0}
 KEEP_TMP=${KEEP_TMP:-0}
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -316,51 +318,57 @@ fi
 # ------------------------------------------------------------------------------------------------
 # 4. a store with SEED_CASES cases: startup to /readyz, then peak RSS under load
 
-BIG_FILE="$WORK/seeded.db"
-log "seeding $SEED_CASES cases into $BIG_FILE"
-SEED_OUT=$(timeout 1800 "$BENCH" seed --db "sqlite://$BIG_FILE" --cases "$SEED_CASES" --batch 1000 \
-    --templates "$ROOT/config/templates")
-echo "$SEED_OUT" >&2
-SEED_LINE=$(grep '^seed:' <<<"$SEED_OUT")
-SEED_RATE=$(field "$SEED_LINE" rate)
-SEED_ROWS=$(field "$SEED_LINE" rows_after)
-BIG_SIZE_MIB=$(du -cm "$BIG_FILE"* | awk 'END { print $1 }')
+if [[ $SKIP_SEED == 1 ]]; then
+    log "seeded store skipped (SKIP_SEED=1)"
+    SEED_ROWS=0 SEED_RATE=nan BIG_SIZE_MIB=0 STARTUP_MS=nan BIG_RATE=nan BIG_BATCH=skipped
+    PEAK_HWM=0 FINAL_RSS=0
+else
+    BIG_FILE="$WORK/seeded.db"
+    log "seeding $SEED_CASES cases into $BIG_FILE"
+    SEED_OUT=$(timeout 1800 "$BENCH" seed --db "sqlite://$BIG_FILE" --cases "$SEED_CASES" --batch 1000 \
+        --templates "$ROOT/config/templates")
+    echo "$SEED_OUT" >&2
+    SEED_LINE=$(grep '^seed:' <<<"$SEED_OUT")
+    SEED_RATE=$(field "$SEED_LINE" rate)
+    SEED_ROWS=$(field "$SEED_LINE" rows_after)
+    BIG_SIZE_MIB=$(du -cm "$BIG_FILE"* | awk 'END { print $1 }')
 
-BIG_PORT=$(free_port)
-BIG_CONFIG="$WORK/seeded.toml"
-write_config "$BIG_CONFIG" "$BIG_PORT" "sqlite://$BIG_FILE"
-log "startup to /readyz on $SEED_ROWS cases (${BIG_SIZE_MIB} MiB, page cache warm from seeding)"
-STARTUP_OUT=$(RUST_LOG=warn timeout 60 "$BENCH" startup --bin "$EARSHOT" --config "$BIG_CONFIG" \
-    --url "http://127.0.0.1:$BIG_PORT" 2>"$WORK/startup.log")
-echo "$STARTUP_OUT" >&2
-STARTUP_MS=$(field "$(grep '^startup:' <<<"$STARTUP_OUT")" ready_ms)
-sleep 1
+    BIG_PORT=$(free_port)
+    BIG_CONFIG="$WORK/seeded.toml"
+    write_config "$BIG_CONFIG" "$BIG_PORT" "sqlite://$BIG_FILE"
+    log "startup to /readyz on $SEED_ROWS cases (${BIG_SIZE_MIB} MiB, page cache warm from seeding)"
+    STARTUP_OUT=$(RUST_LOG=warn timeout 60 "$BENCH" startup --bin "$EARSHOT" --config "$BIG_CONFIG" \
+        --url "http://127.0.0.1:$BIG_PORT" 2>"$WORK/startup.log")
+    echo "$STARTUP_OUT" >&2
+    STARTUP_MS=$(field "$(grep '^startup:' <<<"$STARTUP_OUT")" ready_ms)
+    sleep 1
 
-start_gateway seeded "$BIG_CONFIG" "$BIG_PORT"
-log "seeded: closed loop, $CONCURRENCY workers, ${DURATION}s, sampling VmHWM every 0.5 s"
-(
-    peak=0
-    while kill -0 "$GW_PID" 2>/dev/null; do
-        h=$(vm_kib "$GW_PID" VmHWM)
-        [[ -n $h && $h -gt $peak ]] && peak=$h && echo "$peak" >"$WORK/hwm"
-        sleep 0.5
-    done
-) &
-SAMPLER_PID=$!
-top_snapshot seeded
-BIG_OUT=$(run_closed "http://127.0.0.1:$BIG_PORT")
-echo "$BIG_OUT" >&2
-BIG_LINE=$(grep '^closed:' <<<"$BIG_OUT")
-BIG_RATE=$(field "$BIG_LINE" accepted_rate)
-BIG_BATCH=$(batch_stats "$BIG_PORT")
-FINAL_HWM=$(vm_kib "$GW_PID" VmHWM)
-FINAL_RSS=$(vm_kib "$GW_PID" VmRSS)
-kill "$SAMPLER_PID" 2>/dev/null || true
-wait "$SAMPLER_PID" 2>/dev/null || true
-SAMPLER_PID=""
-PEAK_HWM=$(cat "$WORK/hwm" 2>/dev/null || echo 0)
-[[ -n $FINAL_HWM && $FINAL_HWM -gt $PEAK_HWM ]] && PEAK_HWM=$FINAL_HWM
-stop "$GW_PID"
+    start_gateway seeded "$BIG_CONFIG" "$BIG_PORT"
+    log "seeded: closed loop, $CONCURRENCY workers, ${DURATION}s, sampling VmHWM every 0.5 s"
+    (
+        peak=0
+        while kill -0 "$GW_PID" 2>/dev/null; do
+            h=$(vm_kib "$GW_PID" VmHWM)
+            [[ -n $h && $h -gt $peak ]] && peak=$h && echo "$peak" >"$WORK/hwm"
+            sleep 0.5
+        done
+    ) &
+    SAMPLER_PID=$!
+    top_snapshot seeded
+    BIG_OUT=$(run_closed "http://127.0.0.1:$BIG_PORT")
+    echo "$BIG_OUT" >&2
+    BIG_LINE=$(grep '^closed:' <<<"$BIG_OUT")
+    BIG_RATE=$(field "$BIG_LINE" accepted_rate)
+    BIG_BATCH=$(batch_stats "$BIG_PORT")
+    FINAL_HWM=$(vm_kib "$GW_PID" VmHWM)
+    FINAL_RSS=$(vm_kib "$GW_PID" VmRSS)
+    kill "$SAMPLER_PID" 2>/dev/null || true
+    wait "$SAMPLER_PID" 2>/dev/null || true
+    SAMPLER_PID=""
+    PEAK_HWM=$(cat "$WORK/hwm" 2>/dev/null || echo 0)
+    [[ -n $FINAL_HWM && $FINAL_HWM -gt $PEAK_HWM ]] && PEAK_HWM=$FINAL_HWM
+    stop "$GW_PID"
+fi
 
 # ------------------------------------------------------------------------------------------------
 # summary

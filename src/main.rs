@@ -9,6 +9,14 @@ use earshot::config::{Config, Settings};
 use earshot::store;
 use tokio_util::sync::CancellationToken;
 
+// Buffers of a complaint are allocated on a request worker and freed on another thread (the intake
+// writer, the SQLite writer), which glibc's malloc pays for in arena locks and consolidation: about
+// 12% of the request workers' profile under load. mimalloc frees them into the owning thread's
+// heap. Measured in alternating pairs (closed loop, SQLite): 3-6% more complaints/s and 5% less
+// CPU per complaint.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "earshot", version, about = "Omnichannel complaint intake gateway")]
 struct Cli {
