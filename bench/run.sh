@@ -373,7 +373,7 @@ fi
 # ------------------------------------------------------------------------------------------------
 # summary
 
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0 && a == a + 0) printf "%.2f", a / b; else print "nan" }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0 && a == a + 0) printf "%.3f", a / b; else print "nan" }'; }
 # verdict VALUE OP LIMIT: PASS or MISS
 verdict() { awk -v v="$1" -v op="$2" -v t="$3" 'BEGIN {
     if (v != v + 0) { print "n/a"; exit }

@@ -16,6 +16,70 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres
 
 pub struct PgStore {
     pool: PgPool,
+    batch: BatchPlans,
+}
+
+/// Connections for the intake writer's batch statement, with plans kept once the tables are large.
+///
+/// Every statement is planned afresh (`connect_options`), which is right for small tables but costs
+/// the batch statement, with its ten parts, about 0.4 ms per batch: on a populated, analyzed database
+/// the writer commits 12-15% more complaints/s with a kept (generic) plan, measured in alternating
+/// runs. Once `identities` takes `generic_from` bytes on disk, a generic plan (which the planner
+/// makes from the table's size on disk at that moment) looks contacts up by index for good, as the
+/// tables only grow; so from then on batches run on a second, small pool whose connections keep
+/// their plans. The size is read once every `CHECK_EVERY` batches until then.
+struct BatchPlans {
+    /// The server's default `plan_cache_mode` (`auto`): plans are kept after five runs.
+    options: PgConnectOptions,
+    max_connections: u32,
+    generic_from: i64,
+    batches: std::sync::atomic::AtomicU64,
+    pool: std::sync::OnceLock<PgPool>,
+}
+
+impl BatchPlans {
+    const CHECK_EVERY: u64 = 256;
+
+    /// The pool for the next batch statement.
+    async fn pool<'a>(&'a self, main: &'a PgPool) -> &'a PgPool {
+        if let Some(p) = self.pool.get() {
+            return p;
+        }
+        let n = self.batches.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if !n.is_multiple_of(Self::CHECK_EVERY) {
+            return main;
+        }
+        let size: std::result::Result<i64, sqlx::Error> =
+            sqlx::query_scalar("SELECT pg_relation_size('identities')").fetch_one(main).await;
+        match size {
+            Ok(size) if size >= self.generic_from => {
+                let options = self.options.clone();
+                let pool = self.pool.get_or_init(|| {
+                    PgPoolOptions::new()
+                        .max_connections(self.max_connections)
+                        .acquire_timeout(std::time::Duration::from_secs(10))
+                        .test_before_acquire(false)
+                        .connect_lazy_with(options)
+                });
+                tracing::info!(
+                    identities_bytes = size,
+                    "Batch statements now keep their plans: the tables are large enough for one plan to fit all."
+                );
+                pool
+            }
+            Ok(_) => main,
+            Err(e) => {
+                tracing::debug!(error = %e, "Could not read the size of identities; batch statements stay planned each time.");
+                main
+            }
+        }
+    }
+
+    async fn close(&self) {
+        if let Some(p) = self.pool.get() {
+            p.close().await;
+        }
+    }
 }
 
 /// The server plans every statement with the table sizes of the moment (`force_custom_plan`).
@@ -29,8 +93,24 @@ fn connect_options(url: &str) -> Result<PgConnectOptions> {
     Ok(PgConnectOptions::from_str(url)?.options([("plan_cache_mode", "force_custom_plan")]))
 }
 
+/// The size of `identities` from which batch statements keep their plans (see `BatchPlans`): 8 MiB,
+/// about 100,000 contacts, when an index lookup of a batch's contacts is cheaper than any scan by a
+/// wide margin.
+const GENERIC_PLANS_FROM: i64 = 8 << 20;
+
 impl PgStore {
     pub async fn connect(url: &str, max_connections: u32) -> Result<PgStore> {
+        Self::connect_with_generic_plans_from(url, max_connections, GENERIC_PLANS_FROM).await
+    }
+
+    /// Whether batch statements run on the connections that keep their plans (see `BatchPlans`).
+    pub fn keeps_batch_plans(&self) -> bool {
+        self.batch.pool.get().is_some()
+    }
+
+    /// As `connect`, with batch statements keeping their plans once `identities` takes `bytes` on
+    /// disk (see `BatchPlans`); for tests, which cannot wait for 8 MiB of contacts.
+    pub async fn connect_with_generic_plans_from(url: &str, max_connections: u32, bytes: i64) -> Result<PgStore> {
         let pool = PgPoolOptions::new()
             .max_connections(max_connections.max(2))
             .acquire_timeout(std::time::Duration::from_secs(10))
@@ -41,7 +121,15 @@ impl PgStore {
             .test_before_acquire(false)
             .connect_with(connect_options(url)?)
             .await?;
-        Ok(PgStore { pool })
+        let batch = BatchPlans {
+            options: PgConnectOptions::from_str(url)?,
+            // The intake writers' share: one connection per writer is what they use at most.
+            max_connections: (max_connections / 4).max(2),
+            generic_from: bytes,
+            batches: Default::default(),
+            pool: Default::default(),
+        };
+        Ok(PgStore { pool, batch })
     }
 }
 
@@ -84,7 +172,8 @@ impl super::Store for PgStore {
     async fn commit_batch(&self, items: &[NewCase]) -> Result<Vec<Committed>> {
         if !needs_extras(items) {
             // One statement, its own transaction.
-            return commit_in_one_statement(&mut *self.pool.acquire().await?, items).await;
+            let pool = self.batch.pool(&self.pool).await;
+            return commit_in_one_statement(&mut *pool.acquire().await?, items).await;
         }
         let mut tx = self.pool.begin().await?;
         let out = commit_in_one_statement(&mut tx, items).await?;
@@ -208,6 +297,7 @@ impl super::Store for PgStore {
     }
 
     async fn close(&self) {
+        self.batch.close().await;
         self.pool.close().await;
     }
 }

@@ -123,6 +123,39 @@ async fn postgres_concurrent_leasing() {
     db.cleanup().await;
 }
 
+/// Once `identities` is large, PostgreSQL batch statements run on connections that keep their plans
+/// (made once, after five runs); what a batch commits is the same: new cases, a redelivery reported
+/// as the original, a known contact's case handed back to be rendered for its customer.
+#[tokio::test]
+async fn postgres_batches_with_kept_plans_commit_the_same() {
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
+    let kept = earshot::store::PgStore::connect_with_generic_plans_from(&db.url, 4, 0).await.expect("connect");
+    kept.migrate().await.expect("migrate");
+    let default = earshot::store::PgStore::connect(&db.url, 2).await.expect("connect");
+    // Eight runs of each statement on one connection, so the later ones use the kept plan.
+    for round in 0..8 {
+        for store in [&kept, &default] {
+            let s = seqs(store, 3).await;
+            let mut first = new_case(s[0], T0 + round, &[TICKETS]);
+            first.check_customer = true;
+            let second = new_case(s[1], T0 + round, &[]);
+            let results = commit(store, &[first.clone(), second.clone()]).await;
+            assert_eq!(results, vec![Committed::Created, Committed::Created], "round {round}");
+            let again = redelivery_of(&first, s[2], T0 + round, &[TICKETS]);
+            assert_eq!(commit(store, &[again]).await, vec![duplicate_of(&first)], "round {round}");
+        }
+    }
+    assert!(kept.keeps_batch_plans(), "past its threshold, the store keeps batch plans");
+    assert!(!default.keeps_batch_plans(), "a small database stays below the default threshold");
+    assert_eq!(kept.count_cases().await.expect("count"), 32);
+    check_customer_checked_at_commit(&kept).await;
+    kept.close().await;
+    default.close().await;
+    db.cleanup().await;
+}
+
 // ---------------------------------------------------------------------------------------------------
 // Helpers
 
