@@ -2,7 +2,7 @@
 //!
 //! Channels call [`Intake::submit`]; submissions queue to one writer task per gateway, which commits
 //! whatever has queued as one batch — one transaction and one fsync for all of it — and then answers
-//! every waiter. Nothing is answered before its batch has committed. See [`writer`].
+//! every waiter. Nothing is answered before its batch has committed. See `writer.rs`.
 
 mod build;
 mod writer;
