@@ -56,7 +56,8 @@ pub struct DatabaseConfig {
     /// `sqlite://path` (relative to the working directory; created if missing) or `postgres://…`.
     #[serde(default = "default_db_url")]
     pub url: String,
-    /// Connection pool size (readers on SQLite; all connections on PostgreSQL). Default 8.
+    /// Connection pool size (readers on SQLite; all connections on PostgreSQL, plus a quarter of
+    /// this, at least 2, for the intake writer's batch statements once the tables are large). Default 8.
     #[serde(default = "default_max_connections")]
     pub max_connections: u32,
 }
