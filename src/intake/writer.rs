@@ -84,50 +84,17 @@ async fn commit(ctx: &WriterContext, batch: Vec<Submission>) {
         }
     };
 
-    let items: Vec<NewCase> = prepared
-        .iter()
-        .filter_map(|p| match p {
-            Prepared::Row(n, _) => Some(NewCase::clone(n)),
-            _ => None,
-        })
-        .collect();
+    let items: Vec<NewCase> = prepared.iter().filter_map(Prepared::row).cloned().collect();
     let mut outcomes: HashMap<String, Result<Committed, String>> = HashMap::new();
     if !items.is_empty() {
         metrics::histogram!("earshot_batch_prepare_seconds").record(started.elapsed().as_secs_f64());
         let committing = std::time::Instant::now();
-        let first = ctx.store.commit_batch(&items).await;
+        commit_rows(ctx, &items, &mut outcomes).await;
         metrics::histogram!("earshot_batch_commit_seconds").record(committing.elapsed().as_secs_f64());
-        match first {
-            Ok(results) => {
-                for (item, r) in items.iter().zip(results) {
-                    outcomes.insert(item.message_id.clone(), Ok(r));
-                }
-            }
-            Err(e) if items.len() > 1 => {
-                tracing::warn!(error = %e, batch = items.len(), "Batch commit failed; committing its items one by one.");
-                for item in &items {
-                    let r = ctx.store.commit_batch(std::slice::from_ref(item)).await;
-                    let r =
-                        r.map_err(|e| e.to_string()).and_then(|mut v| v.pop().ok_or_else(|| "no result".to_owned()));
-                    outcomes.insert(item.message_id.clone(), r);
-                }
-            }
-            Err(e) => {
-                if let Some(item) = items.first() {
-                    outcomes.insert(item.message_id.clone(), Err(e.to_string()));
-                }
-            }
-        }
     }
     let mut prepared = prepared;
     rerender_for_known_customers(ctx, &groups, &mut prepared, &mut outcomes).await;
-    let items: Vec<&NewCase> = prepared
-        .iter()
-        .filter_map(|p| match p {
-            Prepared::Row(n, _) => Some(&**n),
-            _ => None,
-        })
-        .collect();
+    let items: Vec<&NewCase> = prepared.iter().filter_map(Prepared::row).collect();
     if items
         .iter()
         .any(|it| !it.jobs.is_empty() && matches!(outcomes.get(&it.message_id), Some(Ok(Committed::Created))))
@@ -199,46 +166,50 @@ async fn rerender_for_known_customers(
     let now = OffsetDateTime::now_utc();
     let mut again: Vec<usize> = Vec::new();
     for (i, (g, p)) in groups.iter().zip(prepared.iter_mut()).enumerate() {
-        let Prepared::Row(row, _) = p else { continue };
-        if !matches!(outcomes.get(&row.message_id), Some(Ok(Committed::OtherCustomer { .. }))) {
-            continue;
-        }
-        let Some(Ok(Committed::OtherCustomer { customer_id })) = outcomes.remove(&row.message_id) else { continue };
-        let seq = row.seq;
+        let Some(row) = p.row() else { continue };
+        let Some(Ok(Committed::OtherCustomer { customer_id })) = outcomes.get(&row.message_id) else { continue };
+        let (seq, customer_id) = (row.seq, customer_id.clone());
+        outcomes.remove(&row.message_id);
         *p = match ctx.builder.build(&g.first.inbound, seq, Some(customer_id), now, true) {
             Ok((row, ack)) => Prepared::Row(Box::new(row), ack),
             Err(e) => Prepared::Failed(e.to_string()),
         };
         again.push(i);
     }
-    let rows: Vec<NewCase> = again
-        .iter()
-        .filter_map(|&i| match &prepared[i] {
-            Prepared::Row(n, _) => Some(NewCase::clone(n)),
-            _ => None,
-        })
-        .collect();
+    let rows: Vec<NewCase> = again.iter().filter_map(|&i| prepared[i].row()).cloned().collect();
     if rows.is_empty() {
         return;
     }
-    // One by one if the batch fails, so that one bad row fails alone.
-    let results = match ctx.store.commit_batch(&rows).await {
-        Ok(results) => results.into_iter().map(Ok).collect(),
-        Err(_) if rows.len() > 1 => {
-            let mut each = Vec::with_capacity(rows.len());
-            for row in &rows {
-                let r = ctx.store.commit_batch(std::slice::from_ref(row)).await;
-                each.push(r.map_err(|e| e.to_string()).and_then(|mut v| v.pop().ok_or_else(|| "no result".to_owned())));
-            }
-            each
-        }
-        Err(e) => vec![Err(e.to_string())],
-    };
-    for (row, r) in rows.iter().zip(results) {
-        if let Err(e) = &r {
+    commit_rows(ctx, &rows, outcomes).await;
+    for row in &rows {
+        if let Some(Err(e)) = outcomes.get(&row.message_id) {
             tracing::error!(error = %e, case_id = %row.case_id, "Case of a known customer not stored; answering 503.");
         }
-        outcomes.insert(row.message_id.clone(), r);
+    }
+}
+
+/// Commits `rows` as one batch and records each one's outcome by message id. If the batch fails,
+/// its rows are committed one by one, so that one bad row fails alone.
+async fn commit_rows(ctx: &WriterContext, rows: &[NewCase], outcomes: &mut HashMap<String, Result<Committed, String>>) {
+    match ctx.store.commit_batch(rows).await {
+        Ok(results) => {
+            for (row, r) in rows.iter().zip(results) {
+                outcomes.insert(row.message_id.clone(), Ok(r));
+            }
+        }
+        Err(e) if rows.len() > 1 => {
+            tracing::warn!(error = %e, batch = rows.len(), "Batch commit failed; committing its items one by one.");
+            for row in rows {
+                let r = ctx.store.commit_batch(std::slice::from_ref(row)).await;
+                let r = r.map_err(|e| e.to_string()).and_then(|mut v| v.pop().ok_or_else(|| "no result".to_owned()));
+                outcomes.insert(row.message_id.clone(), r);
+            }
+        }
+        Err(e) => {
+            if let Some(row) = rows.first() {
+                outcomes.insert(row.message_id.clone(), Err(e.to_string()));
+            }
+        }
     }
 }
 
@@ -249,6 +220,15 @@ enum Prepared {
     /// An automatic message that belongs to no case, already stored as a channel event.
     Event,
     Failed(String),
+}
+
+impl Prepared {
+    fn row(&self) -> Option<&NewCase> {
+        match self {
+            Prepared::Row(row, _) => Some(row),
+            _ => None,
+        }
+    }
 }
 
 /// Reads what the rows depend on (sequence numbers, known customers, threads, acknowledgement

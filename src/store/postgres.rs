@@ -52,21 +52,13 @@ impl BatchPlans {
         let size: std::result::Result<i64, sqlx::Error> =
             sqlx::query_scalar("SELECT pg_relation_size('identities')").fetch_one(main).await;
         match size {
-            Ok(size) if size >= self.generic_from => {
-                let options = self.options.clone();
-                let pool = self.pool.get_or_init(|| {
-                    PgPoolOptions::new()
-                        .max_connections(self.max_connections)
-                        .acquire_timeout(std::time::Duration::from_secs(10))
-                        .test_before_acquire(false)
-                        .connect_lazy_with(options)
-                });
+            Ok(size) if size >= self.generic_from => self.pool.get_or_init(|| {
                 tracing::info!(
                     identities_bytes = size,
                     "Batch statements now keep their plans: the tables are large enough for one plan to fit all."
                 );
-                pool
-            }
+                pool_options(self.max_connections).connect_lazy_with(self.options.clone())
+            }),
             Ok(_) => main,
             Err(e) => {
                 tracing::debug!(error = %e, "Could not read the size of identities; batch statements stay planned each time.");
@@ -93,6 +85,17 @@ fn connect_options(url: &str) -> Result<PgConnectOptions> {
     Ok(PgConnectOptions::from_str(url)?.options([("plan_cache_mode", "force_custom_plan")]))
 }
 
+fn pool_options(max_connections: u32) -> PgPoolOptions {
+    PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(std::time::Duration::from_secs(10))
+        // sqlx already pings every connection when it comes back to the pool; a second ping
+        // before each use is one more round trip on the intake writer's path, twice a batch.
+        // A connection broken while idle (a server restart) fails its first query instead,
+        // which the writer answers with 503 and the pool then drops.
+        .test_before_acquire(false)
+}
+
 /// The size of `identities` from which batch statements keep their plans (see `BatchPlans`): 8 MiB,
 /// about 100,000 contacts, when an index lookup of a batch's contacts is cheaper than any scan by a
 /// wide margin.
@@ -111,16 +114,7 @@ impl PgStore {
     /// As `connect`, with batch statements keeping their plans once `identities` takes `bytes` on
     /// disk (see `BatchPlans`); for tests, which cannot wait for 8 MiB of contacts.
     pub async fn connect_with_generic_plans_from(url: &str, max_connections: u32, bytes: i64) -> Result<PgStore> {
-        let pool = PgPoolOptions::new()
-            .max_connections(max_connections.max(2))
-            .acquire_timeout(std::time::Duration::from_secs(10))
-            // sqlx already pings every connection when it comes back to the pool; a second ping
-            // before each use is one more round trip on the intake writer's path, twice a batch.
-            // A connection broken while idle (a server restart) fails its first query instead,
-            // which the writer answers with 503 and the pool then drops.
-            .test_before_acquire(false)
-            .connect_with(connect_options(url)?)
-            .await?;
+        let pool = pool_options(max_connections.max(2)).connect_with(connect_options(url)?).await?;
         let batch = BatchPlans {
             options: PgConnectOptions::from_str(url)?,
             // The intake writers' share: one connection per writer is what they use at most.
