@@ -31,7 +31,6 @@ pub struct NewCase {
     pub status: &'static str,
     pub source: String,
     pub customer_id: String,
-    pub customer_name: Option<String>,
     pub identities: Vec<Identity>,
     pub message_id: String,
     /// The `Message` as JSON.

@@ -303,7 +303,7 @@ fn needs_extras(items: &[NewCase]) -> bool {
     items.iter().any(|it| it.raw.is_some() || !it.attachments.is_empty() || it.ack_address.is_some() || it.follow_up)
 }
 
-/// The messages, customers, contacts, cases and outbox jobs of a batch in one statement, as
+/// The messages, contacts (which are the customers), cases and outbox jobs of a batch in one statement, as
 /// data-modifying CTEs over arrays: one round trip, and its own transaction unless the caller has
 /// one open. Every part sees which messages were new through `m`, the messages insert that decides
 /// them. Rows go in in key order, so concurrent batches (several writers or instances) lock them in
@@ -316,13 +316,13 @@ async fn commit_in_one_statement(conn: &mut sqlx::PgConnection, items: &[NewCase
     const SQL: &str = "\
         WITH given AS ( \
             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int8[], $7::bool[], \
-                                 $8::int8[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::text[], \
-                                 $24::bool[]) \
+                                 $8::int8[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], \
+                                 $23::bool[]) \
                 WITH ORDINALITY AS t(message_id, case_id, channel, external_id, message_json, at, follow_up, \
-                                     seq, case_ref, status, source, customer_id, customer_name, case_json, \
+                                     seq, case_ref, status, source, customer_id, case_json, \
                                      check_customer, n) \
         ), contacts AS ( \
-            SELECT * FROM unnest($15::text[], $16::text[], $17::text[]) WITH ORDINALITY AS i(kind, value, message_id, n) \
+            SELECT * FROM unnest($14::text[], $15::text[], $16::text[]) WITH ORDINALITY AS i(kind, value, message_id, n) \
         ), known AS ( \
             SELECT DISTINCT ON (c.message_id) c.message_id, ident.customer_id \
             FROM contacts c JOIN identities ident ON ident.kind = c.kind AND ident.value = c.value \
@@ -339,13 +339,6 @@ async fn commit_in_one_statement(conn: &mut sqlx::PgConnection, items: &[NewCase
             ON CONFLICT (channel, external_id) DO NOTHING RETURNING id \
         ), new AS ( \
             SELECT input.* FROM input JOIN m ON m.id = input.message_id \
-        ), cu AS ( \
-            INSERT INTO customers (id, name, created_at, updated_at) \
-            SELECT * FROM (SELECT DISTINCT ON (customer_id) customer_id, customer_name, at, at FROM new \
-                           WHERE NOT follow_up ORDER BY customer_id, n DESC) c \
-            ORDER BY 1 \
-            ON CONFLICT (id) DO UPDATE SET updated_at = excluded.updated_at, \
-                name = COALESCE(excluded.name, customers.name) \
         ), id AS ( \
             INSERT INTO identities (kind, value, customer_id, created_at) \
             SELECT * FROM (SELECT DISTINCT ON (i.kind, i.value) i.kind, i.value, new.customer_id, new.at \
@@ -363,7 +356,7 @@ async fn commit_in_one_statement(conn: &mut sqlx::PgConnection, items: &[NewCase
                                 next_attempt_at, created_at, updated_at) \
             SELECT j.event_id, new.case_id, j.kind, j.destination, j.payload, 'pending', 0, j.max_attempts, \
                    new.at, new.at, new.at \
-            FROM unnest($18::text[], $19::text[], $20::text[], $21::text[], $22::text[], $23::int8[]) \
+            FROM unnest($17::text[], $18::text[], $19::text[], $20::text[], $21::text[], $22::int8[]) \
                 WITH ORDINALITY AS j(event_id, message_id, kind, destination, payload, max_attempts, n) \
             JOIN new ON new.message_id = j.message_id \
             ORDER BY j.n \
@@ -387,7 +380,6 @@ async fn commit_in_one_statement(conn: &mut sqlx::PgConnection, items: &[NewCase
         .bind(items.iter().map(|it| it.status).collect::<Vec<_>>())
         .bind(items.iter().map(|it| it.source.as_str()).collect::<Vec<_>>())
         .bind(items.iter().map(|it| it.customer_id.as_str()).collect::<Vec<_>>())
-        .bind(items.iter().map(|it| it.customer_name.as_deref()).collect::<Vec<_>>())
         .bind(items.iter().map(|it| it.case_json.as_str()).collect::<Vec<_>>())
         .bind(idents.iter().map(|(_, i)| i.kind.as_str()).collect::<Vec<_>>())
         .bind(idents.iter().map(|(_, i)| i.value.as_str()).collect::<Vec<_>>())

@@ -211,21 +211,13 @@ fn commit_items(conn: &Connection, items: &[NewCase]) -> Result<Vec<Committed>> 
 
     let fresh: Vec<&NewCase> = new.iter().copied().filter(|it| !it.follow_up).collect();
     if !fresh.is_empty() {
-        let mut customers: BTreeMap<&str, (Option<&str>, i64)> = BTreeMap::new();
+        // A new customer is its contacts: the identities rows that name it (and its record is in
+        // each of its cases). See migrations/sqlite/0004_no_customers_table.sql.
         let mut identities: BTreeMap<(&str, &str), (&str, i64)> = BTreeMap::new();
         for it in &fresh {
-            customers.insert(&it.customer_id, (it.customer_name.as_deref(), it.now_ms));
             for id in &it.identities {
                 identities.entry((id.kind.as_str(), &id.value)).or_insert((&it.customer_id, it.now_ms));
             }
-        }
-        let mut stmt = conn.prepare_cached(
-            "INSERT INTO customers (id, name, created_at, updated_at) VALUES (?1, ?2, ?3, ?3) \
-             ON CONFLICT (id) DO UPDATE SET updated_at = excluded.updated_at, \
-             name = COALESCE(excluded.name, customers.name)",
-        )?;
-        for (id, (name, now)) in &customers {
-            stmt.execute(params![id, name, now])?;
         }
         let mut stmt = conn.prepare_cached(
             "INSERT INTO identities (kind, value, customer_id, created_at) VALUES (?1, ?2, ?3, ?4) \

@@ -179,7 +179,6 @@ fn new_case(seq: i64, now_ms: i64, destinations: &[&str]) -> NewCase {
         status: "new",
         source: "site".to_owned(),
         customer_id: format!("cus_{u}"),
-        customer_name: Some("Li Wei".to_owned()),
         identities: vec![Identity { kind: IdentityKind::Email, value: format!("{u}@example.com") }],
         message_id: message_id.clone(),
         message_json: json!({ "id": message_id, "external_id": external_id, "text": "The cup arrived broken." })
@@ -440,7 +439,7 @@ async fn check_same_key_twice_in_one_batch(store: &dyn Store) {
 }
 
 /// One item that the database refuses fails the whole batch and nothing of the batch is stored: not
-/// its messages, customers, identities, cases nor jobs. The refusal is staged at each table in turn, so
+/// its messages, identities (its customers), cases nor jobs. The refusal is staged at each table in turn, so
 /// that the rows the transaction had already written before it must be rolled back too.
 async fn check_batch_is_all_or_nothing(db: &TestDb) {
     let store = db.store().await;
@@ -452,7 +451,7 @@ async fn check_batch_is_all_or_nothing(db: &TestDb) {
     let s = seqs(store, 1).await;
     assert_eq!(commit(store, &[new_case(s[0], T0, &[TICKETS])]).await, vec![Committed::Created]);
 
-    let tables = ["messages", "customers", "identities", "cases", "outbox"];
+    let tables = ["messages", "identities", "cases", "outbox"];
     for (table, column) in [("messages", "data"), ("cases", "data"), ("outbox", "payload")] {
         let s = seqs(store, 3).await;
         let good = new_case(s[0], T0 + 10, &[TICKETS, WEB]);
