@@ -102,6 +102,20 @@ async fn commit(ctx: &WriterContext, batch: Vec<Submission>) {
         ctx.outbox_wake.notify_one();
     }
 
+    // Answering (a wake-up per waiter, metrics, logs) is about a tenth of a batch's cycle: it runs
+    // on another task, so that the writer takes the next batch at once and the store is not left
+    // idle meanwhile. Every answer still follows the commit it reports.
+    let builder = ctx.builder.clone();
+    tokio::spawn(async move { answer_all(&builder, groups, prepared, outcomes) });
+}
+
+/// Answers every waiter of a committed batch.
+fn answer_all(
+    builder: &Builder,
+    groups: Vec<Group>,
+    prepared: Vec<Prepared>,
+    mut outcomes: HashMap<String, Result<Committed, String>>,
+) {
     for (group, prep) in groups.into_iter().zip(prepared) {
         let result = match prep {
             Prepared::Failed(e) => Err(IntakeError::Unavailable(e)),
@@ -136,7 +150,7 @@ async fn commit(ctx: &WriterContext, batch: Vec<Submission>) {
                 Some(Ok(Committed::Duplicate { case_id, case_ref, status })) => {
                     metrics::counter!("earshot_duplicates_total", "channel" => item.channel).increment(1);
                     tracing::info!(case_id = %case_id, channel = item.channel, external_id = %item.external_id, "Duplicate delivery of a stored message.");
-                    let ack = if item.follow_up { None } else { ctx.builder.ack_text(&group.first.inbound, &case_ref) };
+                    let ack = if item.follow_up { None } else { builder.ack_text(&group.first.inbound, &case_ref) };
                     Ok(Receipt { case_id, case_ref, status, duplicate: true, follow_up: item.follow_up, ack })
                 }
                 Some(Ok(Committed::OtherCustomer { .. })) => {
