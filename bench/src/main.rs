@@ -598,9 +598,10 @@ async fn seed(db: &str, cases: u64, batch: u32, source: &str, templates: &FsPath
     let (mut done, mut created) = (0u64, 0u64);
     let mut next_report = SEED_REPORT_EVERY;
     while let Some(items) = rx.recv().await {
-        let results = store.commit_batch(&items).await.context("committing a batch")?;
+        let n = items.len() as u64;
+        let results = store.commit_batch(Arc::new(items)).await.context("committing a batch")?;
         created += results.iter().filter(|r| matches!(r, Committed::Created)).count() as u64;
-        done += items.len() as u64;
+        done += n;
         if done >= next_report {
             let secs = start.elapsed().as_secs_f64();
             println!("seed-progress: cases={done} secs={secs:.1} rate={:.0}/s", done as f64 / secs);

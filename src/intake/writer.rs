@@ -73,7 +73,7 @@ async fn commit(ctx: &WriterContext, batch: Vec<Submission>) {
     }
 
     let started = std::time::Instant::now();
-    let prepared = match prepare(ctx, &mut groups).await {
+    let (rows, mut prepared) = match prepare(ctx, &mut groups).await {
         Ok(p) => p,
         Err(e) => {
             tracing::error!(error = %e, batch = groups.len(), "Intake batch could not be prepared; answering 503.");
@@ -84,20 +84,18 @@ async fn commit(ctx: &WriterContext, batch: Vec<Submission>) {
         }
     };
 
-    let items: Vec<NewCase> = prepared.iter().filter_map(Prepared::row).cloned().collect();
     let mut outcomes: HashMap<String, Result<Committed, String>> = HashMap::new();
-    if !items.is_empty() {
+    // Lent to the store, not copied: the rows come back once the commit has returned.
+    let rows = Arc::new(rows);
+    if !rows.is_empty() {
         metrics::histogram!("earshot_batch_prepare_seconds").record(started.elapsed().as_secs_f64());
         let committing = std::time::Instant::now();
-        commit_rows(ctx, &items, &mut outcomes).await;
+        commit_rows(ctx, rows.clone(), &mut outcomes).await;
         metrics::histogram!("earshot_batch_commit_seconds").record(committing.elapsed().as_secs_f64());
     }
-    let mut prepared = prepared;
-    rerender_for_known_customers(ctx, &groups, &mut prepared, &mut outcomes).await;
-    let items: Vec<&NewCase> = prepared.iter().filter_map(Prepared::row).collect();
-    if items
-        .iter()
-        .any(|it| !it.jobs.is_empty() && matches!(outcomes.get(&it.message_id), Some(Ok(Committed::Created))))
+    let mut rows = Arc::unwrap_or_clone(rows);
+    rerender_for_known_customers(ctx, &groups, &mut rows, &mut prepared, &mut outcomes).await;
+    if rows.iter().any(|it| !it.jobs.is_empty() && matches!(outcomes.get(&it.message_id), Some(Ok(Committed::Created))))
     {
         ctx.outbox_wake.notify_one();
     }
@@ -106,7 +104,7 @@ async fn commit(ctx: &WriterContext, batch: Vec<Submission>) {
     // on another task, so that the writer takes the next batch at once and the store is not left
     // idle meanwhile. Every answer still follows the commit it reports.
     let builder = ctx.builder.clone();
-    tokio::spawn(async move { answer_all(&builder, groups, prepared, outcomes) });
+    tokio::spawn(async move { answer_all(&builder, groups, prepared, &rows, outcomes) });
 }
 
 /// Answers every waiter of a committed batch.
@@ -114,6 +112,7 @@ fn answer_all(
     builder: &Builder,
     groups: Vec<Group>,
     prepared: Vec<Prepared>,
+    rows: &[NewCase],
     mut outcomes: HashMap<String, Result<Committed, String>>,
 ) {
     for (group, prep) in groups.into_iter().zip(prepared) {
@@ -127,8 +126,8 @@ fn answer_all(
                 follow_up: false,
                 ack: None,
             }),
-            Prepared::Row(item, ack) => match outcomes.remove(&item.message_id) {
-                Some(Ok(Committed::Created)) => {
+            Prepared::Row(i, ack) => match outcomes.remove(&rows[i].message_id).map(|r| (r, &rows[i])) {
+                Some((Ok(Committed::Created), item)) => {
                     metrics::counter!("earshot_complaints_ingested_total", "channel" => item.channel).increment(1);
                     if item.follow_up {
                         tracing::info!(case_id = %item.case_id, case_ref = %item.case_ref, channel = item.channel, "Follow-up added to a case.");
@@ -139,24 +138,24 @@ fn answer_all(
                         );
                     }
                     Ok(Receipt {
-                        case_id: item.case_id,
-                        case_ref: item.case_ref,
+                        case_id: item.case_id.clone(),
+                        case_ref: item.case_ref.clone(),
                         status: if item.follow_up { "open".to_owned() } else { item.status.to_owned() },
                         duplicate: false,
                         follow_up: item.follow_up,
                         ack,
                     })
                 }
-                Some(Ok(Committed::Duplicate { case_id, case_ref, status })) => {
+                Some((Ok(Committed::Duplicate { case_id, case_ref, status }), item)) => {
                     metrics::counter!("earshot_duplicates_total", "channel" => item.channel).increment(1);
                     tracing::info!(case_id = %case_id, channel = item.channel, external_id = %item.external_id, "Duplicate delivery of a stored message.");
                     let ack = if item.follow_up { None } else { builder.ack_text(&group.first.inbound, &case_ref) };
                     Ok(Receipt { case_id, case_ref, status, duplicate: true, follow_up: item.follow_up, ack })
                 }
-                Some(Ok(Committed::OtherCustomer { .. })) => {
+                Some((Ok(Committed::OtherCustomer { .. }), _)) => {
                     Err(IntakeError::Unavailable("the case could not be rendered for its customer".into()))
                 }
-                Some(Err(e)) => {
+                Some((Err(e), item)) => {
                     metrics::counter!("earshot_intake_failures_total").increment(1);
                     tracing::error!(error = %e, channel = item.channel, external_id = %item.external_id, "Message not stored; answering 503.");
                     Err(IntakeError::Unavailable(e))
@@ -174,28 +173,33 @@ fn answer_all(
 async fn rerender_for_known_customers(
     ctx: &WriterContext,
     groups: &[Group],
+    rows: &mut [NewCase],
     prepared: &mut [Prepared],
     outcomes: &mut HashMap<String, Result<Committed, String>>,
 ) {
     let now = OffsetDateTime::now_utc();
     let mut again: Vec<usize> = Vec::new();
-    for (i, (g, p)) in groups.iter().zip(prepared.iter_mut()).enumerate() {
-        let Some(row) = p.row() else { continue };
+    for (g, p) in groups.iter().zip(prepared.iter_mut()) {
+        let Prepared::Row(i, _) = *p else { continue };
+        let row = &rows[i];
         let Some(Ok(Committed::OtherCustomer { customer_id })) = outcomes.get(&row.message_id) else { continue };
         let (seq, customer_id) = (row.seq, customer_id.clone());
         outcomes.remove(&row.message_id);
         *p = match ctx.builder.build(&g.first.inbound, seq, Some(customer_id), now, true) {
-            Ok((row, ack)) => Prepared::Row(Box::new(row), ack),
+            Ok((row, ack)) => {
+                rows[i] = row;
+                again.push(i);
+                Prepared::Row(i, ack)
+            }
             Err(e) => Prepared::Failed(e.to_string()),
         };
-        again.push(i);
     }
-    let rows: Vec<NewCase> = again.iter().filter_map(|&i| prepared[i].row()).cloned().collect();
-    if rows.is_empty() {
+    if again.is_empty() {
         return;
     }
-    commit_rows(ctx, &rows, outcomes).await;
-    for row in &rows {
+    let again: Arc<Vec<NewCase>> = Arc::new(again.iter().map(|&i| rows[i].clone()).collect());
+    commit_rows(ctx, again.clone(), outcomes).await;
+    for row in again.iter() {
         if let Some(Err(e)) = outcomes.get(&row.message_id) {
             tracing::error!(error = %e, case_id = %row.case_id, "Case of a known customer not stored; answering 503.");
         }
@@ -204,8 +208,12 @@ async fn rerender_for_known_customers(
 
 /// Commits `rows` as one batch and records each one's outcome by message id. If the batch fails,
 /// its rows are committed one by one, so that one bad row fails alone.
-async fn commit_rows(ctx: &WriterContext, rows: &[NewCase], outcomes: &mut HashMap<String, Result<Committed, String>>) {
-    match ctx.store.commit_batch(rows).await {
+async fn commit_rows(
+    ctx: &WriterContext,
+    rows: Arc<Vec<NewCase>>,
+    outcomes: &mut HashMap<String, Result<Committed, String>>,
+) {
+    match ctx.store.commit_batch(rows.clone()).await {
         Ok(results) => {
             for (row, r) in rows.iter().zip(results) {
                 outcomes.insert(row.message_id.clone(), Ok(r));
@@ -213,8 +221,8 @@ async fn commit_rows(ctx: &WriterContext, rows: &[NewCase], outcomes: &mut HashM
         }
         Err(e) if rows.len() > 1 => {
             tracing::warn!(error = %e, batch = rows.len(), "Batch commit failed; committing its items one by one.");
-            for row in rows {
-                let r = ctx.store.commit_batch(std::slice::from_ref(row)).await;
+            for row in rows.iter() {
+                let r = ctx.store.commit_batch(Arc::new(vec![row.clone()])).await;
                 let r = r.map_err(|e| e.to_string()).and_then(|mut v| v.pop().ok_or_else(|| "no result".to_owned()));
                 outcomes.insert(row.message_id.clone(), r);
             }
@@ -229,25 +237,17 @@ async fn commit_rows(ctx: &WriterContext, rows: &[NewCase], outcomes: &mut HashM
 
 /// What one distinct message of a batch becomes before the commit.
 enum Prepared {
-    /// Rows to commit (a new case or a follow-up), with the acknowledgement text of a new case.
-    Row(Box<NewCase>, Option<earshot_channel::AckText>),
+    /// Rows to commit (a new case or a follow-up), by index in the batch's rows, with the
+    /// acknowledgement text of a new case.
+    Row(usize, Option<earshot_channel::AckText>),
     /// An automatic message that belongs to no case, already stored as a channel event.
     Event,
     Failed(String),
 }
 
-impl Prepared {
-    fn row(&self) -> Option<&NewCase> {
-        match self {
-            Prepared::Row(row, _) => Some(row),
-            _ => None,
-        }
-    }
-}
-
 /// Reads what the rows depend on (sequence numbers, known customers, threads, acknowledgement
-/// history) and renders every item.
-async fn prepare(ctx: &WriterContext, groups: &mut [Group]) -> crate::store::Result<Vec<Prepared>> {
+/// history) and renders every item: the rows to commit, and what each group became.
+async fn prepare(ctx: &WriterContext, groups: &mut [Group]) -> crate::store::Result<(Vec<NewCase>, Vec<Prepared>)> {
     let unnumbered = groups.iter().filter(|g| g.first.prebuilt.is_none()).count();
     let mut seqs = ctx.store.next_seqs(unnumbered).await?.into_iter();
     // Cases rendered ahead have their customer checked by the store, inside the commit.
@@ -271,6 +271,11 @@ async fn prepare(ctx: &WriterContext, groups: &mut [Group]) -> crate::store::Res
         silent.extend(ctx.store.acked_since(&recipients, since).await?);
     }
 
+    let mut rows: Vec<NewCase> = Vec::with_capacity(groups.len());
+    let mut row = |row: NewCase, ack: Option<earshot_channel::AckText>| {
+        rows.push(row);
+        Prepared::Row(rows.len() - 1, ack)
+    };
     let mut out = Vec::with_capacity(groups.len());
     for g in groups.iter_mut() {
         let inbound = &g.first.inbound;
@@ -281,7 +286,7 @@ async fn prepare(ctx: &WriterContext, groups: &mut [Group]) -> crate::store::Res
         if let Some(mut pre) = g.first.prebuilt.take() {
             // Rendered for a new customer: the store checks that none of its contacts is known.
             pre.row.check_customer = true;
-            out.push(Prepared::Row(pre.row, pre.ack));
+            out.push(row(*pre.row, pre.ack));
             continue;
         }
         let customer = inbound.identities.iter().find_map(|i| known.get(i).cloned());
@@ -291,7 +296,7 @@ async fn prepare(ctx: &WriterContext, groups: &mut [Group]) -> crate::store::Res
         };
         if let Some(case) = thread_case(ctx, inbound, customer.as_deref()).await? {
             out.push(match ctx.builder.build_follow_up(inbound, case, now) {
-                Ok(row) => Prepared::Row(Box::new(row), None),
+                Ok(r) => row(r, None),
                 Err(e) => Prepared::Failed(e.to_string()),
             });
             continue;
@@ -312,11 +317,11 @@ async fn prepare(ctx: &WriterContext, groups: &mut [Group]) -> crate::store::Res
             silent.insert(r);
         }
         out.push(match ctx.builder.build(inbound, seq, customer, now, send_ack) {
-            Ok((row, ack)) => Prepared::Row(Box::new(row), ack),
+            Ok((r, ack)) => row(r, ack),
             Err(e) => Prepared::Failed(e.to_string()),
         });
     }
-    Ok(out)
+    Ok((rows, out))
 }
 
 /// The case a message continues, if any. A reply to one of the case's messages (or to one of our

@@ -181,8 +181,9 @@ pub trait Store: Send + Sync + 'static {
     /// Commits all of `items` in one transaction, skipping (and reporting) those whose
     /// `(channel, external_id)` is already stored, and those with `check_customer` whose contact
     /// belongs to another customer ([`Committed::OtherCustomer`]: the first known contact decides). Either
-    /// every row is written or none is.
-    async fn commit_batch(&self, items: &[NewCase]) -> Result<Vec<Committed>>;
+    /// every row is written or none is. The items are shared, not copied, with the writer that
+    /// commits them.
+    async fn commit_batch(&self, items: Arc<Vec<NewCase>>) -> Result<Vec<Committed>>;
 
     /// Leases up to `limit` due jobs until `lease_until_ms`, oldest first, never two of one case and
     /// destination at once nor a job while an earlier one of its case and destination is unfinished.

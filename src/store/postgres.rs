@@ -6,6 +6,7 @@
 
 use async_trait::async_trait;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
@@ -163,7 +164,8 @@ impl super::Store for PgStore {
         customers_for(&mut *self.pool.acquire().await?, identities).await
     }
 
-    async fn commit_batch(&self, items: &[NewCase]) -> Result<Vec<Committed>> {
+    async fn commit_batch(&self, items: Arc<Vec<NewCase>>) -> Result<Vec<Committed>> {
+        let items = items.as_slice();
         if !needs_extras(items) {
             // One statement, its own transaction.
             let pool = self.batch.pool(&self.pool).await;

@@ -7,6 +7,7 @@
 //! instances).
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
@@ -171,8 +172,7 @@ impl super::Store for SqliteStore {
         self.writer.call(move |conn| sqlite_writer::customers_for(conn, &identities)).await
     }
 
-    async fn commit_batch(&self, items: &[NewCase]) -> Result<Vec<Committed>> {
-        let items = items.to_vec();
+    async fn commit_batch(&self, items: Arc<Vec<NewCase>>) -> Result<Vec<Committed>> {
         self.writer.call(move |conn| sqlite_writer::commit_batch(conn, &items)).await
     }
 

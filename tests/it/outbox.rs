@@ -1,5 +1,6 @@
 //! Downstream delivery through the outbox: retries, dead letters, replay, per-case order.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::support::*;
@@ -143,7 +144,7 @@ async fn two_events_of_one_case_arrive_in_order_even_when_the_first_needs_retrie
     let (other_case, _) = builder.build(&inbound("site:ordered-2"), seqs[1], None, now, true).expect("build");
     let first_id = first_case.jobs[0].event_id.clone();
     rx.fail_id(&first_id, 3);
-    store.commit_batch(&[first_case, other_case.clone()]).await.expect("commit");
+    store.commit_batch(Arc::new(vec![first_case, other_case.clone()])).await.expect("commit");
 
     let gw = Gateway::start(&toml).await;
     let got = rx

@@ -225,7 +225,7 @@ async fn seqs(store: &dyn Store, n: usize) -> Vec<i64> {
 }
 
 async fn commit(store: &dyn Store, items: &[NewCase]) -> Vec<Committed> {
-    store.commit_batch(items).await.expect("commit_batch")
+    store.commit_batch(Arc::new(items.to_vec())).await.expect("commit_batch")
 }
 
 async fn job_counts(store: &dyn Store) -> BTreeMap<String, i64> {
@@ -424,7 +424,7 @@ async fn check_same_key_twice_in_one_batch(store: &dyn Store) {
     let s = seqs(store, 2).await;
     let first = new_case(s[0], T0, &[TICKETS]);
     let copy = redelivery_of(&first, s[1], T0, &[TICKETS]);
-    match store.commit_batch(&[first.clone(), copy.clone()]).await {
+    match store.commit_batch(Arc::new(vec![first.clone(), copy.clone()])).await {
         Ok(results) => {
             assert_eq!(results, vec![Committed::Created, duplicate_of(&first)]);
             assert_eq!(store.count_cases().await.expect("count"), 1);
@@ -487,7 +487,7 @@ async fn check_batch_is_all_or_nothing(db: &TestDb) {
             )
         };
         raw_exec(url, &poison).await;
-        let result = store.commit_batch(&batch).await;
+        let result = store.commit_batch(Arc::new(batch.to_vec())).await;
         assert!(result.is_err(), "a batch with a refused {table} row fails as a whole, got {result:?}");
 
         let mut after = Vec::new();
