@@ -8,6 +8,8 @@ use async_trait::async_trait;
 use std::str::FromStr;
 use std::sync::Arc;
 
+use sqlx::Postgres;
+use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
 super::common::shared_queries!(sqlx::Postgres);
@@ -36,6 +38,10 @@ struct BatchPlans {
     generic_from: i64,
     batches: std::sync::atomic::AtomicU64,
     pool: std::sync::OnceLock<PgPool>,
+    /// Connections the writers keep between batches, each marked with whether it keeps plans.
+    /// sqlx pings a connection given back to its pool (a round trip, and a wake-up of its server
+    /// process, on every batch); a kept connection is given back only when a statement on it fails.
+    held: std::sync::Mutex<Vec<(bool, PoolConnection<Postgres>)>>,
 }
 
 impl BatchPlans {
@@ -68,7 +74,33 @@ impl BatchPlans {
         }
     }
 
+    /// A connection for the next batch statement, and whether it keeps plans: one a writer kept,
+    /// else a new one from the pool `pool` chooses. Kept connections from before the switch to
+    /// kept plans go back to their pool.
+    async fn acquire(&self, main: &PgPool) -> Result<(bool, PoolConnection<Postgres>)> {
+        let pool = self.pool(main).await;
+        let keeps_plans = !std::ptr::eq(pool, main);
+        loop {
+            let held = self.held.lock().ok().and_then(|mut h| h.pop());
+            match held {
+                Some((k, conn)) if k == keeps_plans => return Ok((keeps_plans, conn)),
+                Some(_) => continue,
+                None => return Ok((keeps_plans, pool.acquire().await?)),
+            }
+        }
+    }
+
+    /// Keeps a connection whose statement succeeded for the next batch.
+    fn keep(&self, keeps_plans: bool, conn: PoolConnection<Postgres>) {
+        if let Ok(mut held) = self.held.lock() {
+            held.push((keeps_plans, conn));
+        }
+    }
+
     async fn close(&self) {
+        // Given back first: a pool closes once its connections are back.
+        let held = self.held.lock().map(|mut h| std::mem::take(&mut *h)).unwrap_or_default();
+        drop(held);
         if let Some(p) = self.pool.get() {
             p.close().await;
         }
@@ -123,6 +155,7 @@ impl PgStore {
             generic_from: bytes,
             batches: Default::default(),
             pool: Default::default(),
+            held: Default::default(),
         };
         Ok(PgStore { pool, batch })
     }
@@ -168,8 +201,12 @@ impl super::Store for PgStore {
         let items = items.as_slice();
         if !needs_extras(items) {
             // One statement, its own transaction.
-            let pool = self.batch.pool(&self.pool).await;
-            return commit_in_one_statement(&mut *pool.acquire().await?, items).await;
+            let (keeps_plans, mut conn) = self.batch.acquire(&self.pool).await?;
+            let out = commit_in_one_statement(&mut conn, items).await;
+            if out.is_ok() {
+                self.batch.keep(keeps_plans, conn);
+            }
+            return out;
         }
         let mut tx = self.pool.begin().await?;
         let out = commit_in_one_statement(&mut tx, items).await?;

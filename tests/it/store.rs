@@ -156,6 +156,44 @@ async fn postgres_batches_with_kept_plans_commit_the_same() {
     db.cleanup().await;
 }
 
+/// The writer keeps its PostgreSQL connection between batches. When the server drops it (a
+/// restart, an administrator), the next batch fails whole and writes nothing, and the batch after
+/// that commits on a new connection: one failed batch, which the writer answers with 503s.
+/// (Batches keep plans from the first one here, so the writer's connection is the only one of its
+/// pool; an idle connection of the main pool that the server dropped fails its next use once too.)
+#[tokio::test]
+async fn postgres_batch_after_a_dropped_connection_fails_once_then_commits() {
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
+    let store = earshot::store::PgStore::connect_with_generic_plans_from(&db.url, 4, 0).await.expect("connect");
+    store.migrate().await.expect("migrate");
+    let s = seqs(&store, 3).await;
+    let first = new_case(s[0], T0, &[TICKETS]);
+    assert_eq!(commit(&store, std::slice::from_ref(&first)).await, vec![Committed::Created]);
+    assert!(store.keeps_batch_plans());
+    let before = raw_count(&db.url, "messages").await;
+
+    // Every other connection to the test database, the writer's kept one among them.
+    raw_exec(
+        &db.url,
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = current_database() AND pid <> pg_backend_pid()",
+    )
+    .await;
+    let second = new_case(s[1], T0 + 1, &[TICKETS]);
+    let failed = store.commit_batch(Arc::new(vec![second.clone()])).await;
+    assert!(failed.is_err(), "a batch on the dropped connection fails: {failed:?}");
+    assert_eq!(raw_count(&db.url, "messages").await, before, "the failed batch wrote nothing");
+
+    assert_eq!(commit(&store, std::slice::from_ref(&second)).await, vec![Committed::Created]);
+    let third = new_case(s[2], T0 + 2, &[]);
+    assert_eq!(commit(&store, &[third]).await, vec![Committed::Created]);
+    assert_eq!(raw_count(&db.url, "messages").await, before + 2);
+    store.close().await;
+    db.cleanup().await;
+}
+
 // ---------------------------------------------------------------------------------------------------
 // Helpers
 
