@@ -342,9 +342,9 @@ fn needs_extras(items: &[NewCase]) -> bool {
     items.iter().any(|it| it.raw.is_some() || !it.attachments.is_empty() || it.ack_address.is_some() || it.follow_up)
 }
 
-/// The messages, contacts (which are the customers), cases and outbox jobs of a batch in one statement, as
-/// data-modifying CTEs over arrays: one round trip, and its own transaction unless the caller has
-/// one open. Every part sees which messages were new through `m`, the messages insert that decides
+/// The messages, contacts (which are the customers), cases and outbox jobs of a batch in one
+/// statement, as data-modifying CTEs over arrays: one round trip, and its own transaction unless
+/// the caller has one open. Every part sees which messages were new through `m`, the messages insert that decides
 /// them. Rows go in in key order, so concurrent batches (several writers or instances) lock them in
 /// one order. A case with `check_customer` whose contact is known is written not at all
 /// ([`Committed::OtherCustomer`]).
