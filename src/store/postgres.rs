@@ -27,10 +27,11 @@ pub struct PgStore {
 /// Every statement is planned afresh (`connect_options`), which is right for small tables but costs
 /// the batch statement, with its ten parts, about 0.4 ms per batch: with a kept (generic) plan the
 /// writer commits 12-15% more complaints/s on a populated database, and 19-20% more in 20 s runs
-/// from a new one, measured in alternating runs. Once `identities` takes `generic_from` bytes on disk, a generic plan (which the planner
-/// makes from the table's size on disk at that moment) looks contacts up by index for good, as the
-/// tables only grow; so from then on batches run on a second, small pool whose connections keep
-/// their plans. The size is read once every `CHECK_EVERY` batches until then.
+/// from a new one, measured in alternating runs. Once `identities` takes `generic_from` bytes on
+/// disk, a generic plan (which the planner makes from the table's size on disk at that moment)
+/// looks contacts up by index for good, as the tables only grow; so from then on batches run on a
+/// second, small pool whose connections keep their plans. The size is read once every
+/// `CHECK_EVERY` batches until then.
 struct BatchPlans {
     /// The server's default `plan_cache_mode` (`auto`): plans are kept after five runs.
     options: PgConnectOptions,
@@ -79,7 +80,7 @@ impl BatchPlans {
     /// kept plans go back to their pool.
     async fn acquire(&self, main: &PgPool) -> Result<(bool, PoolConnection<Postgres>)> {
         let pool = self.pool(main).await;
-        let keeps_plans = !std::ptr::eq(pool, main);
+        let keeps_plans = self.pool.get().is_some();
         loop {
             let held = self.held.lock().ok().and_then(|mut h| h.pop());
             match held {
@@ -344,9 +345,9 @@ fn needs_extras(items: &[NewCase]) -> bool {
 
 /// The messages, contacts (which are the customers), cases and outbox jobs of a batch in one
 /// statement, as data-modifying CTEs over arrays: one round trip, and its own transaction unless
-/// the caller has one open. Every part sees which messages were new through `m`, the messages insert that decides
-/// them. Rows go in in key order, so concurrent batches (several writers or instances) lock them in
-/// one order. A case with `check_customer` whose contact is known is written not at all
+/// the caller has one open. Every part sees which messages were new through `m`, the messages
+/// insert that decides them. Rows go in in key order, so concurrent batches (several writers or
+/// instances) lock them in one order. A case with `check_customer` whose contact is known is written not at all
 /// ([`Committed::OtherCustomer`]).
 async fn commit_in_one_statement(conn: &mut sqlx::PgConnection, items: &[NewCase]) -> Result<Vec<Committed>> {
     if items.is_empty() {
