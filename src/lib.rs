@@ -49,6 +49,18 @@ pub fn now_ms() -> i64 {
     (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
 }
 
+static LOG_DROPS: OnceLock<tracing_appender::non_blocking::ErrorCounter> = OnceLock::new();
+
+/// Where `/metrics` reads how many log lines the non-blocking log writer dropped.
+pub fn set_log_drop_counter(counter: tracing_appender::non_blocking::ErrorCounter) {
+    let _ = LOG_DROPS.set(counter);
+}
+
+/// Log lines dropped because the log thread fell behind (0 without the non-blocking writer).
+pub fn log_lines_dropped() -> u64 {
+    LOG_DROPS.get().map_or(0, |c| c.dropped_lines() as u64)
+}
+
 /// The process-wide Prometheus recorder, installed on first use.
 pub fn metrics_handle() -> Option<PrometheusHandle> {
     static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
@@ -56,8 +68,15 @@ pub fn metrics_handle() -> Option<PrometheusHandle> {
         .get_or_init(|| {
             let latency = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
             let sizes = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
+            // Commit to delivered: milliseconds when all is well, hours when a destination was down.
+            let delivery = [
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0, 60.0, 300.0, 1800.0, 3600.0, 21600.0, 86400.0,
+            ];
             PrometheusBuilder::new()
-                .set_buckets_for_metric(Matcher::Full("earshot_ingest_latency_seconds".into()), &latency)
+                .set_buckets_for_metric(Matcher::Full("earshot_delivery_latency_seconds".into()), &delivery)
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Full("earshot_ingest_latency_seconds".into()), &latency)
+                })
                 .and_then(|b| b.set_buckets_for_metric(Matcher::Full("earshot_batch_size".into()), &sizes))
                 .and_then(|b| b.set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &latency))
                 .and_then(|b| b.install_recorder())
@@ -86,6 +105,9 @@ pub async fn run(settings: Settings, listener: TcpListener, shutdown: Cancellati
     let client = reqwest::Client::builder()
         .user_agent(concat!("Earshot/", env!("CARGO_PKG_VERSION")))
         .connect_timeout(Duration::from_secs(10))
+        // A 3xx is a failed delivery, never followed: reqwest would follow a 301/302 as a GET, and
+        // a 200 from wherever it leads would count as delivered.
+        .redirect(reqwest::redirect::Policy::none())
         .build()?;
     let channels = Arc::new(channels::Channels::from_settings(&settings, &client)?);
     let wake = Arc::new(Notify::new());
@@ -135,6 +157,7 @@ pub async fn run(settings: Settings, listener: TcpListener, shutdown: Cancellati
         metrics: metrics_handle(),
         admin_token: settings.admin_token.clone(),
         outbox_wake: wake,
+        backlog_destinations: Default::default(),
     };
     let app = http::router(state, &channels, intake.clone());
     let addr = listener.local_addr()?;

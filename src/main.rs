@@ -94,7 +94,8 @@ enum OutboxCommand {
         /// Only dead-lettered jobs.
         #[arg(long)]
         dead: bool,
-        /// Only jobs in this state (pending, leased, done, dead).
+        /// Only jobs in this state (pending, held, leased, done, dead, discarded). A held job is
+        /// pending behind an earlier unfinished job of its case to the same destination.
         #[arg(long, conflicts_with = "dead")]
         state: Option<String>,
         #[arg(long, default_value_t = 50)]
@@ -109,6 +110,12 @@ enum OutboxCommand {
         #[arg(long, conflicts_with = "id")]
         all_dead: bool,
     },
+    /// Give up on a dead job on purpose: it is never sent, and the later jobs of its case to the
+    /// same destination, which it held back, go out.
+    Discard {
+        /// The job id, as `outbox list` shows it.
+        id: i64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -122,14 +129,27 @@ enum CasesCommand {
     Show { id: String },
 }
 
-fn init_logs(format: LogFormat) {
+/// Lines waiting for the log thread; past this, new lines are dropped (and counted in
+/// `earshot_log_lines_dropped_total`) rather than making a request or a delivery wait.
+const LOG_BUFFER_LINES: usize = 128_000;
+
+/// Logs go to stderr from a thread of their own: a slow terminal or log collector must never hold
+/// up intake or delivery. The guard flushes what is buffered when `main` returns.
+fn init_logs(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(true)
+        .buffered_lines_limit(LOG_BUFFER_LINES)
+        .thread_name("earshot-log")
+        .finish(std::io::stderr());
+    earshot::set_log_drop_counter(writer.error_counter());
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
     }
+    guard
 }
 
 /// Loads and checks the config; prints every problem and fails if there is any.
@@ -150,7 +170,7 @@ fn settings(path: &Path) -> anyhow::Result<Settings> {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logs(cli.log_format);
+    let _log_guard = init_logs(cli.log_format);
     match run(cli).await {
         Ok(code) => code,
         Err(e) => {
@@ -282,20 +302,17 @@ async fn outbox(st: &dyn store::Store, command: OutboxCommand) -> anyhow::Result
             let state = if dead { Some("dead".to_owned()) } else { state };
             let jobs = st.list_jobs(state.as_deref(), limit).await?;
             println!(
-                "{:>8}  {:<8} {:>8}  {:<20} {:<34} {:<38} LAST ERROR",
+                "{:>8}  {:<9} {:>8}  {:<24} {:<34} {:<38} LAST ERROR",
                 "ID", "STATE", "ATTEMPTS", "DESTINATION", "EVENT ID", "CASE"
             );
             for j in &jobs {
+                let note = match j.held_by {
+                    Some(by) => format!("held by job {by}"),
+                    None => j.last_error.clone().unwrap_or_default(),
+                };
                 println!(
-                    "{:>8}  {:<8} {:>4}/{:<3}  {:<20} {:<34} {:<38} {}",
-                    j.id,
-                    j.state,
-                    j.attempts,
-                    j.max_attempts,
-                    j.destination,
-                    j.event_id,
-                    j.case_id,
-                    j.last_error.as_deref().unwrap_or("")
+                    "{:>8}  {:<9} {:>4}/{:<3}  {:<24} {:<34} {:<38} {}",
+                    j.id, j.state, j.attempts, j.max_attempts, j.destination, j.event_id, j.case_id, note
                 );
             }
             println!("{} job(s)", jobs.len());
@@ -304,6 +321,15 @@ async fn outbox(st: &dyn store::Store, command: OutboxCommand) -> anyhow::Result
         OutboxCommand::Replay { id: Some(id), .. } => {
             if st.replay_job(id, earshot::now_ms()).await? {
                 println!("job {id} is pending again");
+                Ok(ExitCode::SUCCESS)
+            } else {
+                println!("job {id} does not exist or is not dead");
+                Ok(ExitCode::FAILURE)
+            }
+        }
+        OutboxCommand::Discard { id } => {
+            if st.discard_job(id, earshot::now_ms()).await? {
+                println!("job {id} is discarded; the jobs it held go out");
                 Ok(ExitCode::SUCCESS)
             } else {
                 println!("job {id} does not exist or is not dead");

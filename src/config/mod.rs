@@ -69,12 +69,16 @@ pub struct DownstreamConfig {
     pub url: Option<String>,
     /// `whsec_…` Standard Webhooks secret; `env:NAME` allowed.
     pub secret: Option<String>,
-    /// Per-attempt timeout. Default 15.
+    /// Deadline of one whole delivery (connect, request, answer), in seconds. Default 15.
     #[serde(default = "default_timeout_secs")]
     pub timeout_secs: u64,
     /// Attempts before a job is dead-lettered. Default 12.
     #[serde(default = "default_max_attempts")]
     pub max_attempts: u32,
+    /// Deliveries to this endpoint at once. Default `outbox.max_in_flight`.
+    pub max_in_flight: Option<u32>,
+    /// Consecutive failed deliveries that pause this endpoint. Default `outbox.breaker_failures`.
+    pub breaker_failures: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -261,6 +265,20 @@ pub struct OutboxConfig {
     /// Longest `Retry-After` honoured. Default `6h`.
     #[serde(default = "default_max_retry_after")]
     pub max_retry_after: String,
+    /// Sends at once to one destination (a downstream endpoint, a mailbox, a web source's
+    /// callback); a slow or hung destination holds only these. Default 32.
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: u32,
+    /// Consecutive failed sends after which a destination is paused (its breaker opens). Default 5.
+    #[serde(default = "default_breaker_failures")]
+    pub breaker_failures: u32,
+    /// The first pause of an open breaker; each failed probe doubles it, up to 10 minutes.
+    /// Default `5s`.
+    #[serde(default = "default_breaker_cooldown")]
+    pub breaker_cooldown: String,
+    /// Delivered (and discarded) jobs are deleted this long after they finished. Default `7d`.
+    #[serde(default = "default_keep_done")]
+    pub keep_done: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -324,6 +342,18 @@ fn default_poll() -> String {
 }
 fn default_max_retry_after() -> String {
     "6h".into()
+}
+fn default_max_in_flight() -> u32 {
+    32
+}
+fn default_breaker_failures() -> u32 {
+    5
+}
+fn default_breaker_cooldown() -> String {
+    "5s".into()
+}
+fn default_keep_done() -> String {
+    "7d".into()
 }
 fn default_first_response() -> String {
     "1h".into()

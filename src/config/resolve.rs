@@ -33,6 +33,8 @@ pub struct Endpoint {
     pub key: SigningKey,
     pub timeout: Duration,
     pub max_attempts: u32,
+    pub max_in_flight: usize,
+    pub breaker_failures: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -49,6 +51,12 @@ pub struct OutboxSettings {
     pub poll_interval: Duration,
     pub max_attempts: u32,
     pub max_retry_after: Duration,
+    /// Default in-flight budget of a destination.
+    pub max_in_flight: usize,
+    /// Default consecutive failures that open a destination's breaker.
+    pub breaker_failures: u32,
+    pub breaker_cooldown: Duration,
+    pub keep_done: Duration,
 }
 
 /// Everything the gateway runs with, checked and with secrets resolved.
@@ -195,6 +203,10 @@ pub fn resolve(cfg: &Config, base: &Path) -> Result<Settings, Vec<Problem>> {
         let key = c.whsec(&format!("{p}.secret"), d.secret.as_deref());
         c.positive(&format!("{p}.timeout_secs"), d.timeout_secs);
         c.positive(&format!("{p}.max_attempts"), u64::from(d.max_attempts));
+        let max_in_flight = d.max_in_flight.unwrap_or(cfg.outbox.max_in_flight);
+        c.positive(&format!("{p}.max_in_flight"), u64::from(max_in_flight));
+        let breaker_failures = d.breaker_failures.unwrap_or(cfg.outbox.breaker_failures);
+        c.positive(&format!("{p}.breaker_failures"), u64::from(breaker_failures));
         if let (Some(name), Some(url), Some(key)) = (name, url, key) {
             downstream.push(Endpoint {
                 name,
@@ -202,6 +214,8 @@ pub fn resolve(cfg: &Config, base: &Path) -> Result<Settings, Vec<Problem>> {
                 key,
                 timeout: Duration::from_secs(d.timeout_secs),
                 max_attempts: d.max_attempts.max(1),
+                max_in_flight: max_in_flight.max(1) as usize,
+                breaker_failures: breaker_failures.max(1),
             });
         }
     }
@@ -258,6 +272,24 @@ pub fn resolve(cfg: &Config, base: &Path) -> Result<Settings, Vec<Problem>> {
     let lease = c.duration("outbox.lease", &o.lease);
     let poll = c.duration("outbox.poll_interval", &o.poll_interval);
     let max_retry_after = c.duration("outbox.max_retry_after", &o.max_retry_after);
+    c.positive("outbox.max_in_flight", u64::from(o.max_in_flight));
+    c.positive("outbox.breaker_failures", u64::from(o.breaker_failures));
+    let breaker_cooldown = c.duration("outbox.breaker_cooldown", &o.breaker_cooldown);
+    let keep_done = c.duration("outbox.keep_done", &o.keep_done);
+    if let (Some(lease), Some((key, deadline))) = (lease, longest_send_deadline(cfg)) {
+        // A send still running when its lease ends would be leased again and sent twice.
+        if lease <= deadline {
+            c.problem(
+                "outbox.lease",
+                format!(
+                    "{} is not longer than {key} ({} s), the longest send deadline: a send still running when \
+                     its lease ends would be sent twice; make outbox.lease longer or {key} shorter",
+                    o.lease,
+                    deadline.as_secs()
+                ),
+            );
+        }
+    }
     let first = c.duration("sla.first_response", &cfg.sla.first_response);
     let resolution = c.duration("sla.resolution", &cfg.sla.resolution);
 
@@ -286,10 +318,43 @@ pub fn resolve(cfg: &Config, base: &Path) -> Result<Settings, Vec<Problem>> {
             poll_interval: poll.ok_or_else(missing)?,
             max_attempts: o.max_attempts,
             max_retry_after: max_retry_after.ok_or_else(missing)?,
+            max_in_flight: o.max_in_flight.max(1) as usize,
+            breaker_failures: o.breaker_failures.max(1),
+            breaker_cooldown: breaker_cooldown.ok_or_else(missing)?,
+            keep_done: keep_done.ok_or_else(missing)?,
         },
         sla_first_response: first.ok_or_else(missing)?,
         sla_resolution: resolution.ok_or_else(missing)?,
     })
+}
+
+/// The longest deadline of any one send, with the key that sets it: every downstream endpoint's
+/// `timeout_secs`, the web callbacks' and each mailbox's SMTP timeout.
+fn longest_send_deadline(cfg: &Config) -> Option<(String, Duration)> {
+    let mut all: Vec<(String, u64)> = Vec::new();
+    for (i, d) in cfg.downstream.iter().enumerate() {
+        all.push((format!("downstream[{i}].timeout_secs"), d.timeout_secs));
+    }
+    if let Some(w) = &cfg.channels.web
+        && w.sources.iter().any(|s| s.callback_url.is_some())
+    {
+        all.push(("channels.web.callback_timeout_secs".into(), w.callback_timeout_secs));
+    }
+    if let Some(e) = &cfg.channels.email {
+        for (i, m) in e.mailboxes.iter().enumerate() {
+            if let Some(smtp) = &m.smtp {
+                all.push((format!("channels.email.mailboxes[{i}].smtp.timeout_secs"), smtp.timeout_secs));
+            }
+        }
+    }
+    // The first of the longest, so the message names a key the operator can find.
+    let mut best: Option<(String, u64)> = None;
+    for (k, v) in all {
+        if best.as_ref().is_none_or(|(_, b)| v > *b) {
+            best = Some((k, v));
+        }
+    }
+    best.map(|(k, v)| (k, Duration::from_secs(v)))
 }
 
 /// The web channel's settings, or nothing when the channel is not compiled in.
@@ -575,6 +640,24 @@ mod tests {
         let pg = check("[database]\nurl = \"postgres://db.internal/earshot\"\n[intake]\nwriters = 3\n");
         assert_eq!(pg.expect("PostgreSQL").writers, 3);
         assert!(check("[intake]\nwriters = 0\n").is_err());
+    }
+
+    #[test]
+    fn a_lease_not_longer_than_the_longest_send_deadline_is_refused_naming_both_keys() {
+        let toml = |lease: &str| {
+            format!(
+                "[outbox]\nlease = \"{lease}\"\n[[downstream]]\nname = \"t\"\nurl = \"http://127.0.0.1:9/e\"\n\
+                 secret = \"whsec_c2VjcmV0LWZvci10aWNrZXRzLWV4YW1wbGU=\"\ntimeout_secs = 20\n"
+            )
+        };
+        let problems = check(&toml("20s")).expect_err("lease = timeout");
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].starts_with("outbox.lease: 20s is not longer than downstream[0].timeout_secs (20 s)"),
+            "{problems:?}"
+        );
+        assert!(check(&toml("10s")).is_err());
+        assert!(check(&toml("21s")).is_ok());
     }
 
     #[test]

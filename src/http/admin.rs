@@ -17,6 +17,7 @@ pub fn routes() -> axum::Router<AppState> {
         .route("/v1/cases/{id}", get(show_case))
         .route("/v1/outbox", get(list_outbox))
         .route("/v1/outbox/{id}/replay", post(replay))
+        .route("/v1/outbox/{id}/discard", post(discard))
         .route("/v1/outbox/replay-dead", post(replay_dead))
         .route("/v1/quarantine", get(quarantine))
 }
@@ -80,9 +81,13 @@ async fn list_outbox(
 ) -> Result<Json<Value>, ApiError> {
     authorize(&st, &headers)?;
     if let Some(s) = q.state.as_deref()
-        && !matches!(s, "pending" | "leased" | "done" | "dead")
+        && !matches!(s, "pending" | "held" | "leased" | "done" | "dead" | "discarded")
     {
-        return Err(ApiError::bad_request("invalid_field", "state must be pending, leased, done or dead", "state"));
+        return Err(ApiError::bad_request(
+            "invalid_field",
+            "state must be pending, held, leased, done, dead or discarded",
+            "state",
+        ));
     }
     let jobs = st.store.list_jobs(q.state.as_deref(), limit(&q)).await?;
     Ok(Json(json!({ "jobs": jobs })))
@@ -94,6 +99,18 @@ async fn replay(State(st): State<AppState>, headers: HeaderMap, Path(id): Path<i
         st.outbox_wake.notify_one();
         tracing::info!(job = id, "Dead job replayed by admin API.");
         Ok(Json(json!({ "replayed": 1 })))
+    } else {
+        Err(ApiError::new(StatusCode::CONFLICT, "not_dead", format!("job {id} does not exist or is not dead")))
+    }
+}
+
+/// Gives up on a dead job on purpose; the later jobs of its case to that destination go on.
+async fn discard(State(st): State<AppState>, headers: HeaderMap, Path(id): Path<i64>) -> Result<Json<Value>, ApiError> {
+    authorize(&st, &headers)?;
+    if st.store.discard_job(id, crate::now_ms()).await? {
+        st.outbox_wake.notify_one();
+        tracing::info!(job = id, "Dead job discarded by admin API; the jobs it held go on.");
+        Ok(Json(json!({ "discarded": 1 })))
     } else {
         Err(ApiError::new(StatusCode::CONFLICT, "not_dead", format!("job {id} does not exist or is not dead")))
     }

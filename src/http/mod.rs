@@ -20,6 +20,8 @@ pub struct AppState {
     pub metrics: Option<PrometheusHandle>,
     pub admin_token: Option<SecretString>,
     pub outbox_wake: Arc<Notify>,
+    /// Destinations that had a backlog at the last `/metrics` scrape.
+    pub backlog_destinations: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
 
 /// Every route of the gateway.

@@ -46,14 +46,45 @@ async fn metrics(State(st): State<AppState>) -> Response {
     // Outbox gauges are read at scrape time: the store is the truth, not a counter that drifts.
     match st.store.job_counts().await {
         Ok(counts) => {
-            for state in ["pending", "leased", "done", "dead"] {
+            for state in ["pending", "leased", "done", "dead", "discarded"] {
                 let n = counts.iter().find(|(s, _)| s == state).map_or(0, |(_, n)| *n);
                 metrics::gauge!("earshot_outbox_jobs", "state" => state).set(n as f64);
             }
         }
         Err(e) => tracing::warn!(error = %e, "Could not count outbox jobs for /metrics."),
     }
+    // Per destination (destinations come from the config, so the labels stay bounded).
+    match st.store.outbox_backlog().await {
+        Ok(rows) => {
+            let now = crate::now_ms();
+            let mut seen = st.backlog_destinations.lock().map(|g| g.clone()).unwrap_or_default();
+            for b in &rows {
+                seen.remove(&b.destination);
+                set_backlog(&b.destination, b.pending, b.held, b.dead);
+                let age = b.oldest_pending_ms.map_or(0.0, |t| (now - t).max(0) as f64 / 1000.0);
+                metrics::gauge!("earshot_outbox_oldest_pending_age_seconds", "destination" => b.destination.clone())
+                    .set(age);
+            }
+            // A destination whose backlog emptied since the last scrape reads 0, not its old value.
+            for d in seen {
+                set_backlog(&d, 0, 0, 0);
+                metrics::gauge!("earshot_outbox_oldest_pending_age_seconds", "destination" => d).set(0.0);
+            }
+            if let Ok(mut g) = st.backlog_destinations.lock() {
+                *g = rows.into_iter().map(|b| b.destination).collect();
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "Could not read the outbox backlog for /metrics."),
+    }
+    metrics::counter!("earshot_log_lines_dropped_total").absolute(crate::log_lines_dropped());
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], handle.render()).into_response()
+}
+
+fn set_backlog(destination: &str, pending: i64, held: i64, dead: i64) {
+    for (state, n) in [("pending", pending), ("held", held), ("dead", dead)] {
+        metrics::gauge!("earshot_outbox_backlog", "destination" => destination.to_owned(), "state" => state)
+            .set(n as f64);
+    }
 }
 
 /// A short OpenAPI description of the public routes, for integrators' tooling.
@@ -88,8 +119,9 @@ fn openapi() -> Value {
             "/v1/schema/case.json": { "get": { "responses": { "200": { "description": "JSON Schema of a case" } } } },
             "/v1/cases": { "get": { "security": [{ "bearer": [] }], "responses": { "200": { "description": "Newest cases" } } } },
             "/v1/cases/{id}": { "get": { "security": [{ "bearer": [] }], "responses": { "200": { "description": "One case" }, "404": { "description": "No such case" } } } },
-            "/v1/outbox": { "get": { "security": [{ "bearer": [] }], "responses": { "200": { "description": "Outbox jobs (?state=dead)" } } } },
+            "/v1/outbox": { "get": { "security": [{ "bearer": [] }], "responses": { "200": { "description": "Outbox jobs (?state=pending|held|leased|done|dead|discarded); a held job names the job it waits for in held_by" } } } },
             "/v1/outbox/{id}/replay": { "post": { "security": [{ "bearer": [] }], "responses": { "200": { "description": "Replayed" }, "409": { "description": "Not dead" } } } },
+            "/v1/outbox/{id}/discard": { "post": { "security": [{ "bearer": [] }], "responses": { "200": { "description": "Discarded; the jobs it held go on" }, "409": { "description": "Not dead" } } } },
             "/v1/outbox/replay-dead": { "post": { "security": [{ "bearer": [] }], "responses": { "200": { "description": "All dead jobs replayed" } } } },
             "/v1/quarantine": { "get": { "security": [{ "bearer": [] }], "responses": { "200": { "description": "Quarantined messages" } } } }
         },

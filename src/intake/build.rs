@@ -33,9 +33,10 @@ pub fn downstream_destination(name: &str) -> String {
     format!("downstream:{name}")
 }
 
-/// Outbox destination of a channel's sends.
-pub fn channel_destination(kind: earshot_channel::ChannelKind) -> String {
-    format!("channel:{}", kind.as_str())
+/// Outbox destination of a channel's sends from one sender (mailbox, web source): each has its
+/// own in-flight budget and breaker.
+pub fn channel_destination(kind: earshot_channel::ChannelKind, sender: &str) -> String {
+    format!("channel:{}:{sender}", kind.as_str())
 }
 
 fn ms(t: OffsetDateTime) -> i64 {
@@ -240,7 +241,7 @@ impl Builder {
             jobs.push(NewJob {
                 event_id: id.0,
                 kind: "ack",
-                destination: channel_destination(inbound.channel),
+                destination: channel_destination(inbound.channel, inbound.reply_route.sender()),
                 payload: serde_json::to_string(&outbound)?,
                 max_attempts: self.channel_max_attempts,
             });

@@ -18,7 +18,7 @@ use earshot_channel::{
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-pub use build::Builder;
+pub use build::{Builder, channel_destination, downstream_destination};
 
 use crate::store::Store;
 

@@ -1,15 +1,16 @@
-//! Worker loops: lease, deliver, record.
+//! The outbox's tasks: one delivery loop per destination, the outcome recorder, the retention
+//! sweep, and the fan-out of "new jobs" wake-ups to every loop.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use earshot_channel::{ChannelKind, Outbound, SendError};
-use time::OffsetDateTime;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use super::destination::{self, Shared, Spec};
 use crate::channels::Channels;
 use crate::config::{Endpoint, OutboxSettings};
 use crate::downstream;
@@ -22,40 +23,96 @@ pub struct Deliverer {
     pub client: reqwest::Client,
 }
 
-/// What a successful delivery learned.
-#[derive(Debug, Default)]
-struct Outcome {
-    ticket_id: Option<String>,
+/// Where a job goes, from its stored destination.
+enum Target<'a> {
+    Downstream(&'a str),
+    /// A channel, and the sender within it (absent on jobs stored before senders were named).
+    Channel(&'a str, Option<&'a str>),
+}
+
+fn target(destination: &str) -> Option<Target<'_>> {
+    if let Some(name) = destination.strip_prefix("downstream:") {
+        return Some(Target::Downstream(name));
+    }
+    let rest = destination.strip_prefix("channel:")?;
+    Some(match rest.split_once(':') {
+        Some((kind, sender)) => Target::Channel(kind, Some(sender)),
+        None => Target::Channel(rest, None),
+    })
 }
 
 impl Deliverer {
-    async fn deliver(&self, job: &Job) -> Result<Outcome, SendError> {
-        if let Some(name) = job.destination.strip_prefix("downstream:") {
-            let ep = self.endpoints.get(name).ok_or_else(|| SendError::Permanent {
-                reason: format!("downstream {name:?} is no longer configured"),
-            })?;
-            let ticket_id = downstream::deliver(&self.client, ep, &job.event_id, job.payload.clone()).await?;
-            return Ok(Outcome { ticket_id });
+    /// Delivers one job; returns the ticket id a downstream endpoint answered with.
+    pub async fn deliver(&self, job: &Job) -> Result<Option<String>, SendError> {
+        match target(&job.destination) {
+            Some(Target::Downstream(name)) => {
+                let ep = self.endpoints.get(name).ok_or_else(|| SendError::Permanent {
+                    reason: format!("downstream {name:?} is no longer configured"),
+                })?;
+                downstream::deliver(&self.client, ep, &job.event_id, job.payload.clone()).await
+            }
+            Some(Target::Channel(kind, _)) => {
+                let channel = ChannelKind::parse(kind)
+                    .and_then(|k| self.channels.get(k))
+                    .ok_or_else(|| SendError::Permanent { reason: format!("channel {kind:?} is not enabled") })?;
+                let outbound: Outbound = serde_json::from_str(&job.payload).map_err(|e| SendError::Permanent {
+                    reason: format!("stored job is not an outbound message: {e}"),
+                })?;
+                channel.send(&outbound).await?;
+                Ok(None)
+            }
+            None => Err(SendError::Permanent { reason: format!("unknown destination {:?}", job.destination) }),
         }
-        if let Some(kind) = job.destination.strip_prefix("channel:") {
-            let channel = ChannelKind::parse(kind)
+    }
+
+    /// The destinations the config names, with their limits.
+    fn configured(&self, settings: &OutboxSettings) -> Vec<Spec> {
+        let mut specs: Vec<Spec> = self
+            .endpoints
+            .values()
+            .map(|ep| Spec {
+                destination: crate::intake::downstream_destination(&ep.name),
+                deadline: ep.timeout,
+                max_in_flight: ep.max_in_flight,
+                breaker_failures: ep.breaker_failures,
+            })
+            .collect();
+        for (kind, channel) in self.channels.all() {
+            for sender in channel.senders() {
+                specs.push(Spec {
+                    destination: crate::intake::channel_destination(kind, &sender),
+                    deadline: channel.send_deadline(&sender),
+                    max_in_flight: settings.max_in_flight,
+                    breaker_failures: settings.breaker_failures,
+                });
+            }
+        }
+        specs.sort_by(|a, b| a.destination.cmp(&b.destination));
+        specs
+    }
+
+    /// Limits for a destination found in the store but not in the config (an endpoint removed
+    /// since, or a job stored before channel senders were named).
+    fn unconfigured(&self, destination: &str, settings: &OutboxSettings) -> Spec {
+        let deadline = match target(destination) {
+            Some(Target::Channel(kind, sender)) => ChannelKind::parse(kind)
                 .and_then(|k| self.channels.get(k))
-                .ok_or_else(|| SendError::Permanent { reason: format!("channel {kind:?} is not enabled") })?;
-            let outbound: Outbound = serde_json::from_str(&job.payload)
-                .map_err(|e| SendError::Permanent { reason: format!("stored job is not an outbound message: {e}") })?;
-            channel.send(&outbound).await?;
-            return Ok(Outcome::default());
+                .map(|c| c.send_deadline(sender.unwrap_or_default())),
+            _ => None,
+        };
+        // Within the lease whatever happens (config only checks the deadlines it knows).
+        let cap = settings.lease.mul_f64(0.8);
+        Spec {
+            destination: destination.to_owned(),
+            deadline: deadline.unwrap_or(cap).min(cap),
+            max_in_flight: settings.max_in_flight,
+            breaker_failures: settings.breaker_failures,
         }
-        Err(SendError::Permanent { reason: format!("unknown destination {:?}", job.destination) })
     }
 }
 
-fn now_ms() -> i64 {
-    (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
-}
-
-/// Runs `settings.workers` loops until `shutdown`; each finishes the deliveries it has started
-/// and records their outcome before returning, so a clean stop leaves no job to be done twice.
+/// Runs the outbox until `shutdown`: each destination's loop finishes the sends it has started and
+/// hands back what it had queued, and every outcome is recorded before this returns.
 pub async fn run_workers(
     store: Arc<dyn Store>,
     deliverer: Arc<Deliverer>,
@@ -63,64 +120,56 @@ pub async fn run_workers(
     wake: Arc<Notify>,
     shutdown: CancellationToken,
 ) {
-    let mut set = JoinSet::new();
-    for n in 0..settings.workers {
-        set.spawn(worker(n, store.clone(), deliverer.clone(), settings.clone(), wake.clone(), shutdown.clone()));
-    }
-    while set.join_next().await.is_some() {}
-}
-
-/// Jobs one worker leases at a time.
-const LEASE_BATCH: i64 = 32;
-
-async fn worker(
-    n: usize,
-    store: Arc<dyn Store>,
-    deliverer: Arc<Deliverer>,
-    settings: OutboxSettings,
-    wake: Arc<Notify>,
-    shutdown: CancellationToken,
-) {
-    let lease_ms = settings.lease.as_millis() as i64;
-    let mut failures = 0u32;
-    while !shutdown.is_cancelled() {
-        let now = now_ms();
-        let jobs = match store.lease_jobs(now, now + lease_ms, LEASE_BATCH).await {
-            Ok(jobs) => {
-                failures = 0;
-                jobs
+    let mut specs = deliverer.configured(&settings);
+    match store.job_destinations().await {
+        Ok(stored) => {
+            for d in stored {
+                if !specs.iter().any(|s| s.destination == d) {
+                    tracing::info!(destination = %d, "Jobs for a destination the config does not name; delivering what can be.");
+                    specs.push(deliverer.unconfigured(&d, &settings));
+                }
             }
-            Err(e) => {
-                failures += 1;
-                let pause = Duration::from_millis(200 * 2u64.pow(failures.min(6)));
-                tracing::warn!(worker = n, error = %e, retry_in_ms = pause.as_millis() as u64, "Outbox lease failed.");
-                tokio::select! { _ = tokio::time::sleep(pause) => {}, _ = shutdown.cancelled() => {} }
-                continue;
-            }
-        };
-        if jobs.is_empty() {
-            tokio::select! {
-                _ = wake.notified() => {}
-                _ = tokio::time::sleep(settings.poll_interval) => {}
-                _ = shutdown.cancelled() => {}
-            }
-            continue;
         }
-        // More may be due: let another worker look while this one delivers.
-        wake.notify_one();
-        let mut set = JoinSet::new();
-        for job in jobs {
-            let (store, deliverer, settings) = (store.clone(), deliverer.clone(), settings.clone());
-            set.spawn(async move { deliver_and_record(&*store, &deliverer, &settings, job).await });
-        }
-        while set.join_next().await.is_some() {}
+        Err(e) => tracing::warn!(error = %e, "Could not list the outbox's destinations; serving those configured."),
     }
+
+    let (tx, rx) = mpsc::unbounded_channel();
+    let recorder = tokio::spawn(super::recorder::run(store.clone(), rx));
+    let retention = tokio::spawn(super::retention::run(store.clone(), settings.keep_done, shutdown.clone()));
+    let shared = Arc::new(Shared { store, deliverer, settings, recorder: tx });
+
+    let mut loops = JoinSet::new();
+    let mut wakes: Vec<Arc<Notify>> = Vec::new();
+    for spec in specs {
+        tracing::debug!(destination = %spec.destination, max_in_flight = spec.max_in_flight, deadline_ms = spec.deadline.as_millis() as u64, "Outbox destination.");
+        let w = Arc::new(Notify::new());
+        wakes.push(w.clone());
+        loops.spawn(destination::run(spec, shared.clone(), w, shutdown.clone()));
+    }
+    // Intake wakes one Notify after a commit that created jobs; every loop has to look.
+    let fan_out = {
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = wake.notified() => wakes.iter().for_each(|w| w.notify_one()),
+                    _ = shutdown.cancelled() => return,
+                }
+            }
+        })
+    };
+    while loops.join_next().await.is_some() {}
+    // The loops held the only other senders: the recorder drains what is queued, then ends.
+    drop(shared);
+    let _ = recorder.await;
+    let _ = fan_out.await;
+    let _ = retention.await;
 }
 
 /// The recipient of an email job when a bounce has suppressed that address since the job was
 /// queued: sending on would only earn another bounce (and could feed a mail loop).
-async fn suppressed_recipient(store: &dyn Store, job: &Job) -> Option<String> {
-    if job.destination != "channel:email" {
+pub(super) async fn suppressed_recipient(store: &dyn Store, job: &Job) -> Option<String> {
+    if !matches!(target(&job.destination), Some(Target::Channel("email", _))) {
         return None;
     }
     let Ok(Outbound { reply_route: earshot_channel::ReplyRoute::Email { to, .. }, .. }) =
@@ -128,7 +177,7 @@ async fn suppressed_recipient(store: &dyn Store, job: &Job) -> Option<String> {
     else {
         return None;
     };
-    match store.suppressed(std::slice::from_ref(&to), now_ms()).await {
+    match store.suppressed(std::slice::from_ref(&to), crate::now_ms()).await {
         Ok(hit) if !hit.is_empty() => Some(to),
         Ok(_) => None,
         Err(e) => {
@@ -138,63 +187,7 @@ async fn suppressed_recipient(store: &dyn Store, job: &Job) -> Option<String> {
     }
 }
 
-async fn deliver_and_record(store: &dyn Store, deliverer: &Deliverer, settings: &OutboxSettings, job: Job) {
-    let dest_kind = if job.destination.starts_with("downstream:") { "downstream" } else { "channel" };
-    let result = match suppressed_recipient(store, &job).await {
-        Some(address) => Err(SendError::Permanent {
-            reason: format!("not sent: {address} bounced one of our messages and is suppressed for now"),
-        }),
-        None => deliverer.deliver(&job).await,
-    };
-    let now = now_ms();
-    let recorded = match &result {
-        Ok(outcome) => {
-            metrics::counter!("earshot_delivery_attempts_total", "destination" => dest_kind, "outcome" => "success")
-                .increment(1);
-            if let Some(ticket) = &outcome.ticket_id
-                && let Err(e) = store.set_ticket_id(&job.case_id, ticket, now).await
-            {
-                tracing::warn!(case_id = %job.case_id, error = %e, "Could not store the ticket id.");
-            }
-            tracing::debug!(job = job.id, event_id = %job.event_id, destination = %job.destination, "Delivered.");
-            store.complete_job(job.id, job.attempts, now).await
-        }
-        Err(e) => {
-            let (outcome, retry_after) = match e {
-                SendError::Transient { retry_after, .. } => ("transient", *retry_after),
-                SendError::Unreachable { .. } => ("unreachable", None),
-                SendError::Permanent { .. } => ("permanent", None),
-            };
-            metrics::counter!("earshot_delivery_attempts_total", "destination" => dest_kind, "outcome" => outcome)
-                .increment(1);
-            let give_up = !e.is_transient() || job.attempts >= job.max_attempts;
-            let next = (!give_up).then(|| {
-                let d =
-                    super::next_delay(&settings.retry_schedule, job.attempts, retry_after, settings.max_retry_after);
-                now + d.as_millis() as i64
-            });
-            if give_up {
-                metrics::counter!("earshot_dead_letters_total", "destination" => dest_kind).increment(1);
-                tracing::warn!(
-                    job = job.id, event_id = %job.event_id, destination = %job.destination, attempts = job.attempts,
-                    error = %e, "Job dead-lettered; replay it with `earshot outbox replay`."
-                );
-            } else {
-                tracing::info!(
-                    job = job.id, destination = %job.destination, attempts = job.attempts, error = %e,
-                    retry_in_ms = next.map(|t| t - now), "Delivery failed; will retry."
-                );
-            }
-            store.fail_job(job.id, job.attempts, next, &e.to_string(), now).await
-        }
-    };
-    match recorded {
-        Ok(true) => {}
-        Ok(false) => {
-            tracing::warn!(job = job.id, "Lease had expired; another worker owns the job, outcome not recorded.")
-        }
-        Err(e) => {
-            tracing::error!(job = job.id, error = %e, "Could not record a delivery outcome; the job will be retried.")
-        }
-    }
+/// How often the retention sweep runs: half of `keep_done`, between 200 ms and one minute.
+pub(super) fn sweep_every(keep_done: Duration) -> Duration {
+    (keep_done / 2).clamp(Duration::from_millis(200), Duration::from_secs(60))
 }

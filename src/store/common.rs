@@ -10,16 +10,24 @@ pub(super) const JOB_COLUMNS: &str = "id, event_id, case_id, kind, destination, 
 
 pub(super) const CASE_COLUMNS: &str = "id, case_ref, status, channel, source, ticket_id, data, created_at";
 
-/// The lease statement, ordered by due time so that SQLite walks the small partial index of unfinished
-/// jobs instead of the whole table (done jobs pile up); `lock` is `FOR UPDATE SKIP LOCKED` on PostgreSQL and empty on SQLite, where
-/// the single writer connection already serialises leasing.
-pub(super) fn lease_sql(lock: &str) -> String {
+/// The first unfinished job of the same case and destination that job `o` waits for, if any: the one
+/// that blocks the case (replay or discard it to release the others).
+pub(super) const HOLDER: &str = "(SELECT MIN(p.id) FROM outbox p WHERE p.case_id = o.case_id \
+    AND p.destination = o.destination AND p.state IN ('pending', 'leased', 'dead') AND p.id < o.id)";
+
+/// The lease statement, ordered by due time over the partial index of unfinished jobs (which leads
+/// with the destination, so one destination's lease never walks past another's backlog). A job
+/// waits while an earlier one of its case and destination is pending, leased or dead. `lock` is
+/// `FOR UPDATE SKIP LOCKED` on PostgreSQL and empty on SQLite, where the single writer connection
+/// already serialises leasing; with `by_destination`, `$4` is the destination.
+pub(super) fn lease_sql(lock: &str, by_destination: bool) -> String {
+    let dest = if by_destination { "o.destination = $4 AND " } else { "" };
     format!(
         "UPDATE outbox SET state = 'leased', attempts = attempts + 1, next_attempt_at = $1, updated_at = $2 \
          WHERE id IN (SELECT o.id FROM outbox o \
-            WHERE o.state IN ('pending', 'leased') AND o.next_attempt_at <= $2 \
+            WHERE {dest}o.state IN ('pending', 'leased') AND o.next_attempt_at <= $2 \
               AND NOT EXISTS (SELECT 1 FROM outbox p WHERE p.case_id = o.case_id AND p.destination = o.destination \
-                              AND p.state IN ('pending', 'leased') AND p.id < o.id) \
+                              AND p.state IN ('pending', 'leased', 'dead') AND p.id < o.id) \
             ORDER BY o.next_attempt_at, o.id LIMIT $3 {lock}) \
          RETURNING {JOB_COLUMNS}"
     )
@@ -28,11 +36,13 @@ pub(super) fn lease_sql(lock: &str) -> String {
 /// The single-statement writes, with `$n` placeholders: PostgreSQL runs them through sqlx
 /// ([`write_queries!`]), SQLite's writer through rusqlite after [`numbered`].
 pub(super) mod sql {
-    pub const COMPLETE_JOB: &str = "UPDATE outbox SET state = 'done', last_error = NULL, updated_at = $3 \
-        WHERE id = $1 AND attempts = $2 AND state = 'leased'";
-    pub const FAIL_JOB: &str = "UPDATE outbox SET state = $3, next_attempt_at = $4, last_error = $5, updated_at = $6 \
-        WHERE id = $1 AND attempts = $2 AND state = 'leased'";
-    pub const SET_TICKET: &str = "UPDATE cases SET ticket_id = $2, updated_at = $3 WHERE id = $1";
+    /// One job's outcome (see `OutcomeKind::columns`); a done job's error is cleared, a released
+    /// one keeps its last.
+    pub const RECORD_OUTCOME: &str = "UPDATE outbox SET state = $3, next_attempt_at = $4, \
+        last_error = CASE WHEN $3 = 'done' THEN NULL ELSE COALESCE($5, last_error) END, \
+        attempts = attempts + $6, updated_at = $7 WHERE id = $1 AND attempts = $2 AND state = 'leased'";
+    pub const DISCARD_DEAD: &str =
+        "UPDATE outbox SET state = 'discarded', updated_at = $1 WHERE state = 'dead' AND id = $2";
     pub const REPLAY_ALL_DEAD: &str =
         "UPDATE outbox SET state = 'pending', attempts = 0, next_attempt_at = $1, updated_at = $1 WHERE state = 'dead'";
     pub const REPLAY_DEAD: &str = "UPDATE outbox SET state = 'pending', attempts = 0, next_attempt_at = $1, updated_at = $1 \
@@ -54,12 +64,29 @@ pub(super) mod sql {
     pub const UPDATE_MESSAGE: &str = "UPDATE messages SET data = $2 WHERE id = $1";
 }
 
-/// The state and next attempt time of a failed job: retried at `next_ms`, or dead now.
-pub(super) fn failed_state(next_ms: Option<i64>, now_ms: i64) -> (&'static str, i64) {
-    match next_ms {
-        Some(at) => ("pending", at),
-        None => ("dead", now_ms),
+/// Which of `rows` (jobs after id `after` in id order: id, state, created_at, updated_at) the
+/// retention sweep deletes, and where it goes on. Ids follow creation, and a job is updated no
+/// earlier than it was created, so the first job created at or after the cut-off ends the sweep: no
+/// later one can be old enough.
+pub(super) fn purge_plan(
+    rows: &[(i64, String, i64, i64)],
+    after: i64,
+    cutoff_ms: i64,
+    limit: i64,
+) -> (Vec<i64>, super::Purged) {
+    let mut ids = Vec::new();
+    let mut next_after = after;
+    for (id, state, created_at, updated_at) in rows {
+        if *created_at >= cutoff_ms {
+            return (ids, super::Purged { deleted: 0, next_after, finished: true });
+        }
+        if matches!(state.as_str(), "done" | "discarded") && *updated_at < cutoff_ms {
+            ids.push(*id);
+        }
+        next_after = *id;
     }
+    let finished = (rows.len() as i64) < limit;
+    (ids, super::Purged { deleted: 0, next_after, finished })
 }
 
 /// `sql` with SQLite's explicit `?n` placeholders: SQLite numbers `$n` by first appearance.
@@ -78,28 +105,79 @@ macro_rules! shared_queries {
 
         use super::common::{CASE_COLUMNS, JOB_COLUMNS};
         #[allow(unused_imports)]
-        use super::{CaseRow, Committed, Job, NewCase, Result};
+        use super::{CaseRow, Committed, Job, JobOutcome, NewCase, Result};
 
         type Conn = <$db as sqlx::Database>::Connection;
         pub(super) async fn list_jobs(conn: &mut Conn, state: Option<&str>, limit: i64) -> Result<Vec<Job>> {
-            let jobs = match state {
-                Some(s) => {
-                    sqlx::query_as::<_, Job>(&format!(
-                        "SELECT {JOB_COLUMNS} FROM outbox WHERE state = $1 ORDER BY id DESC LIMIT $2"
-                    ))
-                    .bind(s)
-                    .bind(limit)
-                    .fetch_all(&mut *conn)
-                    .await?
-                }
-                None => {
-                    sqlx::query_as::<_, Job>(&format!("SELECT {JOB_COLUMNS} FROM outbox ORDER BY id DESC LIMIT $1"))
-                        .bind(limit)
-                        .fetch_all(&mut *conn)
-                        .await?
-                }
+            use super::common::HOLDER;
+            let filter = match state {
+                None => String::new(),
+                Some("held") => format!("WHERE o.state = 'pending' AND {HOLDER} IS NOT NULL"),
+                Some("pending") => format!("WHERE o.state = 'pending' AND {HOLDER} IS NULL"),
+                Some(_) => "WHERE o.state = $2".to_owned(),
             };
+            let sql = format!(
+                "SELECT {JOB_COLUMNS}, CASE WHEN o.state = 'pending' THEN {HOLDER} END AS held_by \
+                 FROM outbox o {filter} ORDER BY o.id DESC LIMIT $1"
+            );
+            let mut q = sqlx::query_as::<_, Job>(&sql).bind(limit);
+            if let Some(s) = state.filter(|s| !matches!(*s, "held" | "pending")) {
+                q = q.bind(s);
+            }
+            let mut jobs = q.fetch_all(&mut *conn).await?;
+            for j in &mut jobs {
+                if j.held_by.is_some() {
+                    j.state = "held".into();
+                }
+            }
             Ok(jobs)
+        }
+
+        pub(super) async fn outbox_backlog(conn: &mut Conn) -> Result<Vec<super::Backlog>> {
+            let rows: Vec<(String, String, i64, i64, Option<i64>)> = sqlx::query_as(&format!(
+                "SELECT o.destination, o.state, \
+                        CAST(CASE WHEN o.state = 'pending' AND {} IS NOT NULL THEN 1 ELSE 0 END AS BIGINT) AS held, \
+                        COUNT(*), MIN(o.created_at) \
+                 FROM outbox o WHERE o.state IN ('pending', 'leased', 'dead') GROUP BY 1, 2, 3",
+                super::common::HOLDER
+            ))
+            .fetch_all(&mut *conn)
+            .await?;
+            let mut by_dest: std::collections::BTreeMap<String, super::Backlog> = Default::default();
+            for (destination, state, held, n, oldest) in rows {
+                let b = by_dest
+                    .entry(destination.clone())
+                    .or_insert_with(|| super::Backlog { destination, ..Default::default() });
+                match (state.as_str(), held) {
+                    ("dead", _) => b.dead += n,
+                    (_, 1) => b.held += n,
+                    _ => {
+                        b.pending += n;
+                        b.oldest_pending_ms = match (b.oldest_pending_ms, oldest) {
+                            (Some(a), Some(o)) => Some(a.min(o)),
+                            (a, o) => a.or(o),
+                        };
+                    }
+                }
+            }
+            Ok(by_dest.into_values().collect())
+        }
+
+        pub(super) async fn job_destinations(conn: &mut Conn) -> Result<Vec<String>> {
+            Ok(sqlx::query_scalar(
+                "SELECT DISTINCT destination FROM outbox WHERE state IN ('pending', 'leased') ORDER BY 1",
+            )
+            .fetch_all(&mut *conn)
+            .await?)
+        }
+
+        /// Up to `limit` jobs after id `after`, in id order: (id, state, created_at, updated_at).
+        pub(super) async fn jobs_after(conn: &mut Conn, after: i64, limit: i64) -> Result<Vec<(i64, String, i64, i64)>> {
+            Ok(sqlx::query_as("SELECT id, state, created_at, updated_at FROM outbox WHERE id > $1 ORDER BY id LIMIT $2")
+                .bind(after)
+                .bind(limit)
+                .fetch_all(&mut *conn)
+                .await?)
         }
 
         pub(super) async fn job_counts(conn: &mut Conn) -> Result<Vec<(String, i64)>> {
@@ -399,57 +477,22 @@ macro_rules! write_queries {
         pub(super) async fn lease(
             conn: &mut Conn,
             lock: &str,
+            destination: Option<&str>,
             now_ms: i64,
             until_ms: i64,
             limit: i64,
         ) -> Result<Vec<Job>> {
-            Ok(sqlx::query_as::<_, Job>(&super::common::lease_sql(lock))
-                .bind(until_ms)
-                .bind(now_ms)
-                .bind(limit)
-                .fetch_all(&mut *conn)
-                .await?)
+            let sql = super::common::lease_sql(lock, destination.is_some());
+            let mut q = sqlx::query_as::<_, Job>(&sql).bind(until_ms).bind(now_ms).bind(limit);
+            if let Some(d) = destination {
+                q = q.bind(d);
+            }
+            Ok(q.fetch_all(&mut *conn).await?)
         }
 
-        pub(super) async fn complete(conn: &mut Conn, id: i64, attempts: i64, now_ms: i64) -> Result<bool> {
-            let r = sqlx::query(super::common::sql::COMPLETE_JOB)
-                .bind(id)
-                .bind(attempts)
-                .bind(now_ms)
-                .execute(&mut *conn)
-                .await?;
+        pub(super) async fn discard(conn: &mut Conn, id: i64, now_ms: i64) -> Result<bool> {
+            let r = sqlx::query(super::common::sql::DISCARD_DEAD).bind(now_ms).bind(id).execute(&mut *conn).await?;
             Ok(r.rows_affected() == 1)
-        }
-
-        pub(super) async fn fail(
-            conn: &mut Conn,
-            id: i64,
-            attempts: i64,
-            next_ms: Option<i64>,
-            error: &str,
-            now_ms: i64,
-        ) -> Result<bool> {
-            let (state, next) = super::common::failed_state(next_ms, now_ms);
-            let r = sqlx::query(super::common::sql::FAIL_JOB)
-                .bind(id)
-                .bind(attempts)
-                .bind(state)
-                .bind(next)
-                .bind(error)
-                .bind(now_ms)
-                .execute(&mut *conn)
-                .await?;
-            Ok(r.rows_affected() == 1)
-        }
-
-        pub(super) async fn set_ticket(conn: &mut Conn, case_id: &str, ticket: &str, now_ms: i64) -> Result<()> {
-            sqlx::query(super::common::sql::SET_TICKET)
-                .bind(case_id)
-                .bind(ticket)
-                .bind(now_ms)
-                .execute(&mut *conn)
-                .await?;
-            Ok(())
         }
 
         pub(super) async fn replay(conn: &mut Conn, id: Option<i64>, now_ms: i64) -> Result<u64> {

@@ -130,6 +130,67 @@ pub struct Job {
     pub next_attempt_at: i64,
     pub last_error: Option<String>,
     pub created_at: i64,
+    /// In a listing: the first unfinished (pending, leased or dead) earlier job of the same case and
+    /// destination, which this pending job waits for. Such a job is shown as `held`.
+    #[sqlx(default)]
+    pub held_by: Option<i64>,
+}
+
+/// What became of one leased job; the outbox's recorder writes these in batches.
+#[derive(Debug, Clone)]
+pub struct JobOutcome {
+    pub id: i64,
+    /// The attempt number the job was leased with: it fences out a worker whose lease has expired.
+    pub attempts: i64,
+    pub kind: OutcomeKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutcomeKind {
+    /// Delivered; a ticket id the receiver answered with is stored on the case.
+    Done { case_id: String, ticket_id: Option<String> },
+    /// Failed; tried again at `at_ms`.
+    Retry { at_ms: i64, error: String },
+    /// Failed for good (or out of attempts); waits for a replay or a discard.
+    Dead { error: String },
+    /// Never sent (its destination paused, or the gateway stopping): pending again at once, and the
+    /// attempt the lease counted is given back.
+    Released,
+}
+
+impl OutcomeKind {
+    /// The row's new state, next attempt time, error and change of `attempts`.
+    pub(crate) fn columns(&self, now_ms: i64) -> (&'static str, i64, Option<&str>, i64) {
+        match self {
+            OutcomeKind::Done { .. } => ("done", now_ms, None, 0),
+            OutcomeKind::Retry { at_ms, error } => ("pending", *at_ms, Some(error), 0),
+            OutcomeKind::Dead { error } => ("dead", now_ms, Some(error), 0),
+            OutcomeKind::Released => ("pending", now_ms, None, -1),
+        }
+    }
+}
+
+/// Unfinished jobs of one destination, for `/metrics`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Backlog {
+    pub destination: String,
+    /// Pending or leased, not held.
+    pub pending: i64,
+    /// Pending behind an earlier unfinished job of their case.
+    pub held: i64,
+    pub dead: i64,
+    /// Creation time of the oldest pending (or leased) job.
+    pub oldest_pending_ms: Option<i64>,
+}
+
+/// One step of the retention sweep ([`Store::purge_done`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Purged {
+    pub deleted: u64,
+    /// Where the next step starts (the last id looked at).
+    pub next_after: i64,
+    /// No job older than the cut-off is left after `next_after`: the sweep is over.
+    pub finished: bool,
 }
 
 /// A case in a listing.
@@ -185,13 +246,27 @@ pub trait Store: Send + Sync + 'static {
     /// commits them.
     async fn commit_batch(&self, items: Arc<Vec<NewCase>>) -> Result<Vec<Committed>>;
 
-    /// Leases up to `limit` due jobs until `lease_until_ms`, oldest first, never two of one case and
-    /// destination at once nor a job while an earlier one of its case and destination is unfinished.
-    async fn lease_jobs(&self, now_ms: i64, lease_until_ms: i64, limit: i64) -> Result<Vec<Job>>;
+    /// Leases up to `limit` due jobs (of one destination, or of all) until `lease_until_ms`, oldest
+    /// first, never two of one case and destination at once, nor a job while an earlier one of its
+    /// case and destination is pending, leased or dead.
+    async fn lease_jobs(
+        &self,
+        destination: Option<&str>,
+        now_ms: i64,
+        lease_until_ms: i64,
+        limit: i64,
+    ) -> Result<Vec<Job>>;
 
-    /// Marks a leased job done. `attempts` fences out a worker whose lease has expired: false means
-    /// another worker owns the job now and nothing was changed.
-    async fn complete_job(&self, id: i64, attempts: i64, now_ms: i64) -> Result<bool>;
+    /// Records what became of leased jobs, all in one transaction (and on PostgreSQL one
+    /// statement), with the ticket ids of delivered ones. Each answer says whether that job's
+    /// outcome counted: `false` means its lease had expired and another worker owns it now.
+    async fn record_outcomes(&self, outcomes: Vec<JobOutcome>, now_ms: i64) -> Result<Vec<bool>>;
+
+    /// Marks a leased job done (one outcome; see [`Store::record_outcomes`]).
+    async fn complete_job(&self, id: i64, attempts: i64, now_ms: i64) -> Result<bool> {
+        let done = OutcomeKind::Done { case_id: String::new(), ticket_id: None };
+        Ok(self.record_outcomes(vec![JobOutcome { id, attempts, kind: done }], now_ms).await?.first() == Some(&true))
+    }
 
     /// Puts a leased job back for a later attempt, or to `dead` when `next_attempt_ms` is `None`.
     async fn fail_job(
@@ -201,15 +276,35 @@ pub trait Store: Send + Sync + 'static {
         next_attempt_ms: Option<i64>,
         error: &str,
         now_ms: i64,
-    ) -> Result<bool>;
+    ) -> Result<bool> {
+        let error = error.to_owned();
+        let kind = match next_attempt_ms {
+            Some(at_ms) => OutcomeKind::Retry { at_ms, error },
+            None => OutcomeKind::Dead { error },
+        };
+        Ok(self.record_outcomes(vec![JobOutcome { id, attempts, kind }], now_ms).await?.first() == Some(&true))
+    }
 
-    async fn set_ticket_id(&self, case_id: &str, ticket_id: &str, now_ms: i64) -> Result<()>;
-
-    /// Jobs, newest first, optionally of one state.
+    /// Jobs, newest first, optionally of one state (`held`: pending behind an earlier unfinished job
+    /// of their case; `pending` leaves those out).
     async fn list_jobs(&self, state: Option<&str>, limit: i64) -> Result<Vec<Job>>;
 
     /// Makes a dead job pending again with fresh attempts; false if it is not dead.
     async fn replay_job(&self, id: i64, now_ms: i64) -> Result<bool>;
+
+    /// Gives up on a dead job on purpose (`discarded`), releasing the later jobs of its case; false if
+    /// it is not dead.
+    async fn discard_job(&self, id: i64, now_ms: i64) -> Result<bool>;
+
+    /// One step of the retention sweep: looks at up to `limit` jobs after id `after`, in id order, and
+    /// deletes those done or discarded before `cutoff_ms`.
+    async fn purge_done(&self, after: i64, cutoff_ms: i64, limit: i64) -> Result<Purged>;
+
+    /// Unfinished jobs per destination.
+    async fn outbox_backlog(&self) -> Result<Vec<Backlog>>;
+
+    /// The destinations that have pending or leased jobs.
+    async fn job_destinations(&self) -> Result<Vec<String>>;
 
     /// Replays every dead job; returns how many.
     async fn replay_all_dead(&self, now_ms: i64) -> Result<u64>;

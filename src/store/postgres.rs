@@ -216,20 +216,48 @@ impl super::Store for PgStore {
         Ok(out)
     }
 
-    async fn lease_jobs(&self, now_ms: i64, lease_until_ms: i64, limit: i64) -> Result<Vec<Job>> {
-        lease(&mut *self.pool.acquire().await?, "FOR UPDATE SKIP LOCKED", now_ms, lease_until_ms, limit).await
+    async fn lease_jobs(
+        &self,
+        destination: Option<&str>,
+        now_ms: i64,
+        lease_until_ms: i64,
+        limit: i64,
+    ) -> Result<Vec<Job>> {
+        lease(&mut *self.pool.acquire().await?, "FOR UPDATE SKIP LOCKED", destination, now_ms, lease_until_ms, limit)
+            .await
     }
 
-    async fn complete_job(&self, id: i64, attempts: i64, now_ms: i64) -> Result<bool> {
-        complete(&mut *self.pool.acquire().await?, id, attempts, now_ms).await
+    async fn record_outcomes(&self, outcomes: Vec<JobOutcome>, now_ms: i64) -> Result<Vec<bool>> {
+        record_outcomes(&mut *self.pool.acquire().await?, &outcomes, now_ms).await
     }
 
-    async fn fail_job(&self, id: i64, attempts: i64, next_ms: Option<i64>, error: &str, now_ms: i64) -> Result<bool> {
-        fail(&mut *self.pool.acquire().await?, id, attempts, next_ms, error, now_ms).await
+    async fn discard_job(&self, id: i64, now_ms: i64) -> Result<bool> {
+        discard(&mut *self.pool.acquire().await?, id, now_ms).await
     }
 
-    async fn set_ticket_id(&self, case_id: &str, ticket_id: &str, now_ms: i64) -> Result<()> {
-        set_ticket(&mut *self.pool.acquire().await?, case_id, ticket_id, now_ms).await
+    async fn purge_done(&self, after: i64, cutoff_ms: i64, limit: i64) -> Result<super::Purged> {
+        let mut conn = self.pool.acquire().await?;
+        let rows = jobs_after(&mut conn, after, limit).await?;
+        let (ids, purged) = super::common::purge_plan(&rows, after, cutoff_ms, limit);
+        if ids.is_empty() {
+            return Ok(purged);
+        }
+        let r = sqlx::query(
+            "DELETE FROM outbox WHERE id = ANY($1::int8[]) AND state IN ('done', 'discarded') AND updated_at < $2",
+        )
+        .bind(&ids)
+        .bind(cutoff_ms)
+        .execute(&mut *conn)
+        .await?;
+        Ok(super::Purged { deleted: r.rows_affected(), ..purged })
+    }
+
+    async fn outbox_backlog(&self) -> Result<Vec<super::Backlog>> {
+        outbox_backlog(&mut *self.pool.acquire().await?).await
+    }
+
+    async fn job_destinations(&self) -> Result<Vec<String>> {
+        job_destinations(&mut *self.pool.acquire().await?).await
     }
 
     async fn list_jobs(&self, state: Option<&str>, limit: i64) -> Result<Vec<Job>> {
@@ -334,6 +362,57 @@ impl super::Store for PgStore {
         self.batch.close().await;
         self.pool.close().await;
     }
+}
+
+/// The outcomes of a batch of deliveries, with the ticket ids of delivered ones, in one statement
+/// (its own transaction): one round trip and one commit for all of them. Rows are updated in id
+/// order, and cases in id order, so two instances recording at once lock them in one order.
+async fn record_outcomes(conn: &mut sqlx::PgConnection, outcomes: &[JobOutcome], now_ms: i64) -> Result<Vec<bool>> {
+    if outcomes.is_empty() {
+        return Ok(Vec::new());
+    }
+    const SQL: &str = "\
+        WITH o AS ( \
+            SELECT * FROM unnest($1::int8[], $2::int8[], $3::text[], $4::int8[], $5::text[], $6::int8[]) \
+                AS t(id, attempts, state, next_at, error, delta) \
+        ), j AS ( \
+            UPDATE outbox SET state = o.state, next_attempt_at = o.next_at, \
+                last_error = CASE WHEN o.state = 'done' THEN NULL ELSE COALESCE(o.error, outbox.last_error) END, \
+                attempts = outbox.attempts + o.delta, updated_at = $7 \
+            FROM o WHERE outbox.id = o.id AND outbox.attempts = o.attempts AND outbox.state = 'leased' \
+            RETURNING outbox.id \
+        ), t AS ( \
+            UPDATE cases SET ticket_id = x.ticket, updated_at = $7 \
+            FROM unnest($8::text[], $9::text[]) AS x(case_id, ticket) WHERE cases.id = x.case_id \
+        ) \
+        SELECT id FROM j";
+    let mut sorted: Vec<&JobOutcome> = outcomes.iter().collect();
+    sorted.sort_unstable_by_key(|o| o.id);
+    let cols: Vec<_> = sorted.iter().map(|o| o.kind.columns(now_ms)).collect();
+    // One ticket per case (the last delivered), in case id order.
+    let tickets: std::collections::BTreeMap<&str, &str> = sorted
+        .iter()
+        .filter_map(|o| match &o.kind {
+            super::OutcomeKind::Done { case_id, ticket_id: Some(t) } if !case_id.is_empty() => {
+                Some((case_id.as_str(), t.as_str()))
+            }
+            _ => None,
+        })
+        .collect();
+    let updated: Vec<i64> = sqlx::query_scalar(SQL)
+        .bind(sorted.iter().map(|o| o.id).collect::<Vec<_>>())
+        .bind(sorted.iter().map(|o| o.attempts).collect::<Vec<_>>())
+        .bind(cols.iter().map(|c| c.0).collect::<Vec<_>>())
+        .bind(cols.iter().map(|c| c.1).collect::<Vec<_>>())
+        .bind(cols.iter().map(|c| c.2).collect::<Vec<_>>())
+        .bind(cols.iter().map(|c| c.3).collect::<Vec<_>>())
+        .bind(now_ms)
+        .bind(tickets.keys().copied().collect::<Vec<_>>())
+        .bind(tickets.values().copied().collect::<Vec<_>>())
+        .fetch_all(&mut *conn)
+        .await?;
+    let updated: HashSet<i64> = updated.into_iter().collect();
+    Ok(outcomes.iter().map(|o| updated.contains(&o.id)).collect())
 }
 
 /// Whether a batch has rows only email has (follow-ups, raw messages, attachments, the

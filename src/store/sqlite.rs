@@ -176,22 +176,42 @@ impl super::Store for SqliteStore {
         self.writer.call(move |conn| sqlite_writer::commit_batch(conn, &items)).await
     }
 
-    async fn lease_jobs(&self, now_ms: i64, lease_until_ms: i64, limit: i64) -> Result<Vec<Job>> {
-        self.writer.call(move |c| sqlite_writer::lease(c, now_ms, lease_until_ms, limit)).await
+    async fn lease_jobs(
+        &self,
+        destination: Option<&str>,
+        now_ms: i64,
+        lease_until_ms: i64,
+        limit: i64,
+    ) -> Result<Vec<Job>> {
+        let destination = destination.map(str::to_owned);
+        self.writer.call(move |c| sqlite_writer::lease(c, destination.as_deref(), now_ms, lease_until_ms, limit)).await
     }
 
-    async fn complete_job(&self, id: i64, attempts: i64, now_ms: i64) -> Result<bool> {
-        self.writer.call(move |c| sqlite_writer::complete(c, id, attempts, now_ms)).await
+    async fn record_outcomes(&self, outcomes: Vec<super::JobOutcome>, now_ms: i64) -> Result<Vec<bool>> {
+        self.writer.call(move |c| sqlite_writer::record_outcomes(c, &outcomes, now_ms)).await
     }
 
-    async fn fail_job(&self, id: i64, attempts: i64, next_ms: Option<i64>, error: &str, now_ms: i64) -> Result<bool> {
-        let error = error.to_owned();
-        self.writer.call(move |c| sqlite_writer::fail(c, id, attempts, next_ms, &error, now_ms)).await
+    async fn discard_job(&self, id: i64, now_ms: i64) -> Result<bool> {
+        self.writer.call(move |c| sqlite_writer::discard(c, id, now_ms)).await
     }
 
-    async fn set_ticket_id(&self, case_id: &str, ticket_id: &str, now_ms: i64) -> Result<()> {
-        let (case_id, ticket_id) = (case_id.to_owned(), ticket_id.to_owned());
-        self.writer.call(move |c| sqlite_writer::set_ticket(c, &case_id, &ticket_id, now_ms)).await
+    async fn purge_done(&self, after: i64, cutoff_ms: i64, limit: i64) -> Result<super::Purged> {
+        // Read on a reader connection; only the delete goes through the writer.
+        let rows = jobs_after(&mut *self.read.acquire().await?, after, limit).await?;
+        let (ids, purged) = super::common::purge_plan(&rows, after, cutoff_ms, limit);
+        if ids.is_empty() {
+            return Ok(purged);
+        }
+        let deleted = self.writer.call(move |c| sqlite_writer::delete_done(c, &ids, cutoff_ms)).await?;
+        Ok(super::Purged { deleted, ..purged })
+    }
+
+    async fn outbox_backlog(&self) -> Result<Vec<super::Backlog>> {
+        outbox_backlog(&mut *self.read.acquire().await?).await
+    }
+
+    async fn job_destinations(&self) -> Result<Vec<String>> {
+        job_destinations(&mut *self.read.acquire().await?).await
     }
 
     async fn list_jobs(&self, state: Option<&str>, limit: i64) -> Result<Vec<Job>> {

@@ -19,8 +19,8 @@ use earshot_channel::Identity;
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::oneshot;
 
-use super::common::{failed_state, lease_sql, numbered, sql};
-use super::{Committed, Job, NewCase, NewEvent, Result, StoreError};
+use super::common::{lease_sql, numbered, sql};
+use super::{Committed, Job, JobOutcome, NewCase, NewEvent, OutcomeKind, Result, StoreError};
 
 type Call = Box<dyn FnOnce(&mut Connection) + Send>;
 
@@ -346,36 +346,67 @@ fn job_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Job> {
         next_attempt_at: r.get(9)?,
         last_error: r.get(10)?,
         created_at: r.get(11)?,
+        held_by: None,
     })
 }
 
 // The other writes of the SQLite store: the same statements as `common.rs` runs on PostgreSQL.
 
-pub(super) fn lease(conn: &Connection, now_ms: i64, until_ms: i64, limit: i64) -> Result<Vec<Job>> {
-    let mut stmt = prepared(conn, &lease_sql(""))?;
-    let rows = stmt.query_map(params![until_ms, now_ms, limit], job_from_row)?;
-    Ok(rows.collect::<rusqlite::Result<Vec<Job>>>()?)
-}
-
-pub(super) fn complete(conn: &Connection, id: i64, attempts: i64, now_ms: i64) -> Result<bool> {
-    Ok(prepared(conn, sql::COMPLETE_JOB)?.execute(params![id, attempts, now_ms])? == 1)
-}
-
-pub(super) fn fail(
+pub(super) fn lease(
     conn: &Connection,
-    id: i64,
-    attempts: i64,
-    next_ms: Option<i64>,
-    error: &str,
+    destination: Option<&str>,
     now_ms: i64,
-) -> Result<bool> {
-    let (state, next) = failed_state(next_ms, now_ms);
-    Ok(prepared(conn, sql::FAIL_JOB)?.execute(params![id, attempts, state, next, error, now_ms])? == 1)
+    until_ms: i64,
+    limit: i64,
+) -> Result<Vec<Job>> {
+    let mut stmt = prepared(conn, &lease_sql("", destination.is_some()))?;
+    let jobs: rusqlite::Result<Vec<Job>> = match destination {
+        Some(d) => stmt.query_map(params![until_ms, now_ms, limit, d], job_from_row)?.collect(),
+        None => stmt.query_map(params![until_ms, now_ms, limit], job_from_row)?.collect(),
+    };
+    Ok(jobs?)
 }
 
-pub(super) fn set_ticket(conn: &Connection, case_id: &str, ticket: &str, now_ms: i64) -> Result<()> {
-    prepared(conn, sql::SET_TICKET)?.execute(params![case_id, ticket, now_ms])?;
-    Ok(())
+/// The outcomes of a batch of deliveries in one transaction: one fsync for all of them.
+pub(super) fn record_outcomes(conn: &mut Connection, outcomes: &[JobOutcome], now_ms: i64) -> Result<Vec<bool>> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let mut counted = Vec::with_capacity(outcomes.len());
+    {
+        let mut stmt = prepared(&tx, sql::RECORD_OUTCOME)?;
+        let mut ticket = tx.prepare_cached("UPDATE cases SET ticket_id = ?2, updated_at = ?3 WHERE id = ?1")?;
+        for o in outcomes {
+            let (state, next, error, delta) = o.kind.columns(now_ms);
+            let n = stmt.execute(params![o.id, o.attempts, state, next, error, delta, now_ms])?;
+            counted.push(n == 1);
+            if let OutcomeKind::Done { case_id, ticket_id: Some(t) } = &o.kind
+                && !case_id.is_empty()
+            {
+                ticket.execute(params![case_id, t, now_ms])?;
+            }
+        }
+    }
+    tx.commit()?;
+    Ok(counted)
+}
+
+pub(super) fn discard(conn: &Connection, id: i64, now_ms: i64) -> Result<bool> {
+    Ok(prepared(conn, sql::DISCARD_DEAD)?.execute(params![now_ms, id])? == 1)
+}
+
+/// Deletes the jobs of `ids` that are still done or discarded before `cutoff_ms`, in one transaction.
+pub(super) fn delete_done(conn: &mut Connection, ids: &[i64], cutoff_ms: i64) -> Result<u64> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let mut n = 0;
+    {
+        let mut stmt = tx.prepare_cached(
+            "DELETE FROM outbox WHERE id = ?1 AND state IN ('done', 'discarded') AND updated_at < ?2",
+        )?;
+        for id in ids {
+            n += stmt.execute(params![id, cutoff_ms])? as u64;
+        }
+    }
+    tx.commit()?;
+    Ok(n)
 }
 
 pub(super) fn replay(conn: &Connection, id: Option<i64>, now_ms: i64) -> Result<u64> {

@@ -30,6 +30,7 @@ workers = 2
 retry_schedule = ["200ms", "400ms", "800ms"]
 lease = "5s"
 poll_interval = "100ms"
+breaker_cooldown = "200ms"
 
 [channels.email]
 ack_window = "10m"
@@ -39,7 +40,7 @@ name = "support"
 address = "{MAILBOX}"
 display_name = "Example Support"
 imap = {{ host = "127.0.0.1", port = {imap_port}, security = "plain", username = "{user}", password = "{password}", folder = "INBOX", idle = true, poll_secs = 1, batch = {batch} }}
-smtp = {{ host = "127.0.0.1", port = {smtp_port}, security = "plain" }}
+smtp = {{ host = "127.0.0.1", timeout_secs = 3, port = {smtp_port}, security = "plain" }}
 "#,
         imap_port = imap.port,
         user = imap.user,
@@ -963,5 +964,67 @@ async fn email_polling_without_idle_picks_up_new_mail() {
     let all = wait_cases(&gw, 2, 20).await;
     assert!(case_of(&all, &id).is_some());
     wait_mail(&smtp, 2, 20).await;
+    gw.stop().await;
+}
+
+/// An SMTP server that takes the connection and never says a word: acknowledgements wait (each send
+/// is cut off at `smtp.timeout_secs`), web complaints sent meanwhile reach the ticket store within
+/// seconds, and once a working server takes the port each acknowledgement is sent exactly once.
+#[tokio::test]
+async fn email_hung_smtp_server_holds_up_nothing_else_and_each_ack_goes_once() {
+    let Some((imap, mut smtp)) = servers().await else { return };
+    let db = TestDb::sqlite();
+    let rx = Receiver::start().await;
+    smtp.stop().await;
+    let hung = Blackhole::start_on(&format!("127.0.0.1:{}", smtp.port)).await;
+    let web = format!(
+        "[channels.web]\n[[channels.web.sources]]\nname = \"site\"\nsecret = \"{SOURCE_SECRET}\"\n\
+         rate_limit_per_sec = 1000\nrate_limit_burst = 1000\n{}",
+        downstream_toml(&rx.url, 50)
+    );
+    let config = format!("{}{web}", email_toml(&db.url, &imap, &smtp, 200)).replace(
+        "retry_schedule = [\"200ms\", \"400ms\", \"800ms\"]",
+        "retry_schedule = [\"200ms\"]\nmax_attempts = 50",
+    );
+    let gw = Gateway::start(&config).await;
+
+    let mut ids = HashMap::new();
+    for i in 0..10 {
+        let address = format!("waiting{i}@customer.example");
+        let (raw, id) = complaint_from(&address, &format!("Hung SMTP complaint {i}"));
+        imap.append(&raw).await;
+        ids.insert(address, id);
+    }
+    wait_cases(&gw, 10, 20).await;
+    eventually(10, "acknowledgements stuck on the hung server", || async { (hung.connections() >= 1).then_some(()) })
+        .await;
+
+    let started = std::time::Instant::now();
+    for i in 0..20 {
+        assert_eq!(gw.web().send(&complaint(&format!("web complaint while SMTP hangs {i}"))).await.0, 202);
+    }
+    rx.wait_until(10, "20 web and 10 email cases downstream", |r| r.iter().filter(|x| x.answered == 200).count() >= 30)
+        .await;
+    assert!(started.elapsed() < Duration::from_secs(5), "downstream delivery waited: {:?}", started.elapsed());
+    assert!(smtp.messages().is_empty());
+
+    // Let the hung sends reach their deadline at least once, then put a working server on the port.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    hung.stop().await;
+    smtp.start_again().await;
+    wait_mail(&smtp, 10, 60).await;
+    eventually(20, "the ten acknowledgement jobs done", || async {
+        let jobs = ack_jobs(&gw).await;
+        (jobs.len() == 10 && jobs.iter().all(|j| j["state"] == "done")).then_some(())
+    })
+    .await;
+    tokio::time::sleep(SETTLE).await;
+    let acks = smtp.messages();
+    assert_eq!(acks.len(), 10, "each acknowledgement exactly once: {acks:#?}");
+    let message_ids: HashSet<&Option<String>> = acks.iter().map(|a| &a.message_id).collect();
+    assert_eq!(message_ids.len(), 10);
+    for (address, id) in &ids {
+        assert_eq!(ack_to(&acks, address).in_reply_to, vec![id.clone()]);
+    }
     gw.stop().await;
 }

@@ -1,9 +1,82 @@
-//! Downstream delivery through the outbox: retries, dead letters, replay, per-case order.
+//! Downstream delivery through the outbox: retries, dead letters, replay and discard, per-case order,
+//! deadlines, bulkheads, breakers, redirects and retention.
 
+use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use earshot::config::Settings;
+use earshot::store::{NewCase, NewJob};
 
 use crate::support::*;
+
+/// The intake's case builder for a test config, to write cases straight into a store.
+fn builder(settings: &Settings) -> earshot::intake::Builder {
+    earshot::intake::Builder {
+        own_addresses: Default::default(),
+        ack_window: Duration::from_secs(600),
+        templates: std::sync::Arc::new(
+            earshot::notify::Templates::load(std::path::Path::new("config/templates")).expect("templates"),
+        ),
+        downstream: settings.downstream.clone().into(),
+        channel_max_attempts: 5,
+        sla_first_response: Duration::from_secs(3600),
+        sla_resolution: Duration::from_secs(86400),
+    }
+}
+
+fn inbound(ext: &str) -> earshot_channel::Inbound {
+    earshot_channel::Inbound {
+        channel: earshot_channel::ChannelKind::Web,
+        source: "site".into(),
+        external_id: earshot_channel::ExternalId(ext.into()),
+        identities: vec![earshot_channel::Identity {
+            kind: earshot_channel::IdentityKind::Email,
+            value: format!("{}@b.cn", ext.replace(':', "-")),
+        }],
+        customer: Default::default(),
+        reply_route: earshot_channel::ReplyRoute::Web { source: "site".into(), callback_url: None },
+        thread: None,
+        subject: None,
+        text: "ordered".into(),
+        full_text: None,
+        lang: None,
+        category: None,
+        order_id: None,
+        metadata: Default::default(),
+        attachments: vec![],
+        raw: None,
+        received_at: time::OffsetDateTime::now_utc(),
+        automatic: None,
+    }
+}
+
+/// A new case with two events to the one downstream endpoint: `case.created`, then a later
+/// `case.updated` (the second returned), as intake and the lifecycle write them.
+fn case_with_update(builder: &earshot::intake::Builder, ext: &str, seq: i64) -> (NewCase, NewJob) {
+    let now = time::OffsetDateTime::now_utc();
+    let (mut case, _) = builder.build(&inbound(ext), seq, None, now, true).expect("build");
+    let mut second = case.jobs[0].clone();
+    second.event_id = earshot::schema::EventId::generate().0;
+    second.kind = "case.updated";
+    second.payload = second.payload.replacen("\"case.created\"", "\"case.updated\"", 1);
+    case.jobs.push(second.clone());
+    (case, second)
+}
+
+/// A `[[downstream]]` section.
+fn endpoint_toml(name: &str, url: &str, timeout_secs: u64, extra: &str) -> String {
+    format!(
+        "[[downstream]]\nname = \"{name}\"\nurl = \"{url}\"\nsecret = \"{DOWNSTREAM_SECRET}\"\n\
+         timeout_secs = {timeout_secs}\nmax_attempts = 50\n{extra}\n"
+    )
+}
+
+/// The value of one sample in the gateway's `/metrics` text, if it is there.
+async fn metric(gw: &Gateway, sample: &str) -> Option<f64> {
+    let text = reqwest::get(format!("{}/metrics", gw.base)).await.ok()?.text().await.ok()?;
+    text.lines().find_map(|l| l.strip_prefix(sample).and_then(|v| v.trim().parse().ok()))
+}
 
 #[tokio::test]
 async fn downstream_down_then_up_is_delivered_with_one_webhook_id() {
@@ -99,48 +172,10 @@ async fn two_events_of_one_case_arrive_in_order_even_when_the_first_needs_retrie
     // Write a case with two downstream events (created, then updated) the way intake does, plus an
     // unrelated case, straight into the store; then start the gateway, whose workers deliver them.
     let store = db.store().await;
-    let builder = earshot::intake::Builder {
-        own_addresses: Default::default(),
-        ack_window: Duration::from_secs(600),
-        templates: std::sync::Arc::new(
-            earshot::notify::Templates::load(std::path::Path::new("config/templates")).expect("templates"),
-        ),
-        downstream: settings.downstream.clone().into(),
-        channel_max_attempts: 5,
-        sla_first_response: Duration::from_secs(3600),
-        sla_resolution: Duration::from_secs(86400),
-    };
-    let inbound = |ext: &str| earshot_channel::Inbound {
-        channel: earshot_channel::ChannelKind::Web,
-        source: "site".into(),
-        external_id: earshot_channel::ExternalId(ext.into()),
-        identities: vec![earshot_channel::Identity {
-            kind: earshot_channel::IdentityKind::Email,
-            value: "a@b.cn".into(),
-        }],
-        customer: Default::default(),
-        reply_route: earshot_channel::ReplyRoute::Web { source: "site".into(), callback_url: None },
-        thread: None,
-        subject: None,
-        text: "ordered".into(),
-        full_text: None,
-        lang: None,
-        category: None,
-        order_id: None,
-        metadata: Default::default(),
-        attachments: vec![],
-        raw: None,
-        received_at: time::OffsetDateTime::now_utc(),
-        automatic: None,
-    };
+    let builder = builder(&settings);
     let seqs = store.next_seqs(2).await.expect("seqs");
     let now = time::OffsetDateTime::now_utc();
-    let (mut first_case, _) = builder.build(&inbound("site:ordered-1"), seqs[0], None, now, true).expect("build");
-    let mut second = first_case.jobs[0].clone();
-    second.event_id = earshot::schema::EventId::generate().0;
-    second.kind = "case.updated";
-    second.payload = second.payload.replacen("\"case.created\"", "\"case.updated\"", 1);
-    first_case.jobs.push(second.clone());
+    let (first_case, second) = case_with_update(&builder, "site:ordered-1", seqs[0]);
     let (other_case, _) = builder.build(&inbound("site:ordered-2"), seqs[1], None, now, true).expect("build");
     let first_id = first_case.jobs[0].event_id.clone();
     rx.fail_id(&first_id, 3);
@@ -161,6 +196,222 @@ async fn two_events_of_one_case_arrive_in_order_even_when_the_first_needs_retrie
     // The unrelated case was not held up by the first case's retries.
     let other_at = got.iter().position(|r| r.webhook_id == other_case.jobs[0].event_id).expect("other delivered");
     assert!(other_at < got.iter().position(|r| r.webhook_id == first_id && r.answered == 200).expect("first ok"));
+    store.close().await;
+    gw.stop().await;
+}
+
+/// A dead `case.created` holds back the later events of its case: they are shown as held and not
+/// sent. Replaying it sends both, in order; discarding it sends the later one.
+#[tokio::test]
+async fn a_dead_letter_holds_the_rest_of_its_case_until_replayed_or_discarded() {
+    let db = TestDb::sqlite();
+    let rx = Receiver::start().await;
+    let toml = config_toml(&db.url, &downstream_toml(&rx.url, 10));
+    let store = db.store().await;
+    let builder = builder(&settings(&toml));
+    let seqs = store.next_seqs(2).await.expect("seqs");
+    let (replayed, replayed_update) = case_with_update(&builder, "site:dead-1", seqs[0]);
+    let (discarded, discarded_update) = case_with_update(&builder, "site:dead-2", seqs[1]);
+    let (replayed_created, discarded_created) = (replayed.jobs[0].event_id.clone(), discarded.jobs[0].event_id.clone());
+    rx.answer_id(&replayed_created, 410, 1);
+    rx.answer_id(&discarded_created, 410, 1);
+    store.commit_batch(Arc::new(vec![replayed, discarded])).await.expect("commit");
+
+    let gw = Gateway::start(&toml).await;
+    let dead = eventually(10, "both case.created dead after 410", || async {
+        let (_, v) = gw.admin_get("/v1/outbox?state=dead").await;
+        v["jobs"].as_array().filter(|a| a.len() == 2).cloned()
+    })
+    .await;
+    let dead_id =
+        |event: &str| dead.iter().find(|j| j["event_id"] == event).and_then(|j| j["id"].as_i64()).expect("dead job");
+    let (replayed_job, discarded_job) = (dead_id(&replayed_created), dead_id(&discarded_created));
+    // Several poll rounds later, the updates are still held, named as such, and were never sent.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let (status, held) = gw.admin_get("/v1/outbox?state=held").await;
+    assert_eq!(status, 200);
+    let held = held["jobs"].as_array().cloned().unwrap_or_default();
+    assert_eq!(held.len(), 2, "{held:#?}");
+    for (update, by) in [(&replayed_update, replayed_job), (&discarded_update, discarded_job)] {
+        let j = held.iter().find(|j| j["event_id"] == update.event_id.as_str()).expect("held update listed");
+        assert_eq!(j["state"], "held");
+        assert_eq!(j["held_by"], by, "names the job that holds it: {j}");
+    }
+    let sent: HashSet<String> = rx.received().into_iter().map(|r| r.webhook_id).collect();
+    assert!(!sent.contains(&replayed_update.event_id) && !sent.contains(&discarded_update.event_id), "{sent:?}");
+
+    // Replay: the dead event, then the one it held, in that order.
+    assert_eq!(gw.admin_post(&format!("/v1/outbox/{replayed_job}/replay")).await.0, 200);
+    let got = rx
+        .wait_until(10, "the replayed case's two events", |r| {
+            r.iter().any(|x| x.webhook_id == replayed_update.event_id && x.answered == 200)
+        })
+        .await;
+    let ok: Vec<&str> = got
+        .iter()
+        .filter(|r| r.answered == 200 && (r.webhook_id == replayed_created || r.webhook_id == replayed_update.event_id))
+        .map(|r| r.webhook_id.as_str())
+        .collect();
+    assert_eq!(ok, vec![replayed_created.as_str(), replayed_update.event_id.as_str()], "in creation order");
+
+    // Discard: the dead event is never sent again; the held one goes.
+    assert_eq!(gw.admin_post(&format!("/v1/outbox/{discarded_job}/discard")).await.0, 200);
+    assert_eq!(gw.admin_post(&format!("/v1/outbox/{discarded_job}/discard")).await.0, 409, "not dead any more");
+    assert_eq!(gw.admin_post(&format!("/v1/outbox/{discarded_job}/replay")).await.0, 409, "a discarded job stays so");
+    rx.wait_until(10, "the update behind the discarded job", |r| {
+        r.iter().any(|x| x.webhook_id == discarded_update.event_id && x.answered == 200)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let created_attempts = rx.received().iter().filter(|r| r.webhook_id == discarded_created).count();
+    assert_eq!(created_attempts, 1, "the discarded job was sent once, before it died");
+    let (_, v) = gw.admin_get("/v1/outbox?state=discarded").await;
+    assert_eq!(v["jobs"][0]["id"], discarded_job);
+    store.close().await;
+    gw.stop().await;
+}
+
+/// An endpoint that accepts connections and never answers, beside one that works: the working one
+/// gets every case at once; the hung one gets them all once it answers again, under the same ids.
+#[tokio::test]
+async fn a_hung_endpoint_holds_up_only_its_own_deliveries() {
+    let db = TestDb::sqlite();
+    let rx = Receiver::start().await;
+    let hole = Blackhole::start().await;
+    let hung_url = format!("http://127.0.0.1:{}/events", hole.port);
+    let extra = format!("{}{}", endpoint_toml("working", &rx.url, 2, ""), endpoint_toml("stalled", &hung_url, 1, ""));
+    let gw = Gateway::start(&config_toml(&db.url, &extra)).await;
+
+    let started = Instant::now();
+    let mut cases = Vec::new();
+    for i in 0..30 {
+        let (status, receipt) = gw.web().send(&complaint(&format!("hung endpoint beside a working one {i}"))).await;
+        assert_eq!(status, 202);
+        cases.push(receipt["case_id"].as_str().expect("case id").to_owned());
+    }
+    let got = rx
+        .wait_until(5, "every case at the working endpoint", |r| r.iter().filter(|x| x.answered == 200).count() >= 30)
+        .await;
+    let elapsed = started.elapsed();
+    let delivered: HashSet<String> =
+        got.iter().map(|r| r.body["data"]["case"]["id"].as_str().unwrap_or_default().to_owned()).collect();
+    assert_eq!(delivered, cases.iter().cloned().collect::<HashSet<_>>(), "every case, once: {elapsed:?}");
+    assert_eq!(got.len(), 30, "nothing delivered twice to the working endpoint");
+    // Long enough for the stalled endpoint's sends to hit their 1 s deadline and its breaker to open.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let tried: HashSet<String> = hole.webhook_ids().into_iter().collect();
+    assert_eq!(tried.len(), 30, "every case was sent to the stalled endpoint too (30 of 32 in flight)");
+    assert_eq!(rx.received().len(), 30, "and nothing more to the working one");
+
+    // The stalled endpoint comes back (the same port, now answering).
+    let port = hole.port;
+    hole.stop().await;
+    let back = Receiver::start_on(&format!("127.0.0.1:{port}")).await;
+    let got = back
+        .wait_until(30, "every case at the recovered endpoint", |r| {
+            r.iter().filter(|x| x.answered == 200).map(|x| &x.webhook_id).collect::<HashSet<_>>().len() >= 30
+        })
+        .await;
+    let ids: HashSet<String> = got.iter().map(|r| r.webhook_id.clone()).collect();
+    assert!(tried.is_subset(&ids), "each retry carries the webhook-id of the attempt that hung");
+    let recovered: HashSet<String> =
+        got.iter().map(|r| r.body["data"]["case"]["id"].as_str().unwrap_or_default().to_owned()).collect();
+    assert_eq!(recovered, cases.iter().cloned().collect::<HashSet<_>>());
+    gw.stop().await;
+}
+
+/// A 301 or 302 is a failed attempt, whatever the `Location` would answer: the job is retried and
+/// delivered by POST to the configured URL once that answers 2xx.
+#[tokio::test]
+async fn redirects_are_failed_attempts_never_followed() {
+    let db = TestDb::sqlite();
+    let rx = Receiver::start().await;
+    rx.set_redirect(Some((301, "/moved")));
+    let gw = Gateway::start(&config_toml(&db.url, &downstream_toml(&rx.url, 50))).await;
+    let (status, receipt) = gw.web().send(&complaint("redirect me")).await;
+    assert_eq!(status, 202);
+    rx.wait_until(10, "two 301s", |r| r.iter().filter(|x| x.answered == 301).count() >= 2).await;
+    let absolute = format!("{}/moved", rx.base());
+    rx.set_redirect(Some((302, &absolute)));
+    rx.wait_until(10, "two 302s", |r| r.iter().filter(|x| x.answered == 302).count() >= 2).await;
+    let job = eventually(10, "the failed attempt recorded", || async {
+        let (_, v) = gw.admin_get("/v1/outbox").await;
+        let jobs = v["jobs"].as_array().cloned().unwrap_or_default();
+        jobs.into_iter().find(|j| j["last_error"].as_str().is_some_and(|e| e.contains("302") && e.contains("/moved")))
+    })
+    .await;
+    assert_ne!(job["state"], "done", "{job}");
+    assert_eq!(rx.moved_hits(), 0, "the redirect was not followed");
+
+    rx.set_redirect(None);
+    let got =
+        rx.wait_until(10, "the delivery once the endpoint answers 200", |r| r.iter().any(|x| x.answered == 200)).await;
+    let ok = got.iter().find(|x| x.answered == 200).expect("delivered");
+    assert_eq!(ok.body["data"]["case"]["id"], receipt["case_id"], "the POSTed event itself");
+    assert!(got.iter().all(|r| r.webhook_id == got[0].webhook_id), "one job, one webhook-id");
+    assert_eq!(rx.moved_hits(), 0);
+    eventually(5, "the job done", || async {
+        let (_, v) = gw.admin_get("/v1/outbox?state=done").await;
+        (v["jobs"].as_array().map(Vec::len) == Some(1)).then_some(())
+    })
+    .await;
+    gw.stop().await;
+}
+
+/// After `breaker_failures` failures in a row the endpoint is paused (the metric says so); a
+/// successful probe closes the breaker and the backlog goes out.
+#[tokio::test]
+async fn the_breaker_opens_after_consecutive_failures_and_closes_after_a_good_probe() {
+    let db = TestDb::sqlite();
+    let rx = Receiver::start().await;
+    rx.set_default(503);
+    let name = format!("flaky{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let toml = config_toml(&db.url, &endpoint_toml(&name, &rx.url, 2, "breaker_failures = 3"))
+        .replace("breaker_cooldown = \"200ms\"", "breaker_cooldown = \"1s\"");
+    let gw = Gateway::start(&toml).await;
+    let gauge = format!("earshot_outbox_breaker_open{{destination=\"downstream:{name}\"}}");
+    for i in 0..5 {
+        assert_eq!(gw.web().send(&complaint(&format!("breaker {i}"))).await.0, 202);
+    }
+    eventually(10, "the breaker open", || async { (metric(&gw, &gauge).await == Some(1.0)).then_some(()) }).await;
+    // Open: nothing is sent during the cool-down (1 s), beyond what was already under way.
+    let before = rx.received().len();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(rx.received().len() <= before + 1, "paused: {} then {}", before, rx.received().len());
+    assert!(before >= 3, "it took three failures: {before}");
+
+    rx.set_default(200);
+    eventually(15, "the breaker closed after a good probe", || async {
+        (metric(&gw, &gauge).await == Some(0.0)).then_some(())
+    })
+    .await;
+    rx.wait_until(10, "every case delivered", |r| {
+        r.iter().filter(|x| x.answered == 200).map(|x| &x.webhook_id).collect::<HashSet<_>>().len() == 5
+    })
+    .await;
+    gw.stop().await;
+}
+
+/// Done jobs are deleted after `keep_done`; dead ones stay.
+#[tokio::test]
+async fn retention_deletes_old_done_jobs_and_keeps_dead_ones() {
+    let db = TestDb::sqlite();
+    let rx = Receiver::start().await;
+    let toml = config_toml(&db.url, &downstream_toml(&rx.url, 10))
+        .replace("breaker_cooldown = \"200ms\"", "breaker_cooldown = \"200ms\"\nkeep_done = \"1s\"");
+    let gw = Gateway::start(&toml).await;
+    rx.script(&[410]);
+    assert_eq!(gw.web().send(&complaint("dies")).await.0, 202);
+    rx.wait_until(10, "the 410", |r| !r.is_empty()).await;
+    assert_eq!(gw.web().send(&complaint("delivered")).await.0, 202);
+    rx.wait_until(10, "the delivery", |r| r.iter().any(|x| x.answered == 200)).await;
+    let store = db.store().await;
+    let left = eventually(10, "the done job deleted", || async {
+        let jobs = store.list_jobs(None, 100).await.expect("jobs");
+        (jobs.len() == 1).then_some(jobs)
+    })
+    .await;
+    assert_eq!(left[0].state, "dead", "the dead job stays");
     store.close().await;
     gw.stop().await;
 }

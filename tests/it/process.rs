@@ -266,6 +266,11 @@ async fn two_processes_on_postgres_make_200_cases() {
     let (port_a, port_b) = (free_port(), free_port());
     let cfg_a = write_config(dir.path(), "a.toml", port_a, &db.url, &downstream);
     let cfg_b = write_config(dir.path(), "b.toml", port_b, &db.url, &downstream);
+    // The lease must outlast that timeout: check-config refuses a lease that does not.
+    for cfg in [&cfg_a, &cfg_b] {
+        let text = std::fs::read_to_string(cfg).expect("read config");
+        std::fs::write(cfg, text.replace("lease = \"5s\"", "lease = \"20s\"")).expect("write config");
+    }
     // Started together: both migrate the same fresh database at once, as a rolling deploy would.
     let (mut a, mut b) =
         tokio::join!(Proc::start(&cfg_a, port_a, "instance-a"), Proc::start(&cfg_b, port_b, "instance-b"),);

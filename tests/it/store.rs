@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use earshot::schema::{CaseId, CaseRef, EventId, MessageId};
-use earshot::store::{Committed, Job, NewCase, NewJob, Store};
+use earshot::store::{Committed, Job, JobOutcome, NewCase, NewJob, OutcomeKind, Store};
 use earshot_channel::{Identity, IdentityKind};
 use serde_json::json;
 
@@ -73,6 +73,10 @@ on_both_backends!(store check_leasing => sqlite_leasing, postgres_leasing);
 on_both_backends!(store check_per_case_ordering => sqlite_per_case_ordering, postgres_per_case_ordering);
 on_both_backends!(store check_dead_and_replay => sqlite_dead_and_replay, postgres_dead_and_replay);
 on_both_backends!(store check_ticket_id => sqlite_ticket_id, postgres_ticket_id);
+on_both_backends!(store check_batched_outcomes => sqlite_batched_outcomes, postgres_batched_outcomes);
+on_both_backends!(store check_dead_job_holds_later_jobs_until_discarded => sqlite_dead_job_holds_later_jobs_until_discarded, postgres_dead_job_holds_later_jobs_until_discarded);
+on_both_backends!(store check_lease_by_destination => sqlite_lease_by_destination, postgres_lease_by_destination);
+on_both_backends!(store check_retention => sqlite_retention, postgres_retention);
 on_both_backends!(store check_customers_for => sqlite_customers_for, postgres_customers_for);
 on_both_backends!(store check_customer_checked_at_commit => sqlite_customer_checked_at_commit, postgres_customer_checked_at_commit);
 on_both_backends!(store check_mailbox_leases => sqlite_mailbox_leases, postgres_mailbox_leases);
@@ -293,7 +297,7 @@ async fn jobs_of(store: &dyn Store, case_id: &str) -> Vec<Job> {
 /// are chosen under the limit; the worker delivers a leased batch concurrently, so the order of the
 /// returned rows means nothing (and `UPDATE … RETURNING` does not promise one).
 async fn lease(store: &dyn Store, now_ms: i64, limit: i64) -> Vec<Job> {
-    let mut jobs = store.lease_jobs(now_ms, now_ms + LEASE_MS, limit).await.expect("lease_jobs");
+    let mut jobs = store.lease_jobs(None, now_ms, now_ms + LEASE_MS, limit).await.expect("lease_jobs");
     jobs.sort_by_key(|j| j.id);
     jobs
 }
@@ -750,13 +754,24 @@ async fn check_dead_and_replay(store: &dyn Store) {
     assert_eq!(lease(store, t + 1, 10).await.len(), 3);
 }
 
+fn done(job: &Job, ticket: Option<&str>) -> JobOutcome {
+    JobOutcome {
+        id: job.id,
+        attempts: job.attempts,
+        kind: OutcomeKind::Done { case_id: job.case_id.clone(), ticket_id: ticket.map(str::to_owned) },
+    }
+}
+
 async fn check_ticket_id(store: &dyn Store) {
     let s = seqs(store, 2).await;
-    let a = new_case(s[0], T0, &[]);
+    let a = new_case(s[0], T0, &[TICKETS, "downstream:other"]);
     let b = new_case(s[1], T0, &[]);
     commit(store, &[a.clone(), b.clone()]).await;
+    let got = lease(store, T0 + 1, 10).await;
+    assert_eq!(got.len(), 2);
 
-    store.set_ticket_id(&a.case_id, "T-42", T0 + 5).await.expect("set_ticket_id");
+    let counted = store.record_outcomes(vec![done(&got[0], Some("T-42"))], T0 + 5).await.expect("record");
+    assert_eq!(counted, vec![true]);
     let (row, _) = store.get_case(&a.case_id).await.expect("get_case").expect("case a");
     assert_eq!(row.ticket_id.as_deref(), Some("T-42"));
     let (row, _) = store.get_case(&b.case_id).await.expect("get_case").expect("case b");
@@ -765,9 +780,155 @@ async fn check_ticket_id(store: &dyn Store) {
     let listed_a = listed.iter().find(|r| r.id == a.case_id).expect("a is listed");
     assert_eq!(listed_a.ticket_id.as_deref(), Some("T-42"));
 
-    store.set_ticket_id(&a.case_id, "T-43", T0 + 6).await.expect("set_ticket_id");
+    // A delivery without a ticket id keeps the one stored; another ticket id replaces it.
+    let counted = store.record_outcomes(vec![done(&got[1], None)], T0 + 6).await.expect("record");
+    assert_eq!(counted, vec![true]);
+    let (row, _) = store.get_case(&a.case_id).await.expect("get_case").expect("case a");
+    assert_eq!(row.ticket_id.as_deref(), Some("T-42"));
+    let c = new_case(seqs(store, 1).await[0], T0 + 7, &[TICKETS]);
+    commit(store, std::slice::from_ref(&c)).await;
+    let mut again = lease(store, T0 + 8, 10).await.remove(0);
+    again.case_id = a.case_id.clone();
+    store.record_outcomes(vec![done(&again, Some("T-43"))], T0 + 9).await.expect("record");
     let (row, _) = store.get_case(&a.case_id).await.expect("get_case").expect("case a");
     assert_eq!(row.ticket_id.as_deref(), Some("T-43"));
+}
+
+/// Outcomes of many deliveries in one call: each is applied as if alone, and a stale one (its lease
+/// taken over) changes nothing while the others count.
+async fn check_batched_outcomes(store: &dyn Store) {
+    let s = seqs(store, 5).await;
+    let items: Vec<NewCase> = s.iter().map(|q| new_case(*q, T0, &[TICKETS])).collect();
+    commit(store, &items).await;
+    let got = lease(store, T0 + 1, 10).await;
+    let [a, b, c, d, e] = &got[..] else { panic!("five jobs: {got:?}") };
+    let now = T0 + 10;
+    let outcomes = vec![
+        done(a, Some("T-1")),
+        JobOutcome {
+            id: b.id,
+            attempts: b.attempts,
+            kind: OutcomeKind::Retry { at_ms: now + 5_000, error: "HTTP 503".into() },
+        },
+        JobOutcome { id: c.id, attempts: c.attempts, kind: OutcomeKind::Dead { error: "HTTP 410 Gone".into() } },
+        JobOutcome { id: d.id, attempts: d.attempts, kind: OutcomeKind::Released },
+        // A worker whose lease expired long ago: fenced out by its attempt number.
+        JobOutcome { id: e.id, attempts: e.attempts - 1, kind: OutcomeKind::Dead { error: "stale".into() } },
+    ];
+    let counted = store.record_outcomes(outcomes, now).await.expect("record");
+    assert_eq!(counted, vec![true, true, true, true, false]);
+
+    let j = job(store, a.id).await;
+    assert_eq!((j.state.as_str(), j.last_error.as_deref()), ("done", None));
+    let j = job(store, b.id).await;
+    assert_eq!((j.state.as_str(), j.next_attempt_at, j.attempts), ("pending", now + 5_000, 1));
+    assert_eq!(j.last_error.as_deref(), Some("HTTP 503"));
+    let j = job(store, c.id).await;
+    assert_eq!((j.state.as_str(), j.last_error.as_deref()), ("dead", Some("HTTP 410 Gone")));
+    let j = job(store, d.id).await;
+    assert_eq!(
+        (j.state.as_str(), j.attempts, j.next_attempt_at),
+        ("pending", 0, now),
+        "a released job is due at once, its attempt given back"
+    );
+    let j = job(store, e.id).await;
+    assert_eq!((j.state.as_str(), j.attempts), ("leased", 1), "the stale outcome changed nothing");
+    let (row, _) = store.get_case(&a.case_id).await.expect("get_case").expect("case a");
+    assert_eq!(row.ticket_id.as_deref(), Some("T-1"));
+    assert!(store.record_outcomes(Vec::new(), now).await.expect("record nothing").is_empty());
+}
+
+/// A dead job holds back the later jobs of its case to its destination (shown as held, naming it),
+/// until it is replayed and delivered, or discarded.
+async fn check_dead_job_holds_later_jobs_until_discarded(store: &dyn Store) {
+    let s = seqs(store, 2).await;
+    let x = new_case(s[0], T0, &[TICKETS, TICKETS, TICKETS, WEB]);
+    let y = new_case(s[1], T0 + 1, &[TICKETS]);
+    commit(store, &[x.clone(), y.clone()]).await;
+    let x_jobs = ids(&jobs_of(store, &x.case_id).await);
+    let [x1, x2, x3, xw] = x_jobs[..] else { panic!("four jobs of x: {x_jobs:?}") };
+    let y1 = jobs_of(store, &y.case_id).await[0].id;
+    assert_eq!(ids(&lease(store, T0 + 10, 10).await), vec![x1, xw, y1]);
+    assert!(store.fail_job(x1, 1, None, "HTTP 410 Gone", T0 + 11).await.expect("fail"));
+    assert!(store.complete_job(xw, 1, T0 + 11).await.expect("complete"));
+    assert!(store.complete_job(y1, 1, T0 + 11).await.expect("complete"));
+    assert!(lease(store, T0 + 100 * LEASE_MS, 10).await.is_empty(), "x2 and x3 wait behind the dead x1");
+
+    let held = store.list_jobs(Some("held"), 10).await.expect("list held");
+    assert_eq!(ids(&held), vec![x3, x2]);
+    assert!(held.iter().all(|j| j.state == "held"), "{held:?}");
+    assert_eq!(held[1].held_by, Some(x1), "x2 names the job it waits for");
+    assert_eq!(held[0].held_by, Some(x1), "x3 names the first unfinished job, the one that blocks the case");
+    let all = store.list_jobs(None, 10).await.expect("list");
+    assert_eq!(all.iter().find(|j| j.id == x2).map(|j| j.state.as_str()), Some("held"));
+    assert!(store.list_jobs(Some("pending"), 10).await.expect("list pending").is_empty());
+    let backlog = store.outbox_backlog().await.expect("backlog");
+    let t = backlog.iter().find(|b| b.destination == TICKETS).expect("tickets backlog");
+    assert_eq!((t.pending, t.held, t.dead), (0, 2, 1), "{backlog:?}");
+
+    // Replayed, x1 goes first and alone; dead again, it holds the others again.
+    assert!(store.replay_job(x1, T0 + 20).await.expect("replay"));
+    assert_eq!(ids(&lease(store, T0 + 20, 10).await), vec![x1]);
+    assert!(store.fail_job(x1, 1, None, "HTTP 410 Gone", T0 + 21).await.expect("fail"));
+    assert!(lease(store, T0 + 22, 10).await.is_empty());
+
+    // Discarded, it holds nothing: x2, then x3, in order.
+    assert!(!store.discard_job(x2, T0 + 23).await.expect("discard"), "only a dead job can be discarded");
+    assert!(store.discard_job(x1, T0 + 23).await.expect("discard"));
+    assert!(!store.discard_job(x1, T0 + 23).await.expect("discard"), "discarded once");
+    assert_eq!(job(store, x1).await.state, "discarded");
+    assert!(!store.replay_job(x1, T0 + 24).await.expect("replay"), "a discarded job is not replayed");
+    assert_eq!(ids(&lease(store, T0 + 24, 10).await), vec![x2]);
+    assert!(store.complete_job(x2, 1, T0 + 25).await.expect("complete"));
+    assert_eq!(ids(&lease(store, T0 + 26, 10).await), vec![x3]);
+    assert_eq!(
+        store.list_jobs(Some("discarded"), 10).await.expect("list discarded").iter().map(|j| j.id).collect::<Vec<_>>(),
+        vec![x1]
+    );
+}
+
+/// Each destination leases its own jobs, whatever the others have due.
+async fn check_lease_by_destination(store: &dyn Store) {
+    let s = seqs(store, 3).await;
+    let items: Vec<NewCase> = s.iter().map(|q| new_case(*q, T0, &[TICKETS, WEB])).collect();
+    commit(store, &items).await;
+    assert_eq!(store.job_destinations().await.expect("destinations"), vec![WEB.to_owned(), TICKETS.to_owned()]);
+    let web = store.lease_jobs(Some(WEB), T0 + 1, T0 + 1 + LEASE_MS, 2).await.expect("lease web");
+    assert_eq!(web.len(), 2);
+    assert!(web.iter().all(|j| j.destination == WEB));
+    let tickets = store.lease_jobs(Some(TICKETS), T0 + 1, T0 + 1 + LEASE_MS, 10).await.expect("lease tickets");
+    assert_eq!(tickets.len(), 3);
+    assert!(tickets.iter().all(|j| j.destination == TICKETS));
+    let none = store.lease_jobs(Some("downstream:nobody"), T0 + 1, T0 + 1 + LEASE_MS, 10).await.expect("lease");
+    assert!(none.is_empty());
+    assert_eq!(store.job_destinations().await.expect("destinations"), vec![WEB.to_owned(), TICKETS.to_owned()]);
+}
+
+/// Done and discarded jobs older than the cut-off are deleted; dead, pending and newer ones stay.
+async fn check_retention(store: &dyn Store) {
+    let s = seqs(store, 4).await;
+    let old: Vec<NewCase> = s[..3].iter().map(|q| new_case(*q, T0, &[TICKETS])).collect();
+    commit(store, &old).await;
+    let got = lease(store, T0 + 1, 10).await;
+    let [a, b, c] = &got[..] else { panic!("three jobs: {got:?}") };
+    store.record_outcomes(vec![done(a, None)], T0 + 2).await.expect("record");
+    assert!(store.fail_job(b.id, b.attempts, None, "HTTP 410 Gone", T0 + 2).await.expect("fail"));
+    assert!(store.fail_job(c.id, c.attempts, None, "HTTP 410 Gone", T0 + 2).await.expect("fail"));
+    assert!(store.discard_job(c.id, T0 + 3).await.expect("discard"));
+    // A job delivered later than the cut-off, and one created after it.
+    let newer = new_case(s[3], T0 + 1_000, &[TICKETS]);
+    commit(store, std::slice::from_ref(&newer)).await;
+    let n = lease(store, T0 + 1_001, 10).await;
+    store.record_outcomes(vec![done(&n[0], None)], T0 + 1_002).await.expect("record");
+
+    let token = tokio_util::sync::CancellationToken::new();
+    let deleted = earshot::outbox::retention_sweep(store, T0 + 500, &token).await.expect("sweep");
+    assert_eq!(deleted, 2, "the old done job and the discarded one");
+    let left: Vec<i64> = ids(&all_jobs(store).await);
+    assert_eq!(left, vec![b.id, n[0].id], "the dead job and the newer done one stay");
+    assert_eq!(earshot::outbox::retention_sweep(store, T0 + 500, &token).await.expect("sweep"), 0);
+    assert_eq!(earshot::outbox::retention_sweep(store, T0 + 2_000, &token).await.expect("sweep"), 1);
+    assert_eq!(ids(&all_jobs(store).await), vec![b.id]);
 }
 
 async fn check_customers_for(store: &dyn Store) {

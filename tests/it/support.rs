@@ -117,6 +117,7 @@ max_connections = 4
 
 [channels.web]
 max_body_bytes = 4096
+callback_timeout_secs = 2
 
 [[channels.web.sources]]
 name = "site"
@@ -129,6 +130,7 @@ workers = 2
 retry_schedule = ["100ms", "200ms", "300ms"]
 lease = "5s"
 poll_interval = "50ms"
+breaker_cooldown = "200ms"
 
 {extra}
 "#
@@ -309,8 +311,12 @@ struct RecvState {
     /// Answers to give next, in order; when empty, `default`.
     script: Mutex<VecDeque<u16>>,
     default: Mutex<u16>,
-    /// Per webhook-id: how many more times to fail it with 503.
-    fail_ids: Mutex<std::collections::HashMap<String, u32>>,
+    /// Per webhook-id: the status to answer it with, and how many more times.
+    fail_ids: Mutex<std::collections::HashMap<String, (u16, u32)>>,
+    /// Answer every delivery with this 3xx status and `Location`.
+    redirect: Mutex<Option<(u16, String)>>,
+    /// Requests that followed a redirect to `/moved`.
+    moved: Mutex<u32>,
     changed: Notify,
 }
 
@@ -339,12 +345,16 @@ async fn receive(State(st): State<Arc<RecvState>>, headers: HeaderMap, body: Byt
     let mut status = scripted.unwrap_or(*st.default.lock().expect("lock"));
     {
         let mut fails = st.fail_ids.lock().expect("lock");
-        if let Some(n) = fails.get_mut(&webhook_id)
+        if let Some((code, n)) = fails.get_mut(&webhook_id)
             && *n > 0
         {
             *n -= 1;
-            status = 503;
+            status = *code;
         }
+    }
+    let redirect = st.redirect.lock().expect("lock").clone();
+    if let Some((code, _)) = &redirect {
+        status = *code;
     }
     let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let n = {
@@ -354,7 +364,18 @@ async fn receive(State(st): State<Arc<RecvState>>, headers: HeaderMap, body: Byt
     };
     st.changed.notify_waiters();
     let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    (code, axum::Json(serde_json::json!({ "ticket_id": format!("T-{n}") })))
+    let mut headers = HeaderMap::new();
+    if let Some((_, location)) = redirect {
+        headers.insert(axum::http::header::LOCATION, location.parse().expect("location"));
+    }
+    (code, headers, axum::Json(serde_json::json!({ "ticket_id": format!("T-{n}") })))
+}
+
+/// Where redirected deliveries would land: answers 200 to anything, and counts.
+async fn moved(State(st): State<Arc<RecvState>>) -> impl IntoResponse {
+    *st.moved.lock().expect("lock") += 1;
+    st.changed.notify_waiters();
+    (StatusCode::OK, axum::Json(serde_json::json!({ "ticket_id": "T-moved" })))
 }
 
 impl Receiver {
@@ -375,11 +396,16 @@ impl Receiver {
             script: Mutex::new(VecDeque::new()),
             default: Mutex::new(200),
             fail_ids: Mutex::new(Default::default()),
+            redirect: Mutex::new(None),
+            moved: Mutex::new(0),
             changed: Notify::new(),
         });
         let listener = tokio::net::TcpListener::bind(addr).await.expect("bind receiver");
         let url = format!("http://{}/events", listener.local_addr().expect("addr"));
-        let app = axum::Router::new().route("/events", axum::routing::post(receive)).with_state(state.clone());
+        let app = axum::Router::new()
+            .route("/events", axum::routing::post(receive))
+            .route("/moved", axum::routing::any(moved))
+            .with_state(state.clone());
         let handle = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
@@ -390,13 +416,34 @@ impl Receiver {
         *self.state.default.lock().expect("lock") = status;
     }
 
+    /// Answers every delivery with `status` and `Location: location` (a path on this receiver, or
+    /// any URL); `None` answers normally again.
+    pub fn set_redirect(&self, redirect: Option<(u16, &str)>) {
+        *self.state.redirect.lock().expect("lock") = redirect.map(|(s, l)| (s, l.to_owned()));
+    }
+
+    /// Requests that reached `/moved`, where redirects point.
+    pub fn moved_hits(&self) -> u32 {
+        *self.state.moved.lock().expect("lock")
+    }
+
+    /// The base URL (`http://127.0.0.1:PORT`).
+    pub fn base(&self) -> String {
+        self.url.trim_end_matches("/events").to_owned()
+    }
+
     pub fn script(&self, answers: &[u16]) {
         self.state.script.lock().expect("lock").extend(answers.iter().copied());
     }
 
     /// Fail every delivery of `webhook_id` with 503, `times` times.
     pub fn fail_id(&self, webhook_id: &str, times: u32) {
-        self.state.fail_ids.lock().expect("lock").insert(webhook_id.to_owned(), times);
+        self.answer_id(webhook_id, 503, times);
+    }
+
+    /// Answer every delivery of `webhook_id` with `status`, `times` times.
+    pub fn answer_id(&self, webhook_id: &str, status: u16, times: u32) {
+        self.state.fail_ids.lock().expect("lock").insert(webhook_id.to_owned(), (status, times));
     }
 
     pub fn received(&self) -> Vec<Received> {
@@ -425,6 +472,86 @@ impl Receiver {
                 );
             }
             let _ = tokio::time::timeout(Duration::from_millis(100), notified).await;
+        }
+    }
+}
+
+/// A peer that accepts TCP connections and never answers (not even an SMTP greeting): what a hung
+/// server looks like from outside. It keeps what each connection sent; dropping it closes them all.
+pub struct Blackhole {
+    pub port: u16,
+    state: Arc<Mutex<Vec<Vec<u8>>>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Blackhole {
+    pub async fn start() -> Blackhole {
+        Self::start_on("127.0.0.1:0").await
+    }
+
+    pub async fn start_on(addr: &str) -> Blackhole {
+        use tokio::io::AsyncReadExt;
+        let listener = tokio::net::TcpListener::bind(addr).await.expect("bind the black hole");
+        let port = listener.local_addr().expect("addr").port();
+        let state: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
+        let st = state.clone();
+        let task = tokio::spawn(async move {
+            let mut readers = tokio::task::JoinSet::new();
+            while let Ok((mut sock, _)) = listener.accept().await {
+                let st = st.clone();
+                let i = {
+                    let mut all = st.lock().expect("lock");
+                    all.push(Vec::new());
+                    all.len() - 1
+                };
+                readers.spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    // Read whatever comes, answer nothing; the socket stays open until dropped.
+                    while let Ok(n) = sock.read(&mut buf).await {
+                        if n == 0 {
+                            break;
+                        }
+                        st.lock().expect("lock")[i].extend_from_slice(&buf[..n]);
+                    }
+                    std::future::pending::<()>().await;
+                });
+            }
+        });
+        Blackhole { port, state, task: Some(task) }
+    }
+
+    /// Closes the listener and every connection; returns once the port is free.
+    pub async fn stop(mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.state.lock().expect("lock").len()
+    }
+
+    /// The `webhook-id` headers of the HTTP requests it was sent.
+    pub fn webhook_ids(&self) -> Vec<String> {
+        let all = self.state.lock().expect("lock");
+        all.iter()
+            .flat_map(|raw| {
+                String::from_utf8_lossy(raw)
+                    .lines()
+                    .filter_map(|l| l.strip_prefix("webhook-id: ").map(|v| v.trim().to_owned()))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+}
+
+impl Drop for Blackhole {
+    fn drop(&mut self) {
+        // Aborting the accept task drops the listener and, with its JoinSet, every connection.
+        if let Some(task) = self.task.take() {
+            task.abort();
         }
     }
 }

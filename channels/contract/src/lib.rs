@@ -83,8 +83,21 @@ pub trait Channel: Send + Sync + 'static {
         Ok(())
     }
 
-    /// Delivers one outbound message; called by the outbox only.
+    /// Delivers one outbound message; called by the outbox only. It must end within
+    /// [`Channel::send_deadline`] of its sender (the outbox also cuts it off there).
     async fn send(&self, msg: &Outbound) -> Result<Sent, SendError>;
+
+    /// The accounts this channel sends from (mailboxes, sources with a callback, a bot), as named
+    /// by [`ReplyRoute::sender`]: each gets its own in-flight budget and breaker in the outbox.
+    fn senders(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// The longest one send from `sender` may take: connect, TLS, every command and the whole
+    /// message. The outbox's lease must be longer.
+    fn send_deadline(&self, _sender: &str) -> Duration {
+        Duration::from_secs(30)
+    }
 }
 
 /// Why intake refused or could not take a message.

@@ -128,6 +128,17 @@ pub enum ReplyRoute {
     },
 }
 
+impl ReplyRoute {
+    /// The configured account a reply on this route goes out from (the web source, the mailbox):
+    /// the outbox gives each one its own in-flight budget and breaker.
+    pub fn sender(&self) -> &str {
+        match self {
+            ReplyRoute::Web { source, .. } => source,
+            ReplyRoute::Email { mailbox, .. } => mailbox,
+        }
+    }
+}
+
 /// References to earlier messages or cases seen in a message.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct ThreadHint {

@@ -170,6 +170,7 @@ const MAX_ANSWER_BYTES: usize = 64 * 1024;
 /// POSTs one signed message and classifies the answer the way Standard Webhooks senders do:
 /// 2xx is success; 410 Gone is permanent; 429/502/503/504 back off (honouring `Retry-After`);
 /// every other answer, 3xx included, is a failure worth retrying; no answer is `Unreachable`.
+/// `client` must not follow redirects (`reqwest::redirect::Policy::none()`).
 pub async fn post_signed(
     client: &reqwest::Client,
     url: &str,
@@ -201,6 +202,7 @@ pub async fn post_signed(
         }
     };
     let status = resp.status();
+    let location = resp.headers().get(http::header::LOCATION).and_then(|v| v.to_str().ok()).map(str::to_owned);
     let retry_after =
         resp.headers().get(http::header::RETRY_AFTER).and_then(|v| v.to_str().ok()).and_then(parse_retry_after);
     // Read a bounded prefix of the answer: a receiver cannot make us buffer without limit.
@@ -220,7 +222,12 @@ pub async fn post_signed(
         return Ok(Delivered { status: status.as_u16(), body: answer });
     }
     let snippet: String = String::from_utf8_lossy(&answer).chars().take(200).collect();
-    let reason = format!("HTTP {status}: {}", snippet.trim());
+    // A redirect is never followed (the client must be built without redirects): a POST followed as
+    // a GET would reach something else, and a 2xx there would mark the event delivered.
+    let reason = match location.filter(|_| status.is_redirection()) {
+        Some(to) => format!("HTTP {status} to {to} (redirects are not followed): {}", snippet.trim()),
+        None => format!("HTTP {status}: {}", snippet.trim()),
+    };
     match status.as_u16() {
         410 => Err(SendError::Permanent { reason }),
         429 | 502 | 503 | 504 => Err(SendError::Transient { reason, retry_after }),

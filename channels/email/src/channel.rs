@@ -56,4 +56,12 @@ impl Channel for EmailChannel {
     async fn send(&self, msg: &Outbound) -> Result<Sent, SendError> {
         self.smtp.send(msg).await
     }
+
+    fn senders(&self) -> Vec<String> {
+        self.mailbox_names()
+    }
+
+    fn send_deadline(&self, sender: &str) -> std::time::Duration {
+        self.mailboxes.iter().find(|m| m.name == sender).map_or(std::time::Duration::from_secs(30), |m| m.smtp.timeout)
+    }
 }

@@ -40,6 +40,9 @@ impl Header for AutoSubmitted {
 
 struct Outgoing {
     transport: AsyncSmtpTransport<Tokio1Executor>,
+    /// The whole send: connect, TLS, every command and the message (lettre's own timeout covers
+    /// only part of that).
+    timeout: Duration,
     from: Mailbox,
     domain: String,
 }
@@ -83,7 +86,7 @@ impl SmtpSender {
             let from = Mailbox::new(mb.display_name.clone(), address);
             let domain =
                 mb.address.rsplit_once('@').map(|(_, d)| d.to_owned()).unwrap_or_else(|| "earshot.invalid".into());
-            by_mailbox.insert(mb.name.clone(), Outgoing { transport: b.build(), from, domain });
+            by_mailbox.insert(mb.name.clone(), Outgoing { transport: b.build(), timeout: s.timeout, from, domain });
         }
         let quota = Quota::per_hour(NonZeroU32::new(acks_per_hour.max(1)).unwrap_or(NonZeroU32::MIN));
         Ok(SmtpSender { by_mailbox, per_recipient: RateLimiter::keyed(quota) })
@@ -109,7 +112,16 @@ impl SmtpSender {
             });
         }
         let email = build(msg, out, to, message_id, references, subject.as_deref())?;
-        match out.transport.send(email).await {
+        let sent = match tokio::time::timeout(out.timeout, out.transport.send(email)).await {
+            Ok(sent) => sent,
+            Err(_) => {
+                return Err(SendError::Transient {
+                    reason: format!("SMTP server gave no complete answer within {} s", out.timeout.as_secs_f32()),
+                    retry_after: None,
+                });
+            }
+        };
+        match sent {
             Ok(resp) => Ok(Sent { provider_id: resp.message().next().map(str::to_owned) }),
             Err(e) if e.is_permanent() => Err(SendError::Permanent { reason: e.to_string() }),
             Err(e) if e.is_transient() || e.is_timeout() => {

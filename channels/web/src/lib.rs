@@ -135,6 +135,22 @@ impl Channel for WebChannel {
         .await?;
         Ok(Sent::default())
     }
+
+    fn senders(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .inner
+            .sources
+            .values()
+            .filter(|s| s.settings.callback_url.is_some())
+            .map(|s| s.settings.name.clone())
+            .collect();
+        names.sort();
+        names
+    }
+
+    fn send_deadline(&self, _sender: &str) -> Duration {
+        self.inner.callback_timeout
+    }
 }
 
 #[derive(Serialize)]

@@ -1,0 +1,16 @@
+-- The outbox as an isolated, ordered pipe (see src/outbox/).
+--
+-- * `discarded`: a dead job an operator gave up on on purpose; it no longer holds back the later
+--   jobs of its case.
+-- * `outbox_due` leads with the destination: each destination leases its own due jobs, and a
+--   destination with a large blocked backlog (a hung ticket store) must not make every other
+--   destination's lease walk past its rows.
+-- * `outbox_order` covers dead jobs too: a later job of a case to one destination waits behind an
+--   earlier pending, leased or dead one.
+ALTER TABLE outbox DROP CONSTRAINT outbox_state_check;
+ALTER TABLE outbox ADD CONSTRAINT outbox_state_check
+    CHECK (state IN ('pending', 'leased', 'done', 'dead', 'discarded'));
+DROP INDEX outbox_due;
+CREATE INDEX outbox_due ON outbox (destination, next_attempt_at) WHERE state IN ('pending', 'leased');
+DROP INDEX outbox_order;
+CREATE INDEX outbox_order ON outbox (case_id, destination, id) WHERE state IN ('pending', 'leased', 'dead');

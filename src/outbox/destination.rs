@@ -1,0 +1,252 @@
+//! One destination's delivery loop: its own leases, its own in-flight budget, its own breaker.
+//!
+//! A destination is a downstream endpoint or a channel's sender (a mailbox, a web source's
+//! callback). Its loop leases only its own due jobs, and only as many as it has room for (twice
+//! its budget: the budget in flight and as many queued, so the next sends start as soon as others
+//! end); it starts a send whenever one ends, never waiting for a batch to finish. A hung or failing
+//! destination fills only its own budget or opens only its own breaker: every other destination's
+//! loop goes on untouched. Every send is cut off at the destination's deadline, which config
+//! checks is shorter than the lease, so a job is never sent while another worker may own it.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use earshot_channel::SendError;
+use tokio::sync::{Notify, mpsc};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::breaker::{Admit, Breaker, Change};
+use super::recorder::Recorded;
+use super::worker::Deliverer;
+use crate::config::OutboxSettings;
+use crate::store::{Job, JobOutcome, OutcomeKind, Store};
+
+/// One destination and its limits.
+#[derive(Debug, Clone)]
+pub struct Spec {
+    pub destination: String,
+    /// The longest one send may take.
+    pub deadline: Duration,
+    pub max_in_flight: usize,
+    pub breaker_failures: u32,
+}
+
+/// What a destination loop shares with the others.
+pub struct Shared {
+    pub store: Arc<dyn Store>,
+    pub deliverer: Arc<Deliverer>,
+    pub settings: OutboxSettings,
+    pub recorder: mpsc::UnboundedSender<Recorded>,
+}
+
+/// How much of a lease must be left to start a queued job: its whole deadline and this margin.
+const START_MARGIN: Duration = Duration::from_secs(1);
+
+/// Runs until `shutdown`, then hands its queued jobs back and waits for its sends to end.
+pub async fn run(spec: Spec, shared: Arc<Shared>, wake: Arc<Notify>, shutdown: CancellationToken) {
+    let dest = spec.destination.clone();
+    let lease_ms = shared.settings.lease.as_millis() as i64;
+    let max = spec.max_in_flight.max(1);
+    let mut breaker = Breaker::new(spec.breaker_failures, shared.settings.breaker_cooldown);
+    let mut queue: VecDeque<Job> = VecDeque::new();
+    let mut sends: JoinSet<(bool, bool)> = JoinSet::new();
+    let mut probe_out = false;
+    // The last lease found fewer jobs than it asked for: none is due until a wake-up or the poll.
+    let mut drained = false;
+    let mut lease_failures = 0u32;
+    set_breaker_gauge(&dest, false);
+
+    while !shutdown.is_cancelled() {
+        let now = Instant::now();
+        let admit = breaker.admit(now, probe_out);
+        // Start what may start.
+        while sends.len() < max {
+            let probe = match breaker.admit(now, probe_out) {
+                Admit::Any => false,
+                Admit::Probe => true,
+                Admit::Nothing(_) => break,
+            };
+            let Some(job) = queue.pop_front() else { break };
+            if lease_left(&job) < spec.deadline + START_MARGIN {
+                release(&shared, job);
+                continue;
+            }
+            probe_out |= probe;
+            let (shared, deadline, wake) = (shared.clone(), spec.deadline, wake.clone());
+            sends.spawn(async move { (probe, send(&shared, job, deadline, wake).await) });
+        }
+        // A paused destination keeps nothing leased that it will not send soon.
+        if matches!(admit, Admit::Nothing(Some(_))) {
+            while let Some(job) = queue.pop_front() {
+                release(&shared, job);
+            }
+        }
+        metrics::gauge!("earshot_outbox_in_flight", "destination" => dest.clone()).set(sends.len() as f64);
+
+        let room = (2 * max).saturating_sub(sends.len() + queue.len());
+        let idle = sends.is_empty() && queue.is_empty();
+        let want = match breaker.admit(now, probe_out) {
+            Admit::Any if !drained && (room >= max.div_ceil(2) || idle) => room,
+            Admit::Probe if !drained && queue.is_empty() => 1,
+            _ => 0,
+        };
+        if want > 0 {
+            let now_ms = crate::now_ms();
+            match shared.store.lease_jobs(Some(&dest), now_ms, now_ms + lease_ms, want as i64).await {
+                Ok(jobs) => {
+                    lease_failures = 0;
+                    drained = jobs.len() < want;
+                    let got = !jobs.is_empty();
+                    queue.extend(jobs);
+                    if got {
+                        continue;
+                    }
+                }
+                Err(e) => {
+                    lease_failures += 1;
+                    let pause = Duration::from_millis(200 * 2u64.pow(lease_failures.min(6)));
+                    tracing::warn!(destination = %dest, error = %e, retry_in_ms = pause.as_millis() as u64, "Outbox lease failed.");
+                    tokio::select! { _ = tokio::time::sleep(pause) => {}, _ = shutdown.cancelled() => {} }
+                    continue;
+                }
+            }
+        }
+
+        let reopen_at = match breaker.admit(now, probe_out) {
+            Admit::Nothing(Some(until)) => Some(until),
+            _ => None,
+        };
+        tokio::select! {
+            Some(done) = sends.join_next(), if !sends.is_empty() => {
+                let (probe, ok) = done.unwrap_or((false, false));
+                if probe {
+                    probe_out = false;
+                }
+                on_result(&mut breaker, &spec, ok, probe);
+            }
+            _ = wake.notified() => drained = false,
+            _ = tokio::time::sleep(shared.settings.poll_interval) => drained = false,
+            _ = sleep_until(reopen_at), if reopen_at.is_some() => {}
+            _ = shutdown.cancelled() => {}
+        }
+    }
+
+    for job in queue.drain(..) {
+        release(&shared, job);
+    }
+    // Each send ends by its deadline; its outcome is recorded before the loop returns.
+    while sends.join_next().await.is_some() {}
+    metrics::gauge!("earshot_outbox_in_flight", "destination" => dest.clone()).set(0.0);
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    if let Some(at) = at {
+        tokio::time::sleep_until(at.into()).await;
+    }
+}
+
+fn set_breaker_gauge(dest: &str, open: bool) {
+    metrics::gauge!("earshot_outbox_breaker_open", "destination" => dest.to_owned()).set(if open { 1.0 } else { 0.0 });
+}
+
+fn on_result(breaker: &mut Breaker, spec: &Spec, ok: bool, probe: bool) {
+    let dest = &spec.destination;
+    match breaker.record(ok, probe, Instant::now()) {
+        Some(Change::Opened { cooldown }) => {
+            set_breaker_gauge(dest, true);
+            metrics::counter!("earshot_outbox_breaker_opened_total", "destination" => dest.clone()).increment(1);
+            tracing::warn!(
+                destination = %dest, failures = spec.breaker_failures, cooldown_ms = cooldown.as_millis() as u64,
+                "Destination paused: breaker open after consecutive failures; other destinations go on."
+            );
+        }
+        Some(Change::Reopened { cooldown }) => {
+            tracing::debug!(destination = %dest, cooldown_ms = cooldown.as_millis() as u64, "Probe failed; destination paused again.");
+        }
+        Some(Change::Closed) => {
+            set_breaker_gauge(dest, false);
+            tracing::info!(destination = %dest, "Destination answers again: breaker closed.");
+        }
+        None => {}
+    }
+}
+
+/// Time left on a job's lease (a leased job keeps its lease end in `next_attempt_at`).
+fn lease_left(job: &Job) -> Duration {
+    Duration::from_millis(u64::try_from(job.next_attempt_at - crate::now_ms()).unwrap_or(0))
+}
+
+/// Hands a leased job back unsent: pending again at once, its attempt not counted.
+fn release(shared: &Shared, job: Job) {
+    let outcome = JobOutcome { id: job.id, attempts: job.attempts, kind: OutcomeKind::Released };
+    let _ = shared.recorder.send(Recorded { outcome, wake: None });
+}
+
+/// Sends one job within `deadline` and reports its outcome; returns whether the destination
+/// answered (a permanent refusal is an answer; a timeout or a transient failure is not).
+async fn send(shared: &Shared, job: Job, deadline: Duration, wake: Arc<Notify>) -> bool {
+    let settings = &shared.settings;
+    let result = match super::worker::suppressed_recipient(&*shared.store, &job).await {
+        Some(address) => Err(SendError::Permanent {
+            reason: format!("not sent: {address} bounced one of our messages and is suppressed for now"),
+        }),
+        None => match tokio::time::timeout(deadline, shared.deliverer.deliver(&job)).await {
+            Ok(r) => r,
+            Err(_) => Err(SendError::Transient {
+                reason: format!("no answer within the deadline of {} s", deadline.as_secs_f32()),
+                retry_after: None,
+            }),
+        },
+    };
+    let now = crate::now_ms();
+    let dest = job.destination.clone();
+    let (kind, answered) = match result {
+        Ok(ticket_id) => {
+            metrics::counter!("earshot_deliveries_total", "destination" => dest.clone(), "outcome" => "delivered")
+                .increment(1);
+            metrics::histogram!("earshot_delivery_latency_seconds", "destination" => dest.clone())
+                .record((now - job.created_at).max(0) as f64 / 1000.0);
+            tracing::debug!(job = job.id, event_id = %job.event_id, destination = %dest, "Delivered.");
+            (OutcomeKind::Done { case_id: job.case_id.clone(), ticket_id }, true)
+        }
+        Err(e) => {
+            let (outcome, retry_after) = match &e {
+                SendError::Transient { retry_after, .. } => ("transient", *retry_after),
+                SendError::Unreachable { .. } => ("unreachable", None),
+                SendError::Permanent { .. } => ("permanent", None),
+            };
+            let give_up = !e.is_transient() || job.attempts >= job.max_attempts;
+            metrics::counter!(
+                "earshot_deliveries_total", "destination" => dest.clone(),
+                "outcome" => if give_up { "dead" } else { outcome }
+            )
+            .increment(1);
+            let error = e.to_string();
+            let kind = if give_up {
+                metrics::counter!("earshot_dead_letters_total", "destination" => dest.clone()).increment(1);
+                tracing::warn!(
+                    job = job.id, event_id = %job.event_id, destination = %dest, attempts = job.attempts,
+                    error = %e, "Job dead-lettered; replay it with `earshot outbox replay` or give it up with `earshot outbox discard`."
+                );
+                OutcomeKind::Dead { error }
+            } else {
+                let delay =
+                    super::next_delay(&settings.retry_schedule, job.attempts, retry_after, settings.max_retry_after);
+                tracing::info!(
+                    job = job.id, destination = %dest, attempts = job.attempts, error = %e,
+                    retry_in_ms = delay.as_millis() as u64, "Delivery failed; will retry."
+                );
+                OutcomeKind::Retry { at_ms: now + delay.as_millis() as i64, error }
+            };
+            (kind, !e.is_transient())
+        }
+    };
+    let wake = matches!(kind, OutcomeKind::Done { .. }).then_some(wake);
+    let outcome = JobOutcome { id: job.id, attempts: job.attempts, kind };
+    if shared.recorder.send(Recorded { outcome, wake }).is_err() {
+        tracing::error!(job = job.id, "The outcome recorder is gone; the job will be sent again when its lease ends.");
+    }
+    answered
+}
