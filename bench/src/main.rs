@@ -11,6 +11,8 @@
 //! Every summary is printed on stdout as `key=value` pairs after a fixed prefix, so that scripts can
 //! grep one line and split it; notes for humans (first error seen and so on) go to stderr.
 
+mod delivery;
+
 use std::collections::BTreeMap;
 use std::path::{Path as FsPath, PathBuf};
 use std::sync::Arc;
@@ -55,6 +57,8 @@ enum Command {
     Closed {
         #[command(flatten)]
         target: Target,
+        #[command(flatten)]
+        downstream: Downstream,
         /// Number of workers, each with at most one request in flight.
         #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
         concurrency: u32,
@@ -69,6 +73,8 @@ enum Command {
     Open {
         #[command(flatten)]
         target: Target,
+        #[command(flatten)]
+        downstream: Downstream,
         /// Requests per second (fractions allowed).
         #[arg(long)]
         rate: f64,
@@ -132,6 +138,33 @@ struct Target {
     timeout: f64,
 }
 
+/// The ticket store's side of a whole-path run (see `delivery.rs`).
+#[derive(Args)]
+struct Downstream {
+    /// Run a downstream receiver on this address (`POST /events`, answers 200 with a ticket id) and
+    /// report delivery: how many accepted complaints arrived, and 202 → received latency.
+    #[arg(long)]
+    receiver: Option<String>,
+    /// After the load, wait this long for the deliveries still owed.
+    #[arg(long, default_value_t = 5.0)]
+    drain: f64,
+    /// Also run an endpoint on this address that accepts connections and never answers.
+    #[arg(long)]
+    hung: Option<String>,
+}
+
+impl Downstream {
+    async fn start(&self) -> anyhow::Result<Option<Arc<delivery::Tracker>>> {
+        if let Some(addr) = &self.hung {
+            delivery::serve_hung(addr).await?;
+        }
+        let Some(addr) = &self.receiver else { return Ok(None) };
+        let tracker = Arc::new(delivery::Tracker::default());
+        delivery::serve_receiver(addr, tracker.clone()).await?;
+        Ok(Some(tracker))
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
@@ -143,11 +176,11 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async move {
         match cli.command {
             Command::Echo { listen } => echo(&listen).await,
-            Command::Closed { target, concurrency, duration, max_requests } => {
-                closed(&target, concurrency, duration, max_requests).await
+            Command::Closed { target, downstream, concurrency, duration, max_requests } => {
+                closed(&target, &downstream, concurrency, duration, max_requests).await
             }
-            Command::Open { target, rate, duration, max_in_flight } => {
-                open(&target, rate, duration, max_in_flight).await
+            Command::Open { target, downstream, rate, duration, max_in_flight } => {
+                open(&target, &downstream, rate, duration, max_in_flight).await
             }
             Command::Seed { db, cases, batch, source, templates } => seed(&db, cases, batch, &source, &templates).await,
             Command::Startup { bin, config, url, timeout } => startup(&bin, &config, &url, timeout).await,
@@ -190,10 +223,12 @@ struct Load {
     seq: AtomicU64,
     noted_answer: AtomicBool,
     noted_error: AtomicBool,
+    /// Where 202s are reported, in a whole-path run.
+    tracker: Option<Arc<delivery::Tracker>>,
 }
 
 impl Load {
-    fn new(target: &Target) -> anyhow::Result<Arc<Load>> {
+    fn new(target: &Target, tracker: Option<Arc<delivery::Tracker>>) -> anyhow::Result<Arc<Load>> {
         let key = SigningKey::from_whsec(&target.secret).context("--secret")?;
         let timeout = positive_secs(target.timeout, "--timeout")?;
         let client = reqwest::Client::builder()
@@ -216,6 +251,7 @@ impl Load {
             seq: AtomicU64::new(0),
             noted_answer: AtomicBool::new(false),
             noted_error: AtomicBool::new(false),
+            tracker,
         }))
     }
 
@@ -247,6 +283,12 @@ impl Load {
                         if status != StatusCode::ACCEPTED && !self.noted_answer.swap(true, Ordering::Relaxed) {
                             let snippet: String = String::from_utf8_lossy(&answer).chars().take(200).collect();
                             eprintln!("note: first answer other than 202: HTTP {status}: {}", snippet.trim());
+                        }
+                        if let Some(tracker) = self.tracker.as_ref().filter(|_| status == StatusCode::ACCEPTED) {
+                            let v: Value = serde_json::from_slice(&answer).unwrap_or(Value::Null);
+                            if let Some(case_id) = v.get("case_id").and_then(Value::as_str) {
+                                tracker.accepted(case_id, Instant::now());
+                            }
                         }
                         Outcome::Answer(status.as_u16())
                     }
@@ -443,9 +485,17 @@ fn percentile_ms(sorted_us: &[u32], p: f64) -> String {
 // ---------------------------------------------------------------------------------------------
 // closed loop
 
-async fn closed(target: &Target, concurrency: u32, duration: f64, max_requests: Option<u64>) -> anyhow::Result<()> {
+async fn closed(
+    target: &Target,
+    downstream: &Downstream,
+    concurrency: u32,
+    duration: f64,
+    max_requests: Option<u64>,
+) -> anyhow::Result<()> {
     let duration = positive_secs(duration, "--duration")?;
-    let load = Load::new(target)?;
+    let drain = positive_secs(downstream.drain, "--drain")?;
+    let tracker = downstream.start().await?;
+    let load = Load::new(target, tracker.clone())?;
     let budget = Arc::new(AtomicU64::new(max_requests.unwrap_or(u64::MAX)));
     let start = Instant::now();
     let deadline = start + duration;
@@ -472,6 +522,7 @@ async fn closed(target: &Target, concurrency: u32, duration: f64, max_requests: 
         }
     }
     let secs = start.elapsed().as_secs_f64();
+    let in_load = tracker.as_ref().map_or(0, |t| t.matched());
     println!(
         "closed: concurrency={concurrency} {} secs={secs:.2} rate={:.1}/s accepted_rate={:.1}/s {}",
         stats.counts(),
@@ -480,6 +531,9 @@ async fn closed(target: &Target, concurrency: u32, duration: f64, max_requests: 
         stats.latencies()
     );
     println!("{}", stats.breakdown("closed"));
+    if let Some(t) = tracker {
+        t.report("closed", in_load, secs, drain).await;
+    }
     Ok(())
 }
 
@@ -491,13 +545,21 @@ fn take_one(budget: &AtomicU64) -> bool {
 // ---------------------------------------------------------------------------------------------
 // open loop
 
-async fn open(target: &Target, rate: f64, duration: f64, max_in_flight: u32) -> anyhow::Result<()> {
+async fn open(
+    target: &Target,
+    downstream: &Downstream,
+    rate: f64,
+    duration: f64,
+    max_in_flight: u32,
+) -> anyhow::Result<()> {
     let duration = positive_secs(duration, "--duration")?;
+    let drain = positive_secs(downstream.drain, "--drain")?;
+    let tracker = downstream.start().await?;
     if !(rate.is_finite() && rate > 0.0) {
         bail!("--rate must be a positive number of requests per second, got {rate}");
     }
     let total = (rate * duration.as_secs_f64()).round() as u64;
-    let load = Load::new(target)?;
+    let load = Load::new(target, tracker.clone())?;
     let slots = Arc::new(Semaphore::new(max_in_flight as usize));
     let (tx, mut rx) = mpsc::unbounded_channel::<Sample>();
     let runtime = tokio::runtime::Handle::current();
@@ -549,6 +611,9 @@ async fn open(target: &Target, rate: f64, duration: f64, max_in_flight: u32) -> 
         percentile_ms(&stats.lag_us, 100.0)
     );
     println!("{}", stats.breakdown("open"));
+    if let Some(t) = tracker {
+        t.report("open", t.matched(), secs, drain).await;
+    }
     Ok(())
 }
 

@@ -7,6 +7,15 @@
 --   destination's lease walk past its rows.
 -- * `outbox_order` covers dead jobs too: a later job of a case to one destination waits behind an
 --   earlier pending, leased or dead one.
+-- * The payload (the event or message, about 1.5 KB) lives in a table of its own, written once: a
+--   job's row is updated when it is leased and again when it is delivered, and each update wrote a
+--   new version of the whole row, payload included.
+CREATE TABLE outbox_payloads (
+    job_id  BIGINT PRIMARY KEY,
+    payload TEXT NOT NULL
+);
+INSERT INTO outbox_payloads (job_id, payload) SELECT id, payload FROM outbox;
+ALTER TABLE outbox DROP COLUMN payload;
 ALTER TABLE outbox DROP CONSTRAINT outbox_state_check;
 ALTER TABLE outbox ADD CONSTRAINT outbox_state_check
     CHECK (state IN ('pending', 'leased', 'done', 'dead', 'discarded'));

@@ -247,9 +247,9 @@ pub struct IntakeConfig {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OutboxConfig {
-    /// Concurrent delivery loops. Default 4.
-    #[serde(default = "default_workers")]
-    pub workers: usize,
+    /// No longer used: each destination has its own delivery loop and in-flight budget
+    /// (`max_in_flight`). Accepted, with a warning, so that older files still load.
+    pub workers: Option<usize>,
     /// Delay before each retry; the last one repeats. ±20% jitter is added.
     #[serde(default = "default_retry_schedule")]
     pub retry_schedule: Vec<String>,
@@ -266,7 +266,7 @@ pub struct OutboxConfig {
     #[serde(default = "default_max_retry_after")]
     pub max_retry_after: String,
     /// Sends at once to one destination (a downstream endpoint, a mailbox, a web source's
-    /// callback); a slow or hung destination holds only these. Default 32.
+    /// callback); a slow or hung destination holds only these. Default 64.
     #[serde(default = "default_max_in_flight")]
     pub max_in_flight: u32,
     /// Consecutive failed sends after which a destination is paused (its breaker opens). Default 5.
@@ -328,9 +328,6 @@ fn default_burst() -> u32 {
 fn default_max_batch() -> usize {
     256
 }
-fn default_workers() -> usize {
-    4
-}
 fn default_retry_schedule() -> Vec<String> {
     ["5s", "5m", "30m", "2h", "5h", "10h", "10h"].map(String::from).to_vec()
 }
@@ -344,7 +341,7 @@ fn default_max_retry_after() -> String {
     "6h".into()
 }
 fn default_max_in_flight() -> u32 {
-    32
+    64
 }
 fn default_breaker_failures() -> u32 {
     5

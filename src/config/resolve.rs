@@ -45,7 +45,8 @@ pub struct DbSettings {
 
 #[derive(Debug, Clone)]
 pub struct OutboxSettings {
-    pub workers: usize,
+    /// Set in the file although unused (see `OutboxConfig::workers`): warned about at start.
+    pub workers_set: bool,
     pub retry_schedule: Vec<Duration>,
     pub lease: Duration,
     pub poll_interval: Duration,
@@ -258,7 +259,6 @@ pub fn resolve(cfg: &Config, base: &Path) -> Result<Settings, Vec<Problem>> {
         Some(n) => n,
     };
     let o = &cfg.outbox;
-    c.positive("outbox.workers", o.workers as u64);
     c.positive("outbox.max_attempts", u64::from(o.max_attempts));
     let mut schedule = Vec::new();
     if o.retry_schedule.is_empty() {
@@ -312,7 +312,7 @@ pub fn resolve(cfg: &Config, base: &Path) -> Result<Settings, Vec<Problem>> {
         max_batch: cfg.intake.max_batch,
         writers,
         outbox: OutboxSettings {
-            workers: o.workers,
+            workers_set: o.workers.is_some(),
             retry_schedule: schedule,
             lease: lease.ok_or_else(missing)?,
             poll_interval: poll.ok_or_else(missing)?,

@@ -120,6 +120,12 @@ pub async fn run_workers(
     wake: Arc<Notify>,
     shutdown: CancellationToken,
 ) {
+    if settings.workers_set {
+        tracing::warn!(
+            "outbox.workers is no longer used: each destination has its own delivery loop and in-flight \
+             budget (outbox.max_in_flight, downstream.max_in_flight); remove the key."
+        );
+    }
     let mut specs = deliverer.configured(&settings);
     match store.job_destinations().await {
         Ok(stored) => {

@@ -5,8 +5,14 @@
 //! only the pool type differs, and sqlx's generic executor bounds are far harder to read than this
 //! macro. Backend differences (row locking, sequences, one writer connection) stay in the backend files.
 
-/// Columns of a [`super::Job`], in `SELECT`/`RETURNING` order.
-pub(super) const JOB_COLUMNS: &str = "id, event_id, case_id, kind, destination, payload, state, attempts, max_attempts, next_attempt_at, last_error, created_at";
+/// Columns of a [`super::Job`] but its payload, in `RETURNING` order.
+pub(super) const JOB_FIELDS: &str =
+    "id, event_id, case_id, kind, destination, state, attempts, max_attempts, next_attempt_at, last_error, created_at";
+
+/// Every column of a [`super::Job`] from `outbox o` joined with its payload (`PAYLOAD_JOIN`).
+pub(super) const JOB_COLUMNS: &str = "o.id, o.event_id, o.case_id, o.kind, o.destination, o.state, o.attempts, \
+    o.max_attempts, o.next_attempt_at, o.last_error, o.created_at, COALESCE(p.payload, '') AS payload";
+pub(super) const PAYLOAD_JOIN: &str = "LEFT JOIN outbox_payloads p ON p.job_id = o.id";
 
 pub(super) const CASE_COLUMNS: &str = "id, case_ref, status, channel, source, ticket_id, data, created_at";
 
@@ -29,7 +35,7 @@ pub(super) fn lease_sql(lock: &str, by_destination: bool) -> String {
               AND NOT EXISTS (SELECT 1 FROM outbox p WHERE p.case_id = o.case_id AND p.destination = o.destination \
                               AND p.state IN ('pending', 'leased', 'dead') AND p.id < o.id) \
             ORDER BY o.next_attempt_at, o.id LIMIT $3 {lock}) \
-         RETURNING {JOB_COLUMNS}"
+         RETURNING {JOB_FIELDS}"
     )
 }
 
@@ -109,7 +115,7 @@ macro_rules! shared_queries {
 
         type Conn = <$db as sqlx::Database>::Connection;
         pub(super) async fn list_jobs(conn: &mut Conn, state: Option<&str>, limit: i64) -> Result<Vec<Job>> {
-            use super::common::HOLDER;
+            use super::common::{HOLDER, PAYLOAD_JOIN};
             let filter = match state {
                 None => String::new(),
                 Some("held") => format!("WHERE o.state = 'pending' AND {HOLDER} IS NOT NULL"),
@@ -118,7 +124,7 @@ macro_rules! shared_queries {
             };
             let sql = format!(
                 "SELECT {JOB_COLUMNS}, CASE WHEN o.state = 'pending' THEN {HOLDER} END AS held_by \
-                 FROM outbox o {filter} ORDER BY o.id DESC LIMIT $1"
+                 FROM outbox o {PAYLOAD_JOIN} {filter} ORDER BY o.id DESC LIMIT $1"
             );
             let mut q = sqlx::query_as::<_, Job>(&sql).bind(limit);
             if let Some(s) = state.filter(|s| !matches!(*s, "held" | "pending")) {
@@ -277,7 +283,10 @@ macro_rules! shared_queries {
         }
 
         pub(super) async fn job_by_event_id(conn: &mut Conn, event_id: &str) -> Result<Option<Job>> {
-            Ok(sqlx::query_as::<_, Job>(&format!("SELECT {JOB_COLUMNS} FROM outbox WHERE event_id = $1"))
+            Ok(sqlx::query_as::<_, Job>(&format!(
+                "SELECT {JOB_COLUMNS} FROM outbox o {} WHERE o.event_id = $1",
+                super::common::PAYLOAD_JOIN
+            ))
                 .bind(event_id)
                 .fetch_optional(&mut *conn)
                 .await?)
@@ -482,7 +491,11 @@ macro_rules! write_queries {
             until_ms: i64,
             limit: i64,
         ) -> Result<Vec<Job>> {
-            let sql = super::common::lease_sql(lock, destination.is_some());
+            // The leased rows with their payloads, in one statement.
+            let sql = format!(
+                "WITH l AS ({}) SELECT l.*, p.payload FROM l JOIN outbox_payloads p ON p.job_id = l.id",
+                super::common::lease_sql(lock, destination.is_some())
+            );
             let mut q = sqlx::query_as::<_, Job>(&sql).bind(until_ms).bind(now_ms).bind(limit);
             if let Some(d) = destination {
                 q = q.bind(d);

@@ -242,14 +242,17 @@ impl super::Store for PgStore {
         if ids.is_empty() {
             return Ok(purged);
         }
-        let r = sqlx::query(
-            "DELETE FROM outbox WHERE id = ANY($1::int8[]) AND state IN ('done', 'discarded') AND updated_at < $2",
+        let deleted: i64 = sqlx::query_scalar(
+            "WITH d AS (DELETE FROM outbox WHERE id = ANY($1::int8[]) AND state IN ('done', 'discarded') \
+                        AND updated_at < $2 RETURNING id), \
+                  p AS (DELETE FROM outbox_payloads WHERE job_id IN (SELECT id FROM d)) \
+             SELECT COUNT(*) FROM d",
         )
         .bind(&ids)
         .bind(cutoff_ms)
-        .execute(&mut *conn)
+        .fetch_one(&mut *conn)
         .await?;
-        Ok(super::Purged { deleted: r.rows_affected(), ..purged })
+        Ok(super::Purged { deleted: u64::try_from(deleted).unwrap_or(0), ..purged })
     }
 
     async fn outbox_backlog(&self) -> Result<Vec<super::Backlog>> {
@@ -470,15 +473,21 @@ async fn commit_in_one_statement(conn: &mut sqlx::PgConnection, items: &[NewCase
             INSERT INTO cases (id, seq, case_ref, status, channel, source, customer_id, data, created_at, updated_at) \
             SELECT case_id, seq, case_ref, status, channel, source, customer_id, case_json, at, at FROM new \
             WHERE NOT follow_up ORDER BY n \
-        ), jobs AS ( \
-            INSERT INTO outbox (event_id, case_id, kind, destination, payload, state, attempts, max_attempts, \
-                                next_attempt_at, created_at, updated_at) \
-            SELECT j.event_id, new.case_id, j.kind, j.destination, j.payload, 'pending', 0, j.max_attempts, \
-                   new.at, new.at, new.at \
-            FROM unnest($17::text[], $18::text[], $19::text[], $20::text[], $21::text[], $22::int8[]) \
+        ), given_jobs AS ( \
+            SELECT * FROM unnest($17::text[], $18::text[], $19::text[], $20::text[], $21::text[], $22::int8[]) \
                 WITH ORDINALITY AS j(event_id, message_id, kind, destination, payload, max_attempts, n) \
+        ), jobs AS ( \
+            INSERT INTO outbox (event_id, case_id, kind, destination, state, attempts, max_attempts, \
+                                next_attempt_at, created_at, updated_at) \
+            SELECT j.event_id, new.case_id, j.kind, j.destination, 'pending', 0, j.max_attempts, \
+                   new.at, new.at, new.at \
+            FROM given_jobs j \
             JOIN new ON new.message_id = j.message_id \
             ORDER BY j.n \
+            RETURNING id, event_id \
+        ), payloads AS ( \
+            INSERT INTO outbox_payloads (job_id, payload) \
+            SELECT jobs.id, j.payload FROM jobs JOIN given_jobs j ON j.event_id = jobs.event_id \
         ) \
         SELECT id, NULL::text FROM m UNION ALL SELECT message_id, customer_id FROM other";
 

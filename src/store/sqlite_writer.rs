@@ -10,6 +10,12 @@
 //!
 //! This is the only writer connection of the store (the sqlx pool that runs the migrations is
 //! closed before this one opens), so SQLite still sees one writer per file.
+//!
+//! Group commit at the connection: the thread takes every call already queued (an intake batch, an
+//! outbox lease, a batch of delivery outcomes, …), runs them in one transaction, each in a savepoint
+//! of its own, and answers them after the one `COMMIT`: one fsync for all of them. A call that
+//! fails rolls back its own savepoint only; a commit that fails fails every call of the group, none
+//! of whose writes then exist.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -22,7 +28,12 @@ use tokio::sync::oneshot;
 use super::common::{lease_sql, numbered, sql};
 use super::{Committed, Job, JobOutcome, NewCase, NewEvent, OutcomeKind, Result, StoreError};
 
-type Call = Box<dyn FnOnce(&mut Connection) + Send>;
+/// Answers a call once the transaction that holds its writes has committed (`None`) or failed.
+type Answer = Box<dyn FnOnce(Option<&str>) + Send>;
+type Call = Box<dyn FnOnce(&mut Connection) -> Answer + Send>;
+
+/// Most calls committed in one transaction.
+const MAX_GROUP: usize = 64;
 
 /// A handle to the writer thread; the thread ends when the last handle is dropped.
 pub(super) struct WriterThread {
@@ -63,18 +74,15 @@ impl WriterThread {
                         return;
                     }
                 };
-                while let Ok(call) = rx.recv() {
-                    // A transaction left open (a ROLLBACK that failed while a call unwound) would
-                    // swallow every later write without making it durable: end it first.
-                    if !conn.is_autocommit() {
-                        tracing::error!("The SQLite writer found a transaction left open; rolling it back.");
-                        let _ = conn.execute_batch("ROLLBACK");
+                while let Ok(first) = rx.recv() {
+                    let mut group = vec![first];
+                    while group.len() < MAX_GROUP {
+                        match rx.try_recv() {
+                            Ok(call) => group.push(call),
+                            Err(_) => break,
+                        }
                     }
-                    // A panic inside a call rolls its transaction back (the guard's drop) and fails
-                    // that call alone (its answer channel is dropped); the thread goes on.
-                    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| call(&mut conn))).is_err() {
-                        tracing::error!("A store write panicked; it was rolled back.");
-                    }
+                    run_group(&mut conn, group);
                 }
                 if let Err((_, e)) = conn.close() {
                     tracing::warn!(error = %e, "SQLite writer connection did not close cleanly.");
@@ -93,7 +101,14 @@ impl WriterThread {
     {
         let (tx, rx) = oneshot::channel();
         let call: Call = Box::new(move |conn| {
-            let _ = tx.send(f(conn));
+            let result = f(conn);
+            Box::new(move |commit_failed: Option<&str>| {
+                let result = match (result, commit_failed) {
+                    (Ok(_), Some(e)) => Err(StoreError::Sqlite(format!("the transaction did not commit: {e}"))),
+                    (r, _) => r,
+                };
+                let _ = tx.send(result);
+            })
         });
         let sender = self.tx.lock().ok().and_then(|s| s.clone()).ok_or(StoreError::Closed)?;
         sender.send(call).map_err(|_| StoreError::Closed)?;
@@ -111,6 +126,52 @@ impl WriterThread {
         if let Some(handle) = handle {
             let _ = tokio::task::spawn_blocking(move || handle.join()).await;
         }
+    }
+}
+
+/// Runs `group` in one transaction and answers every call after its `COMMIT`.
+fn run_group(conn: &mut Connection, group: Vec<Call>) {
+    // A transaction left open (a ROLLBACK that failed while a call unwound) would swallow every
+    // later write without making it durable: end it first.
+    if !conn.is_autocommit() {
+        tracing::error!("The SQLite writer found a transaction left open; rolling it back.");
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+        let e = e.to_string();
+        tracing::error!(error = %e, calls = group.len(), "The SQLite writer could not begin a transaction.");
+        // Not run: nothing of theirs was written.
+        drop(group);
+        return;
+    }
+    let mut answers: Vec<Answer> = Vec::with_capacity(group.len());
+    for call in group {
+        if conn.is_autocommit() {
+            // An error (disk full, I/O) rolled the whole transaction back: what ran before is gone,
+            // and nothing more runs in this group; the callers see their call abandoned.
+            continue;
+        }
+        // A panic inside a call rolls its savepoint back (the guard's drop) and fails that call alone
+        // (its answer channel is dropped); the thread goes on.
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| call(conn))) {
+            Ok(answer) => answers.push(answer),
+            Err(_) => tracing::error!("A store write panicked; it was rolled back."),
+        }
+    }
+    let committed = if conn.is_autocommit() {
+        Err("the transaction was rolled back by an error".to_owned())
+    } else {
+        conn.execute_batch("COMMIT").map_err(|e| e.to_string())
+    };
+    if let Err(e) = &committed {
+        tracing::error!(error = %e, calls = answers.len(), "An SQLite write transaction did not commit.");
+        if !conn.is_autocommit() {
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+    }
+    let failed = committed.err();
+    for answer in answers {
+        answer(failed.as_deref());
     }
 }
 
@@ -156,7 +217,7 @@ fn matching(conn: &Connection, sql: &str, addresses: &[String], at: i64) -> Resu
 /// conflict rules, as the PostgreSQL backend's batch statement (`postgres.rs`), written here
 /// one prepared row at a time, which costs nothing without a network between.
 pub(super) fn commit_batch(conn: &mut Connection, items: &[NewCase]) -> Result<Vec<Committed>> {
-    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let tx = conn.savepoint()?;
     let known = customers_for(&tx, &checked_identities(items))?;
     let (kept, others) = split_checked(items, &known);
     let out = if kept.is_empty() { Vec::new() } else { commit_items(&tx, &kept)? };
@@ -255,22 +316,16 @@ fn commit_items(conn: &Connection, items: &[NewCase]) -> Result<Vec<Committed>> 
 
     if new.iter().any(|it| !it.jobs.is_empty()) {
         let mut stmt = conn.prepare_cached(
-            "INSERT INTO outbox (event_id, case_id, kind, destination, payload, state, attempts, \
+            "INSERT INTO outbox (event_id, case_id, kind, destination, state, attempts, \
              max_attempts, next_attempt_at, created_at, updated_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, 'pending', 0, ?6, ?7, ?7, ?7)",
+             VALUES (?1, ?2, ?3, ?4, 'pending', 0, ?5, ?6, ?6, ?6)",
         )?;
+        let mut payload = conn.prepare_cached("INSERT INTO outbox_payloads (job_id, payload) VALUES (?1, ?2)")?;
         // In this order, so ids follow creation order within a case.
         for it in &new {
             for j in &it.jobs {
-                stmt.execute(params![
-                    j.event_id,
-                    it.case_id,
-                    j.kind,
-                    j.destination,
-                    j.payload,
-                    j.max_attempts,
-                    it.now_ms
-                ])?;
+                stmt.execute(params![j.event_id, it.case_id, j.kind, j.destination, j.max_attempts, it.now_ms])?;
+                payload.execute(params![conn.last_insert_rowid(), j.payload])?;
             }
         }
     }
@@ -339,13 +394,13 @@ fn job_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Job> {
         case_id: r.get(2)?,
         kind: r.get(3)?,
         destination: r.get(4)?,
-        payload: r.get(5)?,
-        state: r.get(6)?,
-        attempts: r.get(7)?,
-        max_attempts: r.get(8)?,
-        next_attempt_at: r.get(9)?,
-        last_error: r.get(10)?,
-        created_at: r.get(11)?,
+        payload: String::new(),
+        state: r.get(5)?,
+        attempts: r.get(6)?,
+        max_attempts: r.get(7)?,
+        next_attempt_at: r.get(8)?,
+        last_error: r.get(9)?,
+        created_at: r.get(10)?,
         held_by: None,
     })
 }
@@ -364,12 +419,17 @@ pub(super) fn lease(
         Some(d) => stmt.query_map(params![until_ms, now_ms, limit, d], job_from_row)?.collect(),
         None => stmt.query_map(params![until_ms, now_ms, limit], job_from_row)?.collect(),
     };
-    Ok(jobs?)
+    let mut jobs = jobs?;
+    let mut payload = conn.prepare_cached("SELECT payload FROM outbox_payloads WHERE job_id = ?1")?;
+    for job in &mut jobs {
+        job.payload = payload.query_row(params![job.id], |r| r.get(0)).optional()?.unwrap_or_default();
+    }
+    Ok(jobs)
 }
 
-/// The outcomes of a batch of deliveries in one transaction: one fsync for all of them.
+/// The outcomes of a batch of deliveries, all or none (a savepoint in the writer's transaction).
 pub(super) fn record_outcomes(conn: &mut Connection, outcomes: &[JobOutcome], now_ms: i64) -> Result<Vec<bool>> {
-    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let tx = conn.savepoint()?;
     let mut counted = Vec::with_capacity(outcomes.len());
     {
         let mut stmt = prepared(&tx, sql::RECORD_OUTCOME)?;
@@ -393,16 +453,20 @@ pub(super) fn discard(conn: &Connection, id: i64, now_ms: i64) -> Result<bool> {
     Ok(prepared(conn, sql::DISCARD_DEAD)?.execute(params![now_ms, id])? == 1)
 }
 
-/// Deletes the jobs of `ids` that are still done or discarded before `cutoff_ms`, in one transaction.
+/// Deletes the jobs of `ids` that are still done or discarded before `cutoff_ms`, all or none.
 pub(super) fn delete_done(conn: &mut Connection, ids: &[i64], cutoff_ms: i64) -> Result<u64> {
-    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let tx = conn.savepoint()?;
     let mut n = 0;
     {
         let mut stmt = tx.prepare_cached(
             "DELETE FROM outbox WHERE id = ?1 AND state IN ('done', 'discarded') AND updated_at < ?2",
         )?;
+        let mut payload = tx.prepare_cached("DELETE FROM outbox_payloads WHERE job_id = ?1")?;
         for id in ids {
-            n += stmt.execute(params![id, cutoff_ms])? as u64;
+            if stmt.execute(params![id, cutoff_ms])? == 1 {
+                payload.execute(params![id])?;
+                n += 1;
+            }
         }
     }
     tx.commit()?;

@@ -26,7 +26,6 @@ url = "{db_url}"
 max_connections = 4
 
 [outbox]
-workers = 2
 retry_schedule = ["200ms", "400ms", "800ms"]
 lease = "5s"
 poll_interval = "100ms"

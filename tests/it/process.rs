@@ -16,8 +16,8 @@ use serde_json::Value;
 use tokio::process::{Child, Command};
 
 use crate::support::{
-    ADMIN_TOKEN, Received, Receiver, SOURCE_SECRET, TestDb, WebClient, complaint, config_toml, downstream_toml,
-    eventually,
+    ADMIN_TOKEN, DOWNSTREAM_SECRET, Received, Receiver, SOURCE_SECRET, TestDb, WebClient, complaint, config_toml,
+    downstream_toml, eventually,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_earshot");
@@ -424,6 +424,36 @@ secret = "env:{var}"
             .any(|l| l.starts_with("channels.web.sources[0].secret: ") && l.contains(&var) && l.contains("not set")),
         "reports the unset variable with its key path:\n{all}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_config_refuses_a_lease_not_longer_than_a_send_deadline_naming_both_keys() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let write = |name: &str, lease: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(
+            &path,
+            format!(
+                "[outbox]\nlease = \"{lease}\"\n\n[[downstream]]\nname = \"tickets\"\nurl = \"http://127.0.0.1:9/e\"\n\
+                 secret = \"{DOWNSTREAM_SECRET}\"\ntimeout_secs = 30\n\n[channels.email]\n\n\
+                 [[channels.email.mailboxes]]\nname = \"support\"\naddress = \"support@example.com\"\n\
+                 imap = {{ host = \"127.0.0.1\", username = \"u\", password = \"p\" }}\n\
+                 smtp = {{ host = \"127.0.0.1\", timeout_secs = 45 }}\n"
+            ),
+        )
+        .expect("write config");
+        path
+    };
+    let (code, out, err) = cli(&write("short.toml", "40s"), &["check-config"]).await;
+    let all = format!("{out}{err}");
+    assert_eq!(code, Some(1), "refused:\n{all}");
+    let line = all.lines().find(|l| l.contains("outbox.lease: ")).unwrap_or_else(|| panic!("names the lease:\n{all}"));
+    assert!(
+        line.contains("channels.email.mailboxes[0].smtp.timeout_secs (45 s)"),
+        "names the longest deadline: {line}"
+    );
+    let (code, out, err) = cli(&write("long.toml", "46s"), &["check-config"]).await;
+    assert_eq!(code, Some(0), "a lease longer than every deadline passes:\n{out}{err}");
 }
 
 /// How one request of the SIGTERM test ended.

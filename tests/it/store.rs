@@ -493,8 +493,8 @@ async fn check_batch_is_all_or_nothing(db: &TestDb) {
     let s = seqs(store, 1).await;
     assert_eq!(commit(store, &[new_case(s[0], T0, &[TICKETS])]).await, vec![Committed::Created]);
 
-    let tables = ["messages", "identities", "cases", "outbox"];
-    for (table, column) in [("messages", "data"), ("cases", "data"), ("outbox", "payload")] {
+    let tables = ["messages", "identities", "cases", "outbox", "outbox_payloads"];
+    for (table, column) in [("messages", "data"), ("cases", "data"), ("outbox_payloads", "payload")] {
         let s = seqs(store, 3).await;
         let good = new_case(s[0], T0 + 10, &[TICKETS, WEB]);
         // The bad item carries the marker in every row, so it is refused wherever the refusal is staged;

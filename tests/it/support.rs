@@ -126,7 +126,6 @@ rate_limit_per_sec = 1000
 rate_limit_burst = 1000
 
 [outbox]
-workers = 2
 retry_schedule = ["100ms", "200ms", "300ms"]
 lease = "5s"
 poll_interval = "50ms"
