@@ -1,9 +1,9 @@
 //! One destination's delivery loop: its own leases, its own in-flight budget, its own breaker.
 //!
 //! A destination is a downstream endpoint or a channel's sender (a mailbox, a web source's
-//! callback). Its loop leases only its own due jobs, and only as many as it has room for (twice
-//! its budget: the budget in flight and as many queued, so the next sends start as soon as others
-//! end); it starts a send whenever one ends, never waiting for a batch to finish. A hung or failing
+//! callback). Its loop leases only its own due jobs, and only as many as it has room for (its free
+//! slots and half a budget queued, so the next sends start as soon as others end); it starts a
+//! send whenever one ends, never waiting for a batch to finish. A hung or failing
 //! destination fills only its own budget or opens only its own breaker: every other destination's
 //! loop goes on untouched. Every send is cut off at the destination's deadline, which config
 //! checks is shorter than the lease, so a job is never sent while another worker may own it.
@@ -68,14 +68,18 @@ impl Meters {
     }
 }
 
-/// How much of a lease must be left to start a queued job: its whole deadline and this margin.
-const START_MARGIN: Duration = Duration::from_secs(1);
+/// How much of a lease must be left to start a queued job: its whole deadline and a margin of up to
+/// a second (half of what the lease has over the deadline, so a job just leased always starts).
+fn start_margin(lease: Duration, deadline: Duration) -> Duration {
+    (lease.saturating_sub(deadline) / 2).min(Duration::from_secs(1))
+}
 
 /// Runs until `shutdown`, then hands its queued jobs back and waits for its sends to end.
 pub async fn run(spec: Spec, shared: Arc<Shared>, wake: Arc<Notify>, shutdown: CancellationToken) {
     let dest = spec.destination.clone();
     let lease_ms = shared.settings.lease.as_millis() as i64;
     let max = spec.max_in_flight.max(1);
+    let must_be_left = spec.deadline + start_margin(shared.settings.lease, spec.deadline);
     let mut breaker = Breaker::new(spec.breaker_failures, shared.settings.breaker_cooldown);
     let mut queue: VecDeque<Job> = VecDeque::new();
     let mut sends: JoinSet<(bool, bool)> = JoinSet::new();
@@ -98,7 +102,7 @@ pub async fn run(spec: Spec, shared: Arc<Shared>, wake: Arc<Notify>, shutdown: C
                 Admit::Nothing(_) => break,
             };
             let Some(job) = queue.pop_front() else { break };
-            if lease_left(&job) < spec.deadline + START_MARGIN {
+            if lease_left(&job) < must_be_left {
                 release(&shared, job);
                 continue;
             }
@@ -114,10 +118,14 @@ pub async fn run(spec: Spec, shared: Arc<Shared>, wake: Arc<Notify>, shutdown: C
         }
         in_flight.set(sends.len() as f64);
 
-        let room = (2 * max).saturating_sub(sends.len() + queue.len());
+        // Lease when a quarter of the budget is free: enough for the free slots and half a budget
+        // more, queued so the next sends start the moment others end. With every slot taken (a
+        // destination that hangs) nothing more is leased, so no job waits out its lease unsent.
+        let free = max - sends.len().min(max);
         let idle = sends.is_empty() && queue.is_empty();
+        let room = (free + max / 2).saturating_sub(queue.len());
         let want = match breaker.admit(now, probe_out) {
-            Admit::Any if !drained && (room >= max.div_ceil(2) || idle) => room,
+            Admit::Any if !drained && (free >= max.div_ceil(4) || idle) => room,
             Admit::Probe if !drained && queue.is_empty() => 1,
             _ => 0,
         };
@@ -168,6 +176,21 @@ pub async fn run(spec: Spec, shared: Arc<Shared>, wake: Arc<Notify>, shutdown: C
     // Each send ends by its deadline; its outcome is recorded before the loop returns.
     while sends.join_next().await.is_some() {}
     in_flight.set(0.0);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_job_just_leased_always_has_enough_lease_left_to_start() {
+        let s = Duration::from_secs;
+        for (lease, deadline) in [(s(60), s(15)), (s(5), s(2)), (s(5), Duration::from_millis(4_900)), (s(31), s(30))] {
+            let m = start_margin(lease, deadline);
+            assert!(deadline + m < lease, "lease {lease:?}, deadline {deadline:?}, margin {m:?}");
+        }
+        assert_eq!(start_margin(s(60), s(15)), s(1));
+    }
 }
 
 async fn sleep_until(at: Option<Instant>) {
