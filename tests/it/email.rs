@@ -349,7 +349,13 @@ async fn email_automatic_mail_gets_no_case_and_no_acknowledgement() {
     let Some((imap, smtp)) = servers().await else { return };
     // The shared corpus beside the repository, as the email crate's corpus tests use it.
     let corpus = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus/email/sisimai-set-of-emails");
-    assert!(corpus.is_dir(), "the email corpus is missing: expected {}", corpus.display());
+    if !corpus.is_dir() {
+        // A plain clone has no `shared/` beside it; under CI the corpus is required.
+        let why = format!("the email corpus is missing: expected {}", corpus.display());
+        assert!(std::env::var("CI").map_or(true, |v| v != "true"), "CI=true and {why}");
+        eprintln!("SKIPPED: email_automatic_mail_gets_no_case_and_no_acknowledgement: {why}");
+        return;
+    }
     let db = TestDb::sqlite();
 
     // An RFC 3834 auto-reply, an Exchange out-of-office without Auto-Submitted, and a Postfix bounce.

@@ -114,6 +114,12 @@ async fn refused_requests_get_precise_errors_and_change_nothing() {
         let (status, body) = web.raw(Some("msg_1"), Some(&t.to_string()), Some(&s), good.clone()).await;
         assert_eq!((status, body["code"].as_str()), (401, Some("stale_timestamp")), "timestamp {skew} s off: {body}");
     }
+    // Timestamps at the ends of i64 (and the one that would wrap around `now - ts`): 401, no panic.
+    for t in [i64::MIN, i64::MAX, now().wrapping_add(i64::MIN)] {
+        let s = web.sign("msg_1", t, &good);
+        let (status, body) = web.raw(Some("msg_1"), Some(&t.to_string()), Some(&s), good.clone()).await;
+        assert_eq!((status, body["code"].as_str()), (401, Some("stale_timestamp")), "timestamp {t}: {body}");
+    }
     // A body signed correctly but then altered.
     let mut altered = good.clone();
     altered[2] ^= 1;

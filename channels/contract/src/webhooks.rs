@@ -87,8 +87,10 @@ impl SigningKey {
         let ts = timestamp.ok_or(VerifyError::MissingHeader(HEADER_TIMESTAMP))?;
         let signature = signature.ok_or(VerifyError::MissingHeader(HEADER_SIGNATURE))?;
         let ts: i64 = ts.trim().parse().map_err(|_| VerifyError::InvalidTimestamp)?;
-        let skew = now - ts;
-        if skew.abs() > DEFAULT_TOLERANCE_SECS {
+        // Saturating: a timestamp near i64::MIN or i64::MAX must not overflow the difference (a
+        // panic in debug builds, a wrapped-around "fresh" timestamp in release builds).
+        let skew = now.saturating_sub(ts);
+        if skew.unsigned_abs() > DEFAULT_TOLERANCE_SECS.unsigned_abs() {
             return Err(VerifyError::StaleTimestamp(skew));
         }
         let mac = self.mac(id, ts, body);
@@ -142,6 +144,13 @@ mod tests {
         ];
         for (id, ts, sig, body, now, want) in cases {
             assert_eq!(key.verify(id, ts, sig, body, now), Err(want));
+        }
+        // Timestamps at the ends of i64: stale, never an overflow.
+        for extreme in [i64::MIN, i64::MAX, i64::MIN + 1] {
+            let t = extreme.to_string();
+            let sig = key.sign(ID, extreme, BODY);
+            let got = key.verify(Some(ID), Some(&t), Some(&sig), BODY, TS);
+            assert!(matches!(got, Err(VerifyError::StaleTimestamp(_))), "{extreme}: {got:?}");
         }
         // A signature list with one good entry among others passes; v2 entries are ignored.
         let list = format!("v2,abc v1,AAAA {SIG}");

@@ -11,14 +11,24 @@ use earshot_channel::AutoKind;
 use earshot_channel_email::{ParseOptions, ParsedMail, normalize};
 
 fn corpus_dir() -> PathBuf {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/corpus/email");
-    assert!(
-        dir.join("SOURCES.md").is_file(),
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/corpus/email")
+}
+
+/// Whether the corpus is there. A plain clone of the repository has no `shared/` beside it: the
+/// test then says SKIPPED and passes, except under `CI=true`, where the corpus is required.
+fn have_corpus(test: &str) -> bool {
+    let dir = corpus_dir();
+    if dir.join("SOURCES.md").is_file() {
+        return true;
+    }
+    let why = format!(
         "the email test corpus is missing: expected {} (the `shared/` folder beside the repository, \
          with corpus/email/SOURCES.md in it)",
         dir.display()
     );
-    dir
+    assert!(std::env::var("CI").map_or(true, |v| v != "true"), "CI=true and {why}");
+    eprintln!("SKIPPED: {test}: {why}");
+    false
 }
 
 /// Every corpus file but SOURCES.md, by path relative to the corpus, sorted.
@@ -77,6 +87,9 @@ const QUARANTINED: [(&str, &str); 13] = [
 
 #[test]
 fn every_file_is_normalized_or_quarantined() {
+    if !have_corpus("every_file_is_normalized_or_quarantined") {
+        return;
+    }
     let mut quarantined = BTreeMap::new();
     for (rel, raw) in corpus() {
         let result = std::panic::catch_unwind(|| normalize(&raw, &ParseOptions::default()))
@@ -183,6 +196,9 @@ const AUTOMATIC: [(&str, AutoKind); 37] = [
 
 #[test]
 fn automatic_mail_is_recognised_and_personal_mail_is_not() {
+    if !have_corpus("automatic_mail_is_recognised_and_personal_mail_is_not") {
+        return;
+    }
     let want: BTreeMap<String, AutoKind> = AUTOMATIC.iter().map(|(f, k)| (f.to_string(), *k)).collect();
     let mut got = BTreeMap::new();
     for (rel, raw) in corpus() {
@@ -212,6 +228,9 @@ fn automatic_mail_is_recognised_and_personal_mail_is_not() {
 
 #[test]
 fn automatic_mail_says_why() {
+    if !have_corpus("automatic_mail_says_why") {
+        return;
+    }
     for (rel, kind, reason) in [
         ("sisimai-set-of-emails/rfc3834-01.eml", AutoKind::AutoReply, "Auto-Submitted: auto-replied"),
         // Exchange out-of-office: no Auto-Submitted, a null Return-Path and X-Auto-Response-Suppress.
@@ -241,6 +260,9 @@ fn automatic_mail_says_why() {
 
 #[test]
 fn bounces_name_the_failed_recipient_and_our_message() {
+    if !have_corpus("bounces_name_the_failed_recipient_and_our_message") {
+        return;
+    }
     // file, failed recipients, status codes, original Message-ID
     type Want<'a> = (&'a str, &'a [&'a str], &'a [&'a str], Option<&'a str>);
     let cases: [Want<'_>; 13] = [
@@ -327,6 +349,9 @@ const POEM_END: &str = "试释是事。";
 
 #[test]
 fn chinese_charsets_read_as_chinese() {
+    if !have_corpus("chinese_charsets_read_as_chinese") {
+        return;
+    }
     let mnako: Vec<String> =
         corpus().into_iter().map(|(rel, _)| rel).filter(|rel| rel.starts_with("mnako-letters/test_chinese_")).collect();
     assert_eq!(mnako.len(), 16);
@@ -371,6 +396,9 @@ fn chinese_charsets_read_as_chinese() {
 
 #[test]
 fn other_cjk_charsets_are_not_mojibake() {
+    if !have_corpus("other_cjk_charsets_are_not_mojibake") {
+        return;
+    }
     // file, subject, text snippets
     let cases: [(&str, &str, &[&str]); 9] = [
         ("imap_tools/japanese_iso_2022.eml", "まみむめも", &["すみません。"]),
@@ -414,6 +442,9 @@ fn other_cjk_charsets_are_not_mojibake() {
 
 #[test]
 fn encoded_words_are_decoded() {
+    if !have_corpus("encoded_words_are_decoded") {
+        return;
+    }
     // file, subject, sender's display name
     let cases: [(&str, Option<&str>, Option<&str>); 7] = [
         // Arabic UTF-8 Q-encoded subject split over three encoded-words.
@@ -443,6 +474,9 @@ fn encoded_words_are_decoded() {
 
 #[test]
 fn html_only_mail_reads_as_text() {
+    if !have_corpus("html_only_mail_reads_as_text") {
+        return;
+    }
     for (rel, want) in [("php-imap/html_only.eml", "Hi"), ("enmime/html-only-inline.raw", "Test of HTML section")] {
         assert_eq!(parse(rel).text, want, "{rel}");
     }
@@ -450,6 +484,9 @@ fn html_only_mail_reads_as_text() {
 
 #[test]
 fn threads_are_followed() {
+    if !have_corpus("threads_are_followed") {
+        return;
+    }
     let root = parse("php-imap/thread_my_topic.eml");
     let reply = parse("php-imap/thread_re_my_topic.eml");
     assert_eq!(reply.in_reply_to, vec![root.message_id.clone()]);
@@ -469,6 +506,9 @@ fn threads_are_followed() {
 
 #[test]
 fn attachments_keep_metadata_and_respect_the_size_limit() {
+    if !have_corpus("attachments_keep_metadata_and_respect_the_size_limit") {
+        return;
+    }
     let rel = "mnako-letters/test_chinese_multipart_mixed_gbk_over_base64.txt";
     // name, media type, size, SHA-256 (computed with Python's email package)
     let want: [(&str, &str, u64, &str); 7] = [
@@ -562,6 +602,9 @@ fn attachments_keep_metadata_and_respect_the_size_limit() {
 
 #[test]
 fn lenient_with_malformed_messages() {
+    if !have_corpus("lenient_with_malformed_messages") {
+        return;
+    }
     // No blank line between header and body.
     assert_eq!(parse("cpython-test_email/msg_35.txt").text, "counter to RFC 5322, there's no separating newline here");
     // An invalid Date is no date, not an error.
@@ -593,6 +636,9 @@ fn lenient_with_malformed_messages() {
 /// panicking (a panic in the IMAP loop would stall the mailbox on one message forever).
 #[test]
 fn damaged_messages_do_not_panic() {
+    if !have_corpus("damaged_messages_do_not_panic") {
+        return;
+    }
     // xorshift64: deterministic, so a failure reproduces.
     let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
     let mut next = move || {
