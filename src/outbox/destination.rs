@@ -178,21 +178,6 @@ pub async fn run(spec: Spec, shared: Arc<Shared>, wake: Arc<Notify>, shutdown: C
     in_flight.set(0.0);
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_job_just_leased_always_has_enough_lease_left_to_start() {
-        let s = Duration::from_secs;
-        for (lease, deadline) in [(s(60), s(15)), (s(5), s(2)), (s(5), Duration::from_millis(4_900)), (s(31), s(30))] {
-            let m = start_margin(lease, deadline);
-            assert!(deadline + m < lease, "lease {lease:?}, deadline {deadline:?}, margin {m:?}");
-        }
-        assert_eq!(start_margin(s(60), s(15)), s(1));
-    }
-}
-
 async fn sleep_until(at: Option<Instant>) {
     if let Some(at) = at {
         tokio::time::sleep_until(at.into()).await;
@@ -295,4 +280,19 @@ async fn send(shared: &Shared, meters: &Meters, job: Job, deadline: Duration, wa
         tracing::error!(job = job.id, "The outcome recorder is gone; the job will be sent again when its lease ends.");
     }
     answered
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_job_just_leased_always_has_enough_lease_left_to_start() {
+        let s = Duration::from_secs;
+        for (lease, deadline) in [(s(60), s(15)), (s(5), s(2)), (s(5), Duration::from_millis(4_900)), (s(31), s(30))] {
+            let m = start_margin(lease, deadline);
+            assert!(deadline + m < lease, "lease {lease:?}, deadline {deadline:?}, margin {m:?}");
+        }
+        assert_eq!(start_margin(s(60), s(15)), s(1));
+    }
 }
