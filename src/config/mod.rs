@@ -371,6 +371,41 @@ macro_rules! default_from_serde {
 }
 default_from_serde!(ServerConfig, DatabaseConfig, IntakeConfig, OutboxConfig, SlaConfig);
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_secret_of_the_wrong_type_is_not_repeated_in_the_error() {
+        for (toml, key) in [
+            ("[server]\nadmin_token = 1234567890123456\n", "server.admin_token"),
+            ("[[downstream]]\nname = \"t\"\nsecret = 98765432109876\n", "downstream[0].secret"),
+        ] {
+            let (k, msg) = Config::parse(toml).err().expect("refused");
+            assert_eq!(k, key);
+            assert!(!msg.contains("1234567890123456") && !msg.contains("98765432109876"), "{msg}");
+            assert!(msg.contains("invalid type"), "still says what is wrong: {msg}");
+        }
+        // Other keys keep the value: it helps, and it is no secret.
+        let (_, msg) = Config::parse("[server]\nlisten = 8080\n").err().expect("refused");
+        assert!(msg.contains("8080"), "{msg}");
+    }
+}
+
+/// Whether the value at `key` (a path like `downstream[0].secret`) is a secret, whose value an error
+/// message must not repeat.
+fn is_secret_key(key: &str) -> bool {
+    let last = key.rsplit('.').next().unwrap_or(key);
+    let last = last.split('[').next().unwrap_or(last);
+    matches!(last, "admin_token" | "secret" | "secrets" | "password" | "token" | "auth_token" | "webhook_secret")
+}
+
+/// serde quotes the offending value between backticks (`invalid type: integer \`1234\`, expected a
+/// string`): for a secret, say what was wrong without it.
+fn hide_quoted(msg: &str) -> String {
+    msg.split('`').enumerate().map(|(i, part)| if i % 2 == 1 { "(value not shown: a secret)" } else { part }).collect()
+}
+
 /// Why a config file could not be read at all.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -392,7 +427,10 @@ impl Config {
         let de = toml::Deserializer::new(text);
         serde_path_to_error::deserialize(de).map_err(|e| {
             let key = e.path().to_string();
-            let msg = e.into_inner().message().to_owned();
+            let mut msg = e.into_inner().message().to_owned();
+            if is_secret_key(&key) {
+                msg = hide_quoted(&msg);
+            }
             (if key == "." { "(top level)".into() } else { key }, msg)
         })
     }

@@ -1,6 +1,7 @@
 //! Admin routes (bearer token): cases, the outbox and its dead letters, the quarantine.
 
 use axum::Json;
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
@@ -56,9 +57,10 @@ fn limit(q: &ListQuery) -> i64 {
 async fn list_cases(
     State(st): State<AppState>,
     headers: HeaderMap,
-    Query(q): Query<ListQuery>,
+    q: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     authorize(&st, &headers)?;
+    let Query(q) = q?;
     let rows = st.store.list_cases(limit(&q)).await?;
     Ok(Json(json!({ "cases": rows })))
 }
@@ -77,9 +79,10 @@ async fn show_case(
 async fn list_outbox(
     State(st): State<AppState>,
     headers: HeaderMap,
-    Query(q): Query<ListQuery>,
+    q: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     authorize(&st, &headers)?;
+    let Query(q) = q?;
     if let Some(s) = q.state.as_deref()
         && !matches!(s, "pending" | "held" | "leased" | "done" | "dead" | "discarded")
     {
@@ -93,8 +96,13 @@ async fn list_outbox(
     Ok(Json(json!({ "jobs": jobs })))
 }
 
-async fn replay(State(st): State<AppState>, headers: HeaderMap, Path(id): Path<i64>) -> Result<Json<Value>, ApiError> {
+async fn replay(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    id: Result<Path<i64>, PathRejection>,
+) -> Result<Json<Value>, ApiError> {
     authorize(&st, &headers)?;
+    let Path(id) = id?;
     if st.store.replay_job(id, crate::now_ms()).await? {
         st.outbox_wake.notify_one();
         tracing::info!(job = id, "Dead job replayed by admin API.");
@@ -105,8 +113,13 @@ async fn replay(State(st): State<AppState>, headers: HeaderMap, Path(id): Path<i
 }
 
 /// Gives up on a dead job on purpose; the later jobs of its case to that destination go on.
-async fn discard(State(st): State<AppState>, headers: HeaderMap, Path(id): Path<i64>) -> Result<Json<Value>, ApiError> {
+async fn discard(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    id: Result<Path<i64>, PathRejection>,
+) -> Result<Json<Value>, ApiError> {
     authorize(&st, &headers)?;
+    let Path(id) = id?;
     if st.store.discard_job(id, crate::now_ms()).await? {
         st.outbox_wake.notify_one();
         tracing::info!(job = id, "Dead job discarded by admin API; the jobs it held go on.");
@@ -128,9 +141,10 @@ async fn replay_dead(State(st): State<AppState>, headers: HeaderMap) -> Result<J
 async fn quarantine(
     State(st): State<AppState>,
     headers: HeaderMap,
-    Query(q): Query<ListQuery>,
+    q: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     authorize(&st, &headers)?;
+    let Query(q) = q?;
     let items = st.store.list_quarantine(limit(&q)).await?;
     Ok(Json(json!({ "items": items })))
 }

@@ -206,7 +206,9 @@ async fn two_events_of_one_case_arrive_in_order_even_when_the_first_needs_retrie
 async fn a_dead_letter_holds_the_rest_of_its_case_until_replayed_or_discarded() {
     let db = TestDb::sqlite();
     let rx = Receiver::start().await;
-    let toml = config_toml(&db.url, &downstream_toml(&rx.url, 10));
+    // A name of its own: /metrics is one registry for every test in this process.
+    let name = format!("held{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let toml = config_toml(&db.url, &endpoint_toml(&name, &rx.url, 2, ""));
     let store = db.store().await;
     let builder = builder(&settings(&toml));
     let seqs = store.next_seqs(2).await.expect("seqs");
@@ -239,6 +241,11 @@ async fn a_dead_letter_holds_the_rest_of_its_case_until_replayed_or_discarded() 
     }
     let sent: HashSet<String> = rx.received().into_iter().map(|r| r.webhook_id).collect();
     assert!(!sent.contains(&replayed_update.event_id) && !sent.contains(&discarded_update.event_id), "{sent:?}");
+    // What an operator pages on: the destination's backlog by kind.
+    for (state, n) in [("held", 2.0), ("dead", 2.0), ("pending", 0.0)] {
+        let sample = format!("earshot_outbox_backlog{{destination=\"downstream:{name}\",state=\"{state}\"}}");
+        assert_eq!(metric(&gw, &sample).await, Some(n), "{sample}");
+    }
 
     // Replay: the dead event, then the one it held, in that order.
     assert_eq!(gw.admin_post(&format!("/v1/outbox/{replayed_job}/replay")).await.0, 200);
@@ -413,5 +420,27 @@ async fn retention_deletes_old_done_jobs_and_keeps_dead_ones() {
     .await;
     assert_eq!(left[0].state, "dead", "the dead job stays");
     store.close().await;
+    gw.stop().await;
+}
+
+/// A path parameter or query string that does not parse answers 400 in the API's JSON shape, not
+/// axum's plain text; a job id that does not exist answers 409 as before.
+#[tokio::test]
+async fn bad_admin_paths_and_queries_answer_json() {
+    let db = TestDb::sqlite();
+    let gw = Gateway::start(&config_toml(&db.url, "")).await;
+    for path in ["/v1/outbox/%F3%82/replay", "/v1/outbox/abc/discard", "/v1/outbox/99999999999999999999/replay"] {
+        let (status, body) = gw.admin_post(path).await;
+        assert_eq!(
+            (status, body["code"].as_str(), body["field"].as_str()),
+            (400, Some("invalid_path"), Some("path")),
+            "{path}: {body}"
+        );
+    }
+    let (status, body) = gw.admin_get("/v1/outbox?limit=many").await;
+    assert_eq!((status, body["code"].as_str()), (400, Some("invalid_query")), "{body}");
+    let (status, body) = gw.admin_get("/v1/cases?limit=-").await;
+    assert_eq!((status, body["code"].as_str()), (400, Some("invalid_query")), "{body}");
+    assert_eq!(gw.admin_post("/v1/outbox/12345/discard").await.0, 409);
     gw.stop().await;
 }

@@ -83,3 +83,18 @@ impl IntoResponse for ApiError {
         resp
     }
 }
+
+/// A path parameter that does not parse (`/v1/outbox/abc/replay`), in the API's JSON shape instead of
+/// axum's plain-text 400.
+impl From<axum::extract::rejection::PathRejection> for ApiError {
+    fn from(e: axum::extract::rejection::PathRejection) -> Self {
+        ApiError::bad_request("invalid_path", format!("a path parameter is not valid: {}", e.body_text()), "path")
+    }
+}
+
+/// A query string that does not parse (`?limit=many`), in the API's JSON shape.
+impl From<axum::extract::rejection::QueryRejection> for ApiError {
+    fn from(e: axum::extract::rejection::QueryRejection) -> Self {
+        ApiError::bad_request("invalid_query", format!("the query string is not valid: {}", e.body_text()), "query")
+    }
+}
