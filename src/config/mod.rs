@@ -381,13 +381,13 @@ mod tests {
             ("[server]\nadmin_token = 1234567890123456\n", "server.admin_token"),
             ("[[downstream]]\nname = \"t\"\nsecret = 98765432109876\n", "downstream[0].secret"),
         ] {
-            let (k, msg) = Config::parse(toml).err().expect("refused");
+            let (k, msg) = Config::parse(toml).expect_err("refused");
             assert_eq!(k, key);
             assert!(!msg.contains("1234567890123456") && !msg.contains("98765432109876"), "{msg}");
             assert!(msg.contains("invalid type"), "still says what is wrong: {msg}");
         }
         // Other keys keep the value: it helps, and it is no secret.
-        let (_, msg) = Config::parse("[server]\nlisten = 8080\n").err().expect("refused");
+        let (_, msg) = Config::parse("[server]\nlisten = 8080\n").expect_err("refused");
         assert!(msg.contains("8080"), "{msg}");
     }
 }
