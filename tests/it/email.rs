@@ -1033,3 +1033,21 @@ async fn email_hung_smtp_server_holds_up_nothing_else_and_each_ack_goes_once() {
     }
     gw.stop().await;
 }
+
+/// A customer's subject that reads like a bounce is still a customer's complaint: without a null
+/// Return-Path, a returned message or a mailer-daemon sender, it becomes a case and is acknowledged.
+#[tokio::test]
+async fn email_a_complaint_whose_subject_reads_like_a_bounce_is_a_case() {
+    let Some((imap, smtp)) = servers().await else { return };
+    let db = TestDb::sqlite();
+    let gw = Gateway::start(&email_toml(&db.url, &imap, &smtp, 200)).await;
+    let id = new_message_id();
+    imap.append(&mail("Li Wei <li@example.com>", &id, "Delivery failure – SO-1001 never arrived", "", "The parcel never came."))
+        .await;
+    let all = wait_cases(&gw, 1, 20).await;
+    let case = case_of(&all, &id).expect("a case for the complaint");
+    assert_eq!(case["channel"], "email");
+    let acks = wait_mail(&smtp, 1, 20).await;
+    assert_eq!(ack_to(&acks, "li@example.com").in_reply_to, vec![id]);
+    gw.stop().await;
+}

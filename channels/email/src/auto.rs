@@ -7,8 +7,11 @@
 //! and a reason an operator can read, e.g. `Auto-Submitted: auto-replied`:
 //! 1. a report (`multipart/report; report-type=…`, or a `message/delivery-status` … part) — Bounce for
 //!    delivery status, Report for feedback (ARF) and read receipts (MDN);
-//! 2. a bounce sender (`MAILER-DAEMON@`, `postmaster@`) or a bounce subject (`Undeliverable:`,
-//!    `failure notice`, `Delivery Status Notification (Failure)` …) — Bounce;
+//! 2. a bounce sender (`MAILER-DAEMON@`, `postmaster@`), or a bounce subject (`Undeliverable:`,
+//!    `failure notice`, `Delivery Status Notification (Failure)` …) backed by structure: a null
+//!    `Return-Path` or the returned message attached (`message/rfc822`, `text/rfc822-headers`) —
+//!    Bounce. A subject alone is what a customer writes ("Delivery failure – my order never came");
+//!    a provider's abuse desk (`abuse@`, `fbl@` …) returning a message attached is a Report;
 //! 3. a `multipart/report` of no stated kind — Report;
 //! 4. `Auto-Submitted` other than `no` — AutoReply for `auto-replied`, Report for `auto-notified`,
 //!    Bulk otherwise (a DSN also says `auto-replied`, hence bounces first);
@@ -32,6 +35,7 @@ pub fn classify(msg: &Message<'_>) -> Option<(AutoKind, String)> {
     report(msg)
         .or_else(|| bounce_sender(msg))
         .or_else(|| bounce_subject(msg))
+        .or_else(|| feedback_loop(msg))
         .or_else(|| untyped_report(msg))
         .or_else(|| auto_submitted(msg))
         .or_else(|| vendor_auto_reply(msg))
@@ -119,7 +123,32 @@ const BOUNCE_SUBJECTS: [&str; 10] = [
 
 fn bounce_subject(msg: &Message<'_>) -> Option<(AutoKind, String)> {
     let subject = msg.subject()?.trim().to_lowercase();
-    BOUNCE_SUBJECTS.iter().find(|p| subject.starts_with(*p)).map(|p| (AutoKind::Bounce, format!("Subject: {p}")))
+    let prefix = BOUNCE_SUBJECTS.iter().find(|p| subject.starts_with(*p))?;
+    let backing = if has_null_return_path(msg) {
+        "Return-Path: <>"
+    } else if returned_message(msg) {
+        "the returned message attached"
+    } else {
+        return None;
+    };
+    Some((AutoKind::Bounce, format!("Subject: {prefix} with {backing}")))
+}
+
+/// Whether a message carries another message (or its headers) as a part, as bounces and feedback
+/// loops return what they are about.
+fn returned_message(msg: &Message<'_>) -> bool {
+    msg.parts.iter().skip(1).any(|p| matches!(headers::media_type(p).as_str(), "message/rfc822" | "text/rfc822-headers"))
+}
+
+/// Local parts of mailbox providers' abuse desks and feedback-loop senders.
+const FEEDBACK_SENDERS: [&str; 6] = ["abuse", "fbl", "feedbackloop", "feedback-loop", "scomp", "complaints-fbl"];
+
+/// A feedback-loop report that is not ARF: the provider's abuse desk returns the reported message as
+/// an attached `message/rfc822`.
+fn feedback_loop(msg: &Message<'_>) -> Option<(AutoKind, String)> {
+    let local = from_local(msg)?;
+    (FEEDBACK_SENDERS.contains(&local.as_str()) && returned_message(msg))
+        .then(|| (AutoKind::Report, format!("feedback loop: From: {local}@ with the reported message attached")))
 }
 
 fn auto_submitted(msg: &Message<'_>) -> Option<(AutoKind, String)> {
@@ -342,12 +371,27 @@ mod tests {
                 Some(AutoKind::Bulk),
                 "sender list-request@",
             ),
+            // A bounce subject alone is a customer's: "Delivery failure – SO-1001 never arrived".
+            (person.replace("My order", "Undeliverable: My order"), None, ""),
+            (person.replace("My order", "Delivery failure – SO-1001 never arrived"), None, ""),
             (
-                person.replace("My order", "Undeliverable: My order"),
+                format!("Return-Path: <>\n{}", person.replace("My order", "Undeliverable: My order")),
                 Some(AutoKind::Bounce),
-                "Subject: undeliverable:",
+                "Subject: undeliverable: with Return-Path: <>",
+            ),
+            (
+                "From: mail@mx.example\nSubject: Mail delivery failed: returning message to sender\nContent-Type: multipart/mixed; boundary=b\n\n--b\nContent-Type: text/plain\n\nThis message could not be delivered.\n--b\nContent-Type: message/rfc822\n\nFrom: support@shop.example\nTo: x@y.example\nSubject: Your case\n\nHello\n--b--\n".to_string(),
+                Some(AutoKind::Bounce),
+                "Subject: mail delivery failed with the returned message attached",
             ),
             (person.replace("My order", "Fwd: Undeliverable: My order"), None, ""),
+            (
+                "From: Abuse Desk <abuse@mailbox.example>\nSubject: Complaint about message from 203.0.113.5\nContent-Type: multipart/mixed; boundary=b\n\n--b\nContent-Type: text/plain\n\nA user marked this message as spam.\n--b\nContent-Type: message/rfc822\n\nFrom: support@shop.example\nTo: x@y.example\nSubject: Your case\n\nHello\n--b--\n".to_string(),
+                Some(AutoKind::Report),
+                "feedback loop: From: abuse@ with the reported message attached",
+            ),
+            // A person writing to abuse@ of their own accord, without a returned message, is a person.
+            (person.replace("jane@example.com", "abuse@example.com"), None, ""),
             (
                 format!("X-MS-Exchange-Inbox-Rules-Loop: a@b\n{}", person.replace("My order", "Automatic reply: My order")),
                 Some(AutoKind::AutoReply),
