@@ -1042,12 +1042,46 @@ async fn email_a_complaint_whose_subject_reads_like_a_bounce_is_a_case() {
     let db = TestDb::sqlite();
     let gw = Gateway::start(&email_toml(&db.url, &imap, &smtp, 200)).await;
     let id = new_message_id();
-    imap.append(&mail("Li Wei <li@example.com>", &id, "Delivery failure – SO-1001 never arrived", "", "The parcel never came."))
-        .await;
+    imap.append(&mail(
+        "Li Wei <li@example.com>",
+        &id,
+        "Delivery failure – SO-1001 never arrived",
+        "",
+        "The parcel never came.",
+    ))
+    .await;
     let all = wait_cases(&gw, 1, 20).await;
     let case = case_of(&all, &id).expect("a case for the complaint");
     assert_eq!(case["channel"], "email");
     let acks = wait_mail(&smtp, 1, 20).await;
     assert_eq!(ack_to(&acks, "li@example.com").in_reply_to, vec![id]);
+    gw.stop().await;
+}
+
+/// A web shop's contact form relayed by mail: `From: no-reply@…` with the customer in `Reply-To` is a
+/// complaint, acknowledged to the Reply-To; the same robot sender without a Reply-To stays automatic.
+#[tokio::test]
+async fn email_contact_form_relay_is_a_case_answered_at_the_reply_to() {
+    let Some((imap, smtp)) = servers().await else { return };
+    let db = TestDb::sqlite();
+    let gw = Gateway::start(&email_toml(&db.url, &imap, &smtp, 200)).await;
+    let relayed = new_message_id();
+    imap.append(&mail(
+        "Shop Contact Form <no-reply@shop.example>",
+        &relayed,
+        "Contact form: broken cup",
+        "Reply-To: Li Wei <li.wei@customer.example>\n",
+        "Name: Li Wei\nMessage: the cup arrived broken.",
+    ))
+    .await;
+    let robot = new_message_id();
+    imap.append(&mail("Shop <no-reply@shop.example>", &robot, "Your newsletter", "", "News.")).await;
+    let all = wait_cases(&gw, 1, 20).await;
+    assert!(case_of(&all, &relayed).is_some(), "the relayed form is a case");
+    let acks = wait_mail(&smtp, 1, 20).await;
+    assert_eq!(ack_to(&acks, "li.wei@customer.example").in_reply_to, vec![relayed]);
+    tokio::time::sleep(SETTLE).await;
+    assert_eq!(case_count(&gw).await, 1, "the robot's own mail makes no case");
+    assert_eq!(smtp.messages().len(), 1, "and gets no answer");
     gw.stop().await;
 }

@@ -20,7 +20,9 @@
 //! 6. `Precedence: bulk|junk|list`, `List-Id`/`List-Unsubscribe`, `X-Auto-Response-Suppress` with
 //!    `All`, `DR` or `AutoReply` — Bulk (`Precedence: auto_reply` — AutoReply);
 //! 7. `Return-Path: <>` — AutoReply (bounces were caught above; RFC 3834 §3.3 asks responders for it);
-//! 8. robot senders (`noreply@`, `no-reply@`, `owner-…@`, `…-request@`) — Bulk.
+//! 8. robot senders (`noreply@`, `no-reply@`, `owner-…@`, `…-request@`) — Bulk; but not when the
+//!    message has a `Reply-To` of a person: that is how web shops relay their contact form
+//!    (`From: no-reply@shop.example`, `Reply-To: the customer`), and the customer is answered there.
 
 use earshot_channel::AutoKind;
 use mail_parser::{Message, MimeHeaders};
@@ -137,7 +139,10 @@ fn bounce_subject(msg: &Message<'_>) -> Option<(AutoKind, String)> {
 /// Whether a message carries another message (or its headers) as a part, as bounces and feedback
 /// loops return what they are about.
 fn returned_message(msg: &Message<'_>) -> bool {
-    msg.parts.iter().skip(1).any(|p| matches!(headers::media_type(p).as_str(), "message/rfc822" | "text/rfc822-headers"))
+    msg.parts
+        .iter()
+        .skip(1)
+        .any(|p| matches!(headers::media_type(p).as_str(), "message/rfc822" | "text/rfc822-headers"))
 }
 
 /// Local parts of mailbox providers' abuse desks and feedback-loop senders.
@@ -246,20 +251,29 @@ fn null_return_path(msg: &Message<'_>) -> Option<(AutoKind, String)> {
     has_null_return_path(msg).then(|| (AutoKind::AutoReply, "Return-Path: <>".to_string()))
 }
 
+fn is_robot_local(local: &str) -> bool {
+    matches!(local, "noreply" | "no-reply" | "no_reply" | "donotreply" | "do-not-reply" | "do_not_reply")
+        || local.starts_with("owner-")
+        || local.ends_with("-request")
+}
+
 fn robot_sender(msg: &Message<'_>) -> Option<(AutoKind, String)> {
+    // A contact-form relay: the robot sends, the person is in Reply-To.
+    let reply_to_person = msg
+        .reply_to()
+        .and_then(|a| a.first())
+        .and_then(|a| a.address())
+        .map(|a| a.rsplit_once('@').map_or(a, |(l, _)| l).trim().to_ascii_lowercase())
+        .is_some_and(|local| !is_robot_local(&local));
+    if reply_to_person {
+        return None;
+    }
     let mut locals: Vec<String> = from_local(msg).into_iter().collect();
     if let Some(sender) = msg.sender().and_then(|a| a.first()).and_then(|a| a.address()) {
         let local = sender.rsplit_once('@').map_or(sender, |(l, _)| l);
         locals.push(local.trim().to_ascii_lowercase());
     }
-    locals.into_iter().find_map(|local| {
-        let robot = matches!(
-            local.as_str(),
-            "noreply" | "no-reply" | "no_reply" | "donotreply" | "do-not-reply" | "do_not_reply"
-        ) || local.starts_with("owner-")
-            || local.ends_with("-request");
-        robot.then(|| (AutoKind::Bulk, format!("sender {local}@")))
-    })
+    locals.into_iter().find_map(|local| is_robot_local(&local).then(|| (AutoKind::Bulk, format!("sender {local}@"))))
 }
 
 #[cfg(test)]
@@ -360,6 +374,24 @@ mod tests {
                 person.replace("jane@example.com", "no-reply@example.com"),
                 Some(AutoKind::Bulk),
                 "sender no-reply@",
+            ),
+            // A web shop's contact form relayed: the customer is in Reply-To.
+            (
+                format!("Reply-To: Li Wei <li@customer.example>\n{}", person.replace("jane@example.com", "no-reply@shop.example")),
+                None,
+                "",
+            ),
+            // Reply-To another robot does not make it a person's.
+            (
+                format!("Reply-To: <noreply@shop.example>\n{}", person.replace("jane@example.com", "no-reply@shop.example")),
+                Some(AutoKind::Bulk),
+                "sender no-reply@",
+            ),
+            // A relayed form that is also marked bulk stays bulk.
+            (
+                format!("Precedence: bulk\nReply-To: li@customer.example\n{}", person.replace("jane@example.com", "no-reply@shop.example")),
+                Some(AutoKind::Bulk),
+                "Precedence: bulk",
             ),
             (
                 person.replace("jane@example.com", "owner-list@example.com"),
