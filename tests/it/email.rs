@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::mailsrv::{Dovecot, Mail, SmtpSink};
+use crate::mailsrv::{Dovecot, Mail, SmtpSink, crlf};
 use crate::support::*;
 
 const MAILBOX: &str = "support@example.com";
@@ -1083,5 +1083,64 @@ async fn email_contact_form_relay_is_a_case_answered_at_the_reply_to() {
     tokio::time::sleep(SETTLE).await;
     assert_eq!(case_count(&gw).await, 1, "the robot's own mail makes no case");
     assert_eq!(smtp.messages().len(), 1, "and gets no answer");
+    gw.stop().await;
+}
+
+/// Runs `program` with `args` and returns what it prints: a message made by another mail library.
+/// `None` (the test skips, saying so) when the program is missing; under `CI=true` that fails.
+fn made_by(program: &str, args: &[&str]) -> Option<Vec<u8>> {
+    match std::process::Command::new(program).args(args).output() {
+        Ok(out) if out.status.success() => Some(out.stdout),
+        Ok(out) => panic!("{program} failed: {}", String::from_utf8_lossy(&out.stderr)),
+        Err(e) => {
+            assert!(std::env::var("CI").map_or(true, |v| v != "true"), "CI=true and {program} cannot run: {e}");
+            eprintln!("SKIPPED: {program} cannot run ({e})");
+            None
+        }
+    }
+}
+
+/// Python's `email` package and Perl's Encode::MIME::Header encode the whole From value, address
+/// included, as one encoded word (and Python labels GB2312 with its codec name `eucgb2312_cn`):
+/// both complaints become cases of the right customer and are acknowledged.
+#[tokio::test]
+async fn email_from_encoded_whole_by_python_and_perl_keeps_its_sender() {
+    let Some((imap, smtp)) = servers().await else { return };
+    let python = r#"
+from email.mime.text import MIMEText
+from email.header import Header
+m = MIMEText("杯子碎了，要求退款。", "plain", "gb2312")
+m["From"] = Header('"张伟" <zhang.wei@example.cn>', "utf-8")
+m["To"] = "support@example.com"
+m["Subject"] = Header("杯子碎了", "gb2312")
+m["Message-ID"] = "<python-whole-from@customer.example>"
+print(m.as_string())
+"#;
+    let perl = r#"use Encode; binmode STDOUT;
+print "From: ", encode("MIME-B", decode("UTF-8", "\"李娜\" <li.na\@example.cn>")), "\n";
+print "To: support\@example.com\nSubject: ", encode("MIME-B", decode("UTF-8", "快递破损")), "\n";
+print "Message-ID: <perl-whole-from\@customer.example>\nMIME-Version: 1.0\n";
+print "Content-Type: text/plain; charset=utf-8\nContent-Transfer-Encoding: 8bit\n\n箱子是破的。\n";"#;
+    let Some(from_python) = made_by("python3", &["-c", python]) else { return };
+    let Some(from_perl) = made_by("perl", &["-e", perl]) else { return };
+    assert!(String::from_utf8_lossy(&from_python).contains("=?eucgb2312_cn?"), "Python still labels its codec name");
+
+    let db = TestDb::sqlite();
+    let gw = Gateway::start(&email_toml(&db.url, &imap, &smtp, 200)).await;
+    imap.append(&crlf(&from_python)).await;
+    imap.append(&crlf(&from_perl)).await;
+    let all = wait_cases(&gw, 2, 20).await;
+    for (id, customer, subject) in [
+        ("python-whole-from@customer.example", "zhang.wei@example.cn", "杯子碎了"),
+        ("perl-whole-from@customer.example", "li.na@example.cn", "快递破损"),
+    ] {
+        let case = case_of(&all, id).unwrap_or_else(|| panic!("a case for {id}: {all:#?}"));
+        let text = case.to_string();
+        assert!(text.contains(customer) && text.contains(subject), "{case:#}");
+    }
+    let acks = wait_mail(&smtp, 2, 20).await;
+    ack_to(&acks, "zhang.wei@example.cn");
+    ack_to(&acks, "li.na@example.cn");
+    assert_eq!(get_ok(&gw, "/v1/quarantine").await["items"].as_array().map(Vec::len), Some(0), "nothing quarantined");
     gw.stop().await;
 }

@@ -213,6 +213,67 @@ pub fn derived_id(raw: &[u8]) -> String {
 /// header lines written in raw 8-bit non-UTF-8 (QQ Mail writes GB2312 headers without encoded-words)
 /// or double-encoded (Big5 bytes stored as Latin-1 UTF-8) into UTF-8, which the parser then reads.
 fn prepare(raw: &[u8]) -> Cow<'_, [u8]> {
+    match relabel_charsets(raw) {
+        Some(relabelled) => Cow::Owned(prepare_labelled(&relabelled).into_owned()),
+        None => prepare_labelled(raw),
+    }
+}
+
+/// Charset labels that mail software writes besides the IANA names, and the name the decoders know.
+/// Python's `email` package writes its codec names (`Header(text, "gb2312")` comes out as
+/// `=?eucgb2312_cn?b?…?=`); Windows and Java write their own.
+const CHARSET_ALIASES: [(&str, &str); 9] = [
+    ("eucgb2312_cn", "gb2312"),
+    ("euc_cn", "gb2312"),
+    ("big5_tw", "big5"),
+    ("big5hkscs", "big5-hkscs"),
+    ("x-gbk", "gbk"),
+    ("cp936", "gbk"),
+    ("ms936", "gbk"),
+    ("cp950", "big5"),
+    ("ms950", "big5"),
+];
+
+/// `raw` with every aliased charset label, in an encoded word (`=?label?`) or a `charset=`
+/// parameter, replaced by its IANA name; `None` when there is none.
+fn relabel_charsets(raw: &[u8]) -> Option<Vec<u8>> {
+    let lower: Vec<u8> = raw.iter().map(u8::to_ascii_lowercase).collect();
+    let mut out: Option<Vec<u8>> = None;
+    let mut copied = 0;
+    let mut i = 0;
+    while i < lower.len() {
+        // The start of a label: just after `=?`, or after `charset=` and an optional quote.
+        let start = if lower[i..].starts_with(b"=?") {
+            Some(i + 2)
+        } else if lower[i..].starts_with(b"charset=") {
+            Some(i + 8 + usize::from(lower.get(i + 8) == Some(&b'"')))
+        } else {
+            None
+        };
+        if let Some(at) = start {
+            let found = CHARSET_ALIASES.iter().find(|(alias, _)| {
+                lower[at..].starts_with(alias.as_bytes())
+                    && lower
+                        .get(at + alias.len())
+                        .is_none_or(|b| matches!(b, b'?' | b'"' | b';' | b' ' | b'\r' | b'\n'))
+            });
+            if let Some((alias, name)) = found {
+                let buf = out.get_or_insert_with(|| Vec::with_capacity(raw.len()));
+                buf.extend_from_slice(&raw[copied..at]);
+                buf.extend_from_slice(name.as_bytes());
+                copied = at + alias.len();
+                i = copied;
+                continue;
+            }
+        }
+        i += 1;
+    }
+    let mut buf = out?;
+    buf.extend_from_slice(&raw[copied..]);
+    Some(buf)
+}
+
+fn prepare_labelled(raw: &[u8]) -> Cow<'_, [u8]> {
     let mut raw = raw.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(raw);
     if is_mbox_from_line(raw)
         && let Some(nl) = raw.iter().position(|&b| b == b'\n')
@@ -391,11 +452,30 @@ fn undo_latin1_mojibake(text: &str, decode: fn(&[u8]) -> String) -> Option<Strin
 
 /// The first address in a From/Reply-To that is an email address at all.
 fn first_mailbox(addr: Option<&Address<'_>>) -> Option<Mailbox> {
-    addr?.iter().find_map(|a| {
-        let address = clean_address(a.address()?)?;
+    addr?.iter().find_map(|a| match a.address().and_then(clean_address) {
+        Some(address) => {
+            let name = a.name().map(clean_line).filter(|n| !n.is_empty() && !n.eq_ignore_ascii_case(&address));
+            Some(Mailbox { address, name })
+        }
+        None => a.name().and_then(mailbox_in_text),
+    })
+}
+
+/// The mailbox in a display text that holds a whole address: some senders encode the whole header
+/// value, address included, as one RFC 2047 word (Python's `email` package does, with
+/// `Header('"张伟" <zhang.wei@example.cn>', "utf-8")`), which decodes to a name and no address.
+fn mailbox_in_text(text: &str) -> Option<Mailbox> {
+    if !text.contains('@') {
+        return None;
+    }
+    let header = format!("From: {}\r\n\r\n", text.replace(['\r', '\n'], " "));
+    let msg = MessageParser::default().parse(header.as_bytes())?;
+    let found = msg.from()?.iter().find_map(|a| {
+        let address = a.address().and_then(clean_address)?;
         let name = a.name().map(clean_line).filter(|n| !n.is_empty() && !n.eq_ignore_ascii_case(&address));
         Some(Mailbox { address, name })
-    })
+    });
+    found
 }
 
 fn clean_address(a: &str) -> Option<String> {
@@ -678,6 +758,49 @@ const LENIENT_BASE64: base64::engine::GeneralPurpose = base64::engine::GeneralPu
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_from_header_encoded_whole_keeps_its_address() {
+        // Made by Python's `email` package (compat32): MIMEText(…, "gb2312") with
+        // `Header('"张伟" <zhang.wei@example.cn>', "utf-8")` as From and `Header("杯子碎了", "gb2312")`
+        // as Subject, which it labels with its codec name.
+        let python = "Content-Type: text/plain; charset=\"gb2312\"\nMIME-Version: 1.0\n\
+            Content-Transfer-Encoding: base64\n\
+            From: =?utf-8?b?IuW8oOS8nyIgPHpoYW5nLndlaUBleGFtcGxlLmNuPg==?=\n\
+            Subject: =?eucgb2312_cn?b?sa3X08vpwcs=?=\nMessage-ID: <py1@customer.example>\n\nsa3X08vpwcs=\n";
+        let m = normalize(python.as_bytes(), &ParseOptions::default()).expect("parses");
+        assert_eq!(m.customer_address(), Some("zhang.wei@example.cn"));
+        assert_eq!(m.from.as_ref().and_then(|f| f.name.as_deref()), Some("张伟"));
+        assert_eq!(m.subject.as_deref(), Some("杯子碎了"));
+        assert_eq!(m.text, "杯子碎了");
+        // The same, in the labels other software writes.
+        for label in ["x-gbk", "EUCGB2312_CN", "cp936"] {
+            let raw = python.replace("eucgb2312_cn", label);
+            let m = normalize(raw.as_bytes(), &ParseOptions::default()).expect("parses");
+            assert_eq!(m.subject.as_deref(), Some("杯子碎了"), "{label}");
+        }
+        let big5 = "From: a@b.example\nSubject: =?big5_tw?b?pKSk5Q==?=\n\nx\n";
+        let m = normalize(big5.as_bytes(), &ParseOptions::default()).expect("parses");
+        assert_eq!(m.subject.as_deref(), Some("中文"));
+        // A name that only looks like it has an address stays a name with no address.
+        let m = normalize(b"From: =?utf-8?q?Support_team?=\nSubject: x\n\nhello\n", &ParseOptions::default())
+            .expect("parses");
+        assert_eq!(m.customer_address(), None);
+    }
+
+    #[test]
+    fn charset_labels_are_relabelled_only_where_they_are_labels() {
+        assert_eq!(
+            relabel_charsets(b"Subject: =?x-gbk?b?AA==?=\n").as_deref(),
+            Some(&b"Subject: =?gbk?b?AA==?=\n"[..])
+        );
+        assert_eq!(
+            relabel_charsets(b"Content-Type: text/plain; charset=\"big5_tw\"\n").as_deref(),
+            Some(&b"Content-Type: text/plain; charset=\"big5\"\n"[..])
+        );
+        assert_eq!(relabel_charsets(b"Subject: about x-gbk and big5_tw\n"), None);
+        assert_eq!(relabel_charsets(b"Subject: =?x-gbkfoo?b?AA==?=\n"), None);
+    }
     use super::*;
 
     fn parse(raw: &str) -> ParsedMail {
