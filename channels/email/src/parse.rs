@@ -470,12 +470,11 @@ fn mailbox_in_text(text: &str) -> Option<Mailbox> {
     }
     let header = format!("From: {}\r\n\r\n", text.replace(['\r', '\n'], " "));
     let msg = MessageParser::default().parse(header.as_bytes())?;
-    let found = msg.from()?.iter().find_map(|a| {
+    msg.from()?.iter().find_map(|a| {
         let address = a.address().and_then(clean_address)?;
         let name = a.name().map(clean_line).filter(|n| !n.is_empty() && !n.eq_ignore_ascii_case(&address));
         Some(Mailbox { address, name })
-    });
-    found
+    })
 }
 
 fn clean_address(a: &str) -> Option<String> {
