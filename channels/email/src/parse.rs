@@ -452,13 +452,14 @@ fn undo_latin1_mojibake(text: &str, decode: fn(&[u8]) -> String) -> Option<Strin
 
 /// The first address in a From/Reply-To that is an email address at all.
 fn first_mailbox(addr: Option<&Address<'_>>) -> Option<Mailbox> {
-    addr?.iter().find_map(|a| match a.address().and_then(clean_address) {
-        Some(address) => {
-            let name = a.name().map(clean_line).filter(|n| !n.is_empty() && !n.eq_ignore_ascii_case(&address));
-            Some(Mailbox { address, name })
-        }
-        None => a.name().and_then(mailbox_in_text),
-    })
+    addr?.iter().find_map(|a| mailbox_of(a).or_else(|| a.name().and_then(mailbox_in_text)))
+}
+
+/// One parsed address as a mailbox, when it has an address at all.
+fn mailbox_of(a: &mail_parser::Addr<'_>) -> Option<Mailbox> {
+    let address = a.address().and_then(clean_address)?;
+    let name = a.name().map(clean_line).filter(|n| !n.is_empty() && !n.eq_ignore_ascii_case(&address));
+    Some(Mailbox { address, name })
 }
 
 /// The mailbox in a display text that holds a whole address: some senders encode the whole header
@@ -470,11 +471,7 @@ fn mailbox_in_text(text: &str) -> Option<Mailbox> {
     }
     let header = format!("From: {}\r\n\r\n", text.replace(['\r', '\n'], " "));
     let msg = MessageParser::default().parse(header.as_bytes())?;
-    msg.from()?.iter().find_map(|a| {
-        let address = a.address().and_then(clean_address)?;
-        let name = a.name().map(clean_line).filter(|n| !n.is_empty() && !n.eq_ignore_ascii_case(&address));
-        Some(Mailbox { address, name })
-    })
+    msg.from()?.iter().find_map(mailbox_of)
 }
 
 fn clean_address(a: &str) -> Option<String> {
