@@ -129,6 +129,9 @@ enum CasesCommand {
     Show { id: String },
 }
 
+/// Log targets that would print credentials at trace level, capped at debug.
+const NO_CREDENTIAL_TRACES: &str = "async_imap::imap_stream=debug";
+
 /// Lines waiting for the log thread; past this, new lines are dropped (and counted in
 /// `earshot_log_lines_dropped_total`) rather than making a request or a delivery wait.
 const LOG_BUFFER_LINES: usize = 128_000;
@@ -143,7 +146,10 @@ fn init_logs(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
         .finish(std::io::stderr());
     earshot::set_log_drop_counter(writer.error_counter());
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"))
+        // async-imap traces every command it sends, `LOGIN user password` included: never below
+        // debug for it, whatever RUST_LOG asks.
+        .add_directive(NO_CREDENTIAL_TRACES.parse().unwrap_or_else(|e| unreachable!("a valid directive: {e}")));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer);
     match format {
         LogFormat::Text => builder.init(),

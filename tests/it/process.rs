@@ -57,6 +57,11 @@ struct Proc {
 
 impl Proc {
     async fn start(config: &Path, port: u16, name: &str) -> Proc {
+        Self::start_logging(config, port, name, "info,sqlx=warn").await
+    }
+
+    /// As `start`, with `RUST_LOG` set to `rust_log`.
+    async fn start_logging(config: &Path, port: u16, name: &str, rust_log: &str) -> Proc {
         let log = config.with_file_name(format!("{name}.log"));
         // A file, not a pipe: a pipe nobody reads fills up and blocks the child's logging.
         let out = std::fs::OpenOptions::new().create(true).append(true).open(&log).expect("open child log");
@@ -65,7 +70,7 @@ impl Proc {
             .arg("--config")
             .arg(config)
             .arg("serve")
-            .env("RUST_LOG", "info,sqlx=warn")
+            .env("RUST_LOG", rust_log)
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
@@ -454,6 +459,53 @@ async fn check_config_refuses_a_lease_not_longer_than_a_send_deadline_naming_bot
     );
     let (code, out, err) = cli(&write("long.toml", "46s"), &["check-config"]).await;
     assert_eq!(code, Some(0), "a lease longer than every deadline passes:\n{out}{err}");
+}
+
+/// With `RUST_LOG=trace` the gateway logs everything it may, and still never the IMAP password
+/// (async-imap traces every command it sends, `LOGIN` included).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trace_logs_never_show_the_imap_password() {
+    let Some(imap) = crate::mailsrv::Dovecot::start().await else { return };
+    let Some(smtp) = crate::mailsrv::SmtpSink::start().await else { return };
+    let db = TestDb::sqlite();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let port = free_port();
+    let email = format!(
+        "[channels.email]\n[[channels.email.mailboxes]]\nname = \"support\"\naddress = \"support@example.com\"\n\
+         imap = {{ host = \"127.0.0.1\", port = {}, security = \"plain\", username = \"{}\", password = \"{}\", poll_secs = 1 }}\n\
+         smtp = {{ host = \"127.0.0.1\", port = {}, security = \"plain\", timeout_secs = 3 }}\n",
+        imap.port, imap.user, imap.password, smtp.port
+    );
+    let cfg = write_config(dir.path(), "trace.toml", port, &db.url, &email);
+    let mut p = Proc::start_logging(&cfg, port, "trace", "trace").await;
+    imap.append(b"From: li@example.com\r\nTo: support@example.com\r\nSubject: broken\r\nMessage-ID: <trace-1@example.com>\r\n\r\nThe cup is broken.\r\n").await;
+    within(20, "the complaint stored", async {
+        while !p.log_text().contains("Case created.") {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    p.stop().await;
+    let log = p.log_text();
+    assert!(log.contains("TRACE"), "trace logging was on");
+    assert!(!log.contains(&imap.password), "the IMAP password is in the log");
+    db.cleanup().await;
+}
+
+/// A database URL's password is never printed: not by `check-config`, not when `serve` cannot open
+/// the database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_password_is_never_printed() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cfg = dir.path().join("pw.toml");
+    let password = "never-print-this-db-password";
+    // A port that does not parse: `serve` fails at once, with the URL's error in hand.
+    std::fs::write(&cfg, format!("[database]\nurl = \"postgres://earshot:{password}@127.0.0.1:notaport/db\"\n"))
+        .expect("write config");
+    for args in [&["check-config"][..], &["serve"][..], &["migrate"][..]] {
+        let (_, out, err) = cli(&cfg, args).await;
+        assert!(!format!("{out}{err}").contains(password), "earshot {args:?} printed the password:\n{out}{err}");
+    }
 }
 
 /// How one request of the SIGTERM test ended.
