@@ -73,7 +73,7 @@ async fn commit(ctx: &WriterContext, batch: Vec<Submission>) {
     }
 
     let started = std::time::Instant::now();
-    let (rows, mut prepared) = match prepare(ctx, &mut groups).await {
+    let (mut rows, mut prepared) = match prepare(ctx, &mut groups).await {
         Ok(p) => p,
         Err(e) => {
             tracing::error!(error = %e, batch = groups.len(), "Intake batch could not be prepared; answering 503.");
@@ -83,6 +83,8 @@ async fn commit(ctx: &WriterContext, batch: Vec<Submission>) {
             return;
         }
     };
+
+    one_customer_per_contact(ctx, &groups, &mut rows, &mut prepared);
 
     let mut outcomes: HashMap<String, Result<Committed, String>> = HashMap::new();
     // Lent to the store, not copied: the rows come back once the commit has returned.
@@ -164,6 +166,39 @@ fn answer_all(
             },
         };
         answer_group(group, result);
+    }
+}
+
+/// New cases of one batch that share a contact belong to one customer, as they would if they came
+/// one after the other: a later one is rendered again for the customer of the first one that gave
+/// the contact (`{phone P}` then `{email E, phone P}` is one customer, not two). Without this each
+/// would get a customer of its own, and the contact table would name only the first.
+fn one_customer_per_contact(ctx: &WriterContext, groups: &[Group], rows: &mut [NewCase], prepared: &mut [Prepared]) {
+    let mut owner: HashMap<earshot_channel::Identity, String> = HashMap::new();
+    let now = OffsetDateTime::now_utc();
+    for (g, p) in groups.iter().zip(prepared.iter_mut()) {
+        let Prepared::Row(i, _) = *p else { continue };
+        if rows[i].follow_up {
+            continue;
+        }
+        let earlier = rows[i].identities.iter().find_map(|id| owner.get(id)).cloned();
+        if let Some(customer) = earlier.filter(|c| *c != rows[i].customer_id) {
+            let send_ack = rows[i].jobs.iter().any(|j| j.kind == "ack");
+            let check_customer = rows[i].check_customer;
+            match ctx.builder.build(&g.first.inbound, rows[i].seq, Some(customer), now, send_ack) {
+                Ok((mut row, _)) => {
+                    // The acknowledgement text already rendered names the same case reference.
+                    row.check_customer = check_customer;
+                    rows[i] = row;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "Could not render a case for the customer of an earlier case in its batch; it keeps its own.")
+                }
+            }
+        }
+        for id in &rows[i].identities {
+            owner.entry(id.clone()).or_insert_with(|| rows[i].customer_id.clone());
+        }
     }
 }
 

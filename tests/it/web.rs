@@ -1,6 +1,8 @@
 //! The web channel end to end: signed complaint → 202 → signed `case.created` downstream, and every
 //! refusal leaving the store as it was.
 
+use std::time::Duration;
+
 use serde_json::{Value, json};
 
 use crate::support::*;
@@ -338,4 +340,51 @@ async fn a_returning_customer_keeps_one_customer_id() {
         gw.stop().await;
         db.cleanup().await;
     }
+}
+
+/// Two new complaints committed in one batch, `{phone P}` and `{email E, phone P}`, belong to one
+/// customer, as when they are sent one after the other. The batch is made by holding the SQLite
+/// write lock from outside while they queue behind a first complaint.
+#[tokio::test]
+async fn two_new_complaints_sharing_a_contact_in_one_batch_are_one_customer() {
+    use sqlx::Connection;
+    let db = TestDb::sqlite();
+    let gw = Gateway::start(&config_toml(&db.url, "")).await;
+    let web = gw.web();
+    // Case numbers are reserved in blocks through the writer connection: reserve the block first, so
+    // that nothing but the commits waits for the lock below.
+    assert_eq!(web.send(&json!({ "customer": { "email": "warm@example.cn" }, "text": "预热" })).await.0, 202);
+    let mut lock = sqlx::SqliteConnection::connect(&db.url).await.expect("connect");
+    sqlx::query("BEGIN IMMEDIATE").execute(&mut lock).await.expect("take the write lock");
+
+    // The first one waits in the writer for the lock; the two others queue behind it, together.
+    let w = web.clone();
+    let first =
+        tokio::spawn(
+            async move { w.send(&json!({ "customer": { "email": "first@example.cn" }, "text": "先" })).await },
+        );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (w1, w2) = (web.clone(), web.clone());
+    let phone_only = tokio::spawn(async move {
+        w1.send(&json!({ "customer": { "phone": "+86 139 0000 2222" }, "text": "只有电话" })).await
+    });
+    let both = tokio::spawn(async move {
+        w2.send(&json!({ "customer": { "email": "shared@example.cn", "phone": "+86 139 0000 2222" }, "text": "两个" }))
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    sqlx::query("ROLLBACK").execute(&mut lock).await.expect("release the lock");
+    let _ = lock.close().await;
+
+    let mut customers = Vec::new();
+    for task in [first, phone_only, both] {
+        let (status, receipt) = task.await.expect("request task");
+        assert_eq!(status, 202, "{receipt}");
+        let id = receipt["case_id"].as_str().expect("case_id").to_owned();
+        let (_, case) = gw.admin_get(&format!("/v1/cases/{id}")).await;
+        customers.push(case["customer"]["id"].as_str().expect("customer id").to_owned());
+    }
+    assert_eq!(customers[1], customers[2], "one customer for the shared phone");
+    assert_ne!(customers[0], customers[1]);
+    gw.stop().await;
 }
