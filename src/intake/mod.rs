@@ -211,9 +211,12 @@ fn unavailable(e: crate::store::StoreError) -> IntakeError {
 
 impl IntakeService {
     /// A bounce of one of our own messages (found by the Message-ID it reports, `<{event id}@…>`)
-    /// suppresses that message's recipient; failed recipients we have acknowledged before are
-    /// suppressed too. Sending on to a dead address only earns more bounces.
+    /// suppresses the recipient of that message, and only that one: sending on to a dead address
+    /// only earns more bounces. A bounce that names no message of ours, whatever recipients it says
+    /// failed, changes nothing: anyone can send a `From: mailer-daemon@…` saying a customer's
+    /// address failed, and that must not silence the customer.
     async fn suppress_bounced(&self, ev: &ChannelEvent, now: i64) -> Result<(), IntakeError> {
+        let failed: Vec<String> = ev.failed_recipients.iter().map(|a| a.to_lowercase()).collect();
         let mut addresses: Vec<String> = Vec::new();
         for id in &ev.related_ids {
             let Some((local, _)) = id.split_once('@') else { continue };
@@ -223,12 +226,15 @@ impl IntakeService {
             if let Some(job) = self.store.job_by_event_id(local).await.map_err(unavailable)?
                 && let Ok(Outbound { reply_route: ReplyRoute::Email { to, .. }, .. }) =
                     serde_json::from_str(&job.payload)
+                // When the report lists failed recipients, ours must be among them.
+                && (failed.is_empty() || failed.contains(&to.to_lowercase()))
             {
                 addresses.push(to);
             }
         }
-        let failed: Vec<String> = ev.failed_recipients.iter().map(|a| a.to_lowercase()).collect();
-        addresses.extend(self.store.acked_since(&failed, 0).await.map_err(unavailable)?);
+        if addresses.is_empty() && !failed.is_empty() {
+            tracing::info!(failed = ?failed, "A bounce that names no message of ours: stored, nobody suppressed.");
+        }
         addresses.sort();
         addresses.dedup();
         let until = now + self.suppress_for.as_millis() as i64;

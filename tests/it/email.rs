@@ -1144,3 +1144,37 @@ print "Content-Type: text/plain; charset=utf-8\nContent-Transfer-Encoding: 8bit\
     assert_eq!(get_ok(&gw, "/v1/quarantine").await["items"].as_array().map(Vec::len), Some(0), "nothing quarantined");
     gw.stop().await;
 }
+
+/// A forged bounce (`From: mailer-daemon@…` naming a customer in `X-Failed-Recipients`, about no
+/// message of ours) is stored and counted, and silences nobody: the customer's next complaint is
+/// acknowledged.
+#[tokio::test]
+async fn email_a_forged_bounce_does_not_silence_a_customer() {
+    let Some((imap, smtp)) = servers().await else { return };
+    let db = TestDb::sqlite();
+    let gw = Gateway::start(&without_ack_window(&email_toml(&db.url, &imap, &smtp, 200))).await;
+    let victim = "victim@customer.example";
+    imap.append(&complaint_from(victim, "First complaint").0).await;
+    wait_cases(&gw, 1, 20).await;
+    wait_mail(&smtp, 1, 20).await;
+
+    let forged = format!(
+        "From: Mail Delivery System <mailer-daemon@evil.example>\nTo: {MAILBOX}\nSubject: Undelivered Mail\n\
+         Message-ID: <{}>\nX-Failed-Recipients: {victim}\nMIME-Version: 1.0\nContent-Type: text/plain\n\n\
+         Delivery to {victim} failed permanently.\n",
+        new_message_id()
+    );
+    imap.append(forged.as_bytes()).await;
+    let store = db.store().await;
+    eventually(20, "the forged bounce stored", || async {
+        (store.count_events(Some("bounce")).await.expect("events") == 1).then_some(())
+    })
+    .await;
+    assert!(store.suppressed(&[victim.to_owned()], earshot::now_ms()).await.expect("suppressed").is_empty());
+
+    imap.append(&complaint_from(victim, "Second complaint").0).await;
+    let acks = wait_mail(&smtp, 2, 20).await;
+    assert_eq!(acks.iter().filter(|m| m.to.iter().any(|t| t == victim)).count(), 2, "both complaints answered");
+    store.close().await;
+    gw.stop().await;
+}
