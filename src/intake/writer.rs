@@ -329,12 +329,21 @@ async fn prepare(ctx: &WriterContext, groups: &mut [Group]) -> crate::store::Res
             out.push(Prepared::Failed("no case sequence number".to_owned()));
             continue;
         };
-        if let Some(case) = thread_case(ctx, inbound, customer.as_deref()).await? {
-            out.push(match ctx.builder.build_follow_up(inbound, case, now) {
-                Ok(r) => row(r, None),
-                Err(e) => Prepared::Failed(e.to_string()),
-            });
-            continue;
+        // A message whose thread cannot be looked up fails alone, not its whole batch.
+        match thread_case(ctx, inbound, customer.as_deref()).await {
+            Ok(Some(case)) => {
+                out.push(match ctx.builder.build_follow_up(inbound, case, now) {
+                    Ok(r) => row(r, None),
+                    Err(e) => Prepared::Failed(e.to_string()),
+                });
+                continue;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, channel = %inbound.channel, external_id = %inbound.external_id, "Thread lookup failed; this message alone is refused.");
+                out.push(Prepared::Failed(e.to_string()));
+                continue;
+            }
         }
         if let Some(kind) = inbound.automatic {
             // An automatic message that answers nothing of ours: keep it, make no case, answer nothing.

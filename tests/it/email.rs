@@ -1178,3 +1178,35 @@ async fn email_a_forged_bounce_does_not_silence_a_customer() {
     store.close().await;
     gw.stop().await;
 }
+
+/// A message with a 40,000-id References header is one case like any other (the ids are cut to a
+/// documented bound), and web complaints committed beside it are answered 202.
+#[tokio::test]
+async fn email_a_huge_references_header_fails_nobody() {
+    let Some((imap, smtp)) = servers().await else { return };
+    let db = TestDb::sqlite();
+    let web = format!(
+        "[channels.web]\n[[channels.web.sources]]\nname = \"site\"\nsecret = \"{SOURCE_SECRET}\"\n\
+         rate_limit_per_sec = 1000\nrate_limit_burst = 1000\n"
+    );
+    let gw = Gateway::start(&format!("{}{web}", email_toml(&db.url, &imap, &smtp, 200))).await;
+    let id = new_message_id();
+    let refs: Vec<String> = (0..40_000).map(|i| format!("<old{i}@customer.example>")).collect();
+    let extra = format!("References: {}\n", refs.join("\n "));
+    imap.append(&mail("Long Thread <long@customer.example>", &id, "Still broken", &extra, "Please help.")).await;
+    let mut sent = Vec::new();
+    for i in 0..5 {
+        let w = gw.web();
+        sent.push(tokio::spawn(async move { w.send(&complaint(&format!("beside a huge header {i}"))).await }));
+    }
+    for t in sent {
+        let (status, body) = t.await.expect("request");
+        assert_eq!(status, 202, "{body}");
+    }
+    let all = wait_cases(&gw, 6, 30).await;
+    assert!(case_of(&all, &id).is_some(), "the long-threaded message is a case");
+    let acks = wait_mail(&smtp, 1, 20).await;
+    let ack = ack_to(&acks, "long@customer.example");
+    assert!(ack.references.len() <= 51, "our reply's References are bounded too: {}", ack.references.len());
+    gw.stop().await;
+}

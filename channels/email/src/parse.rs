@@ -493,20 +493,31 @@ fn all_addresses(msg: &Message<'_>) -> Vec<String> {
 }
 
 /// Message ids from In-Reply-To / References, without `<>`, repeats removed.
+///
+/// At most [`MAX_THREAD_IDS`]: the first (the thread's root) and the most recent ones, as RFC 5322
+/// §3.6.4 suggests for trimming References. A header of 40,000 ids would otherwise be looked up
+/// id by id, and past SQLite's 32,766 bound parameters fail the lookup.
 fn ids(value: &HeaderValue<'_>) -> Vec<String> {
     let raw: Vec<&str> = match value {
         HeaderValue::Text(t) => vec![t.as_ref()],
         HeaderValue::TextList(l) => l.iter().map(|t| t.as_ref()).collect(),
         _ => vec![],
     };
+    let mut seen = std::collections::HashSet::new();
     let mut out: Vec<String> = Vec::new();
     for id in raw.into_iter().map(clean_id) {
-        if !id.is_empty() && !out.contains(&id) {
+        if !id.is_empty() && seen.insert(id.clone()) {
             out.push(id);
         }
     }
+    if out.len() > MAX_THREAD_IDS {
+        out.drain(1..out.len() - (MAX_THREAD_IDS - 1));
+    }
     out
 }
+
+/// Most message ids kept from one In-Reply-To or References header.
+pub const MAX_THREAD_IDS: usize = 50;
 
 fn clean_id(id: &str) -> String {
     clean_line(id).trim_matches(['<', '>']).trim().to_string()
@@ -754,6 +765,22 @@ const LENIENT_BASE64: base64::engine::GeneralPurpose = base64::engine::GeneralPu
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_huge_references_header_keeps_its_first_and_latest_ids() {
+        let refs: Vec<String> = (0..40_000).map(|i| format!("<id{i}@example.com>")).collect();
+        let raw = format!(
+            "From: a@b.example\nSubject: x\nMessage-ID: <m@b.example>\nReferences: {}\n\nhello\n",
+            refs.join("\n ")
+        );
+        let started = std::time::Instant::now();
+        let m = normalize(raw.as_bytes(), &ParseOptions::default()).expect("parses");
+        assert!(started.elapsed() < std::time::Duration::from_secs(2), "{:?}", started.elapsed());
+        assert_eq!(m.references.len(), MAX_THREAD_IDS);
+        assert_eq!(m.references[0], "id0@example.com", "the root stays");
+        assert_eq!(m.references[MAX_THREAD_IDS - 1], "id39999@example.com", "the latest stays");
+        assert_eq!(m.references[1], "id39951@example.com");
+    }
 
     #[test]
     fn a_from_header_encoded_whole_keeps_its_address() {
