@@ -268,24 +268,40 @@ impl SessionRun<'_> {
                 })
                 .await?;
                 let mut done = Vec::with_capacity(fetched.len());
+                // Every UID settled: taken in, or given up on after a body never came.
+                let mut settled: HashSet<u32> = HashSet::with_capacity(fetched.len());
                 for f in &fetched {
                     let Some(uid) = f.uid else { continue };
                     let Some(body) = f.body() else {
-                        tracing::warn!(mailbox = %mb.name, uid, "The server sent no body for this message; skipping it.");
+                        if self.no_body(uidvalidity, uid).await? {
+                            settled.insert(uid);
+                        }
                         continue;
                     };
                     self.take_in(uidvalidity, uid, body).await?;
                     done.push(uid);
+                    settled.insert(uid);
                 }
                 // The cursor moves first: the messages are committed, and a failure to flag or move
-                // them below must not make the next session take them in again and again.
-                last_uid = uids.iter().copied().max().unwrap_or(last_uid);
-                intake.save_cursor(&cursor_key, &format!("{uidvalidity}:{last_uid}")).await?;
+                // them below must not make the next session take them in again and again. It moves
+                // only over messages it got: a UID the reply left out, or sent without a body,
+                // stops it, and is fetched again later.
+                let advanced = advance_cursor(last_uid, &uids, &settled);
+                let short = advanced < uids.last().copied().unwrap_or(last_uid);
+                if advanced != last_uid {
+                    last_uid = advanced;
+                    intake.save_cursor(&cursor_key, &format!("{uidvalidity}:{last_uid}")).await?;
+                }
                 if !done.is_empty() {
                     self.mark_done(&mut session, &uid_set(&done), can_move).await?;
                 }
                 tracing::info!(mailbox = %mb.name, committed = done.len(), remaining = remaining - uids.len(), last_uid, "IMAP batch committed.");
                 self.healthy = true;
+                if short {
+                    // Not at once: the server just left these out; ask again at the next check.
+                    tracing::warn!(mailbox = %mb.name, last_uid, "The server did not send every message asked for; the cursor waits before them.");
+                    break;
+                }
             }
             if idle {
                 // IDLE for news, re-checking the folder at least every third of the lease's
@@ -316,6 +332,25 @@ impl SessionRun<'_> {
         // A polite goodbye, but not worth waiting for.
         let _ = tokio::time::timeout(Duration::from_secs(5), session.logout()).await;
         Ok(())
+    }
+
+    /// A message the server sent without its body: fetched again later, and after [`POISON_AFTER`]
+    /// tries over at least [`POISON_SPAN`] recorded in the quarantine (with no content, which never
+    /// came) so that it cannot hold the cursor for ever. True once it is given up on.
+    async fn no_body(&mut self, uidvalidity: u32, uid: u32) -> Result<bool, ImapError> {
+        let key = (uidvalidity, uid);
+        let (tries, since) = self.failures.0.entry(key).or_insert((0, std::time::Instant::now()));
+        *tries += 1;
+        if *tries < POISON_AFTER || since.elapsed() < POISON_SPAN {
+            tracing::warn!(mailbox = %self.mb.name, uid, tries = *tries, "The server sent no body for this message; it will be fetched again.");
+            return Ok(false);
+        }
+        let reason =
+            format!("UID {uid}: the server sent no body in {tries} fetches over {} s", since.elapsed().as_secs());
+        let note = format!("(no content: {reason})");
+        handle::quarantine(self.mb, self.intake, note.as_bytes(), &reason).await?;
+        self.failures.0.remove(&key);
+        Ok(true)
     }
 
     /// Takes one message in. A message that keeps failing is quarantined with the error after
@@ -386,6 +421,12 @@ async fn ensure_folder(session: &mut Session, folder: &str) -> Result<(), ImapEr
 }
 
 /// `1,3,5:9` for sorted UIDs.
+/// The cursor after a batch: the highest of the `requested` UIDs (sorted) up to which every one was
+/// `settled`; the first one missing stops it.
+fn advance_cursor(last_uid: u32, requested: &[u32], settled: &HashSet<u32>) -> u32 {
+    requested.iter().take_while(|u| settled.contains(u)).last().copied().unwrap_or(last_uid)
+}
+
 fn uid_set(uids: &[u32]) -> String {
     let mut out = String::new();
     let mut i = 0;
@@ -411,6 +452,15 @@ fn uid_set(uids: &[u32]) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_cursor_stops_before_a_message_it_did_not_get() {
+        let settled = |u: &[u32]| u.iter().copied().collect::<std::collections::HashSet<u32>>();
+        assert_eq!(super::advance_cursor(10, &[11, 12, 13], &settled(&[11, 12, 13])), 13);
+        assert_eq!(super::advance_cursor(10, &[11, 12, 13], &settled(&[11, 13])), 11, "12 came without a body");
+        assert_eq!(super::advance_cursor(10, &[11, 12, 13], &settled(&[12, 13])), 10, "11 was left out");
+        assert_eq!(super::advance_cursor(10, &[], &settled(&[])), 10);
+    }
+
     #[test]
     fn uid_sets_are_compact() {
         assert_eq!(super::uid_set(&[1, 2, 3, 5, 7, 8]), "1:3,5,7:8");
