@@ -735,6 +735,7 @@ fn seed_inbound(source: &str, n: u64, now: time::OffsetDateTime) -> earshot_chan
         raw: None,
         received_at: now,
         automatic: None,
+        content_digest: None,
     }
 }
 

@@ -107,6 +107,7 @@ fn openapi() -> Value {
                     "202": { "description": "Stored", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Receipt" } } } },
                     "400": { "description": "Malformed body", "content": { "application/json": { "schema": error } } },
                     "401": { "description": "Bad or missing signature, stale timestamp" },
+                    "409": { "description": "This webhook-id was received before with a different body", "content": { "application/json": { "schema": error } } },
                     "404": { "description": "Unknown source" },
                     "413": { "description": "Body over max_body_bytes" },
                     "429": { "description": "Rate limited; see Retry-After" },

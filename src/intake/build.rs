@@ -153,6 +153,7 @@ impl Builder {
             attachments: inbound.attachments.clone(),
             ack_address: None,
             check_customer: false,
+            digest: inbound.content_digest.clone(),
         })
     }
 
@@ -280,6 +281,7 @@ impl Builder {
             attachments: inbound.attachments.clone(),
             ack_address,
             check_customer: false,
+            digest: inbound.content_digest.clone(),
         };
         Ok((new, ack))
     }

@@ -148,7 +148,14 @@ fn answer_all(
                         ack,
                     })
                 }
-                Some((Ok(Committed::Duplicate { case_id, case_ref, status }), item)) => {
+                Some((Ok(Committed::Duplicate { digest: Some(stored), .. }), item))
+                    if item.digest.as_ref().is_some_and(|d| *d != stored) =>
+                {
+                    metrics::counter!("earshot_idempotency_conflicts_total", "channel" => item.channel).increment(1);
+                    tracing::warn!(channel = item.channel, external_id = %item.external_id, "A stored message id came again with other content; refused.");
+                    Err(conflict())
+                }
+                Some((Ok(Committed::Duplicate { case_id, case_ref, status, .. }), item)) => {
                     metrics::counter!("earshot_duplicates_total", "channel" => item.channel).increment(1);
                     tracing::info!(case_id = %case_id, channel = item.channel, external_id = %item.external_id, "Duplicate delivery of a stored message.");
                     let ack = if item.follow_up { None } else { builder.ack_text(&group.first.inbound, &case_ref) };
@@ -424,12 +431,26 @@ async fn record_unthreaded(
     Ok(())
 }
 
+/// A message id already stored with other content.
+fn conflict() -> IntakeError {
+    IntakeError::Conflict(
+        "this message id was received before with a different body; nothing was changed. A new complaint needs \
+         a new id (for the web channel, a new webhook-id); a retry must send the same body"
+            .into(),
+    )
+}
+
 fn answer_group(group: Group, result: Result<Receipt, IntakeError>) {
     let latency = |s: &Submission| s.enqueued.elapsed().as_secs_f64();
+    let first_digest = group.first.inbound.content_digest.clone();
     for copy in group.copies {
         metrics::histogram!("earshot_ingest_latency_seconds").record(latency(&copy));
+        // Copies of one id in one batch: the same id with another body is refused, as it is later.
+        let differs = copy.inbound.content_digest.is_some() && copy.inbound.content_digest != first_digest;
         let r = match &result {
+            _ if differs => Err(conflict()),
             Ok(receipt) => Ok(Receipt { duplicate: true, ..receipt.clone() }),
+            Err(IntakeError::Conflict(_)) => Err(conflict()),
             Err(e) => Err(IntakeError::Unavailable(e.to_string())),
         };
         if copy.reply.send(r).is_err() {

@@ -451,8 +451,8 @@ macro_rules! write_queries {
 
         /// The cases of messages already stored, by (channel, external id).
         async fn existing_cases(conn: &mut Conn, items: &[&NewCase]) -> Result<HashMap<(String, String), Committed>> {
-            let rows: Vec<(String, String, String, String, String)> = sqlx::query_as(
-                "SELECT m.channel, m.external_id, c.id, c.case_ref, c.status \
+            let rows: Vec<(String, String, String, String, String, Option<String>)> = sqlx::query_as(
+                "SELECT m.channel, m.external_id, c.id, c.case_ref, c.status, m.digest \
                  FROM unnest($1::text[], $2::text[]) AS k(channel, external_id) \
                  JOIN messages m ON m.channel = k.channel AND m.external_id = k.external_id \
                  JOIN cases c ON c.id = m.case_id",
@@ -463,8 +463,8 @@ macro_rules! write_queries {
             .await?;
             Ok(rows
                 .into_iter()
-                .map(|(channel, ext, case_id, case_ref, status)| {
-                    ((channel, ext), Committed::Duplicate { case_id, case_ref, status })
+                .map(|(channel, ext, case_id, case_ref, status, digest)| {
+                    ((channel, ext), Committed::Duplicate { case_id, case_ref, status, digest })
                 })
                 .collect())
         }

@@ -49,6 +49,8 @@ pub struct NewCase {
     /// Rendered for a new customer without looking: if one of its contacts already belongs to
     /// another customer, the store writes nothing of it and answers [`Committed::OtherCustomer`].
     pub check_customer: bool,
+    /// The content digest of the message (`Inbound::content_digest`), kept with it.
+    pub digest: Option<String>,
 }
 
 /// A case that an incoming message's thread hint points at.
@@ -106,6 +108,8 @@ pub enum Committed {
         case_id: String,
         case_ref: String,
         status: String,
+        /// The digest stored with the first delivery, if any.
+        digest: Option<String>,
     },
     /// Nothing written: a contact of this new case belongs to this customer (see
     /// [`NewCase::check_customer`]); render it again for them.

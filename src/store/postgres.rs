@@ -439,10 +439,10 @@ async fn commit_in_one_statement(conn: &mut sqlx::PgConnection, items: &[NewCase
         WITH given AS ( \
             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int8[], $7::bool[], \
                                  $8::int8[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], \
-                                 $23::bool[]) \
+                                 $23::bool[], $24::text[]) \
                 WITH ORDINALITY AS t(message_id, case_id, channel, external_id, message_json, at, follow_up, \
                                      seq, case_ref, status, source, customer_id, case_json, \
-                                     check_customer, n) \
+                                     check_customer, digest, n) \
         ), contacts AS ( \
             SELECT * FROM unnest($14::text[], $15::text[], $16::text[]) WITH ORDINALITY AS i(kind, value, message_id, n) \
         ), known AS ( \
@@ -455,8 +455,8 @@ async fn commit_in_one_statement(conn: &mut sqlx::PgConnection, items: &[NewCase
         ), input AS ( \
             SELECT * FROM given WHERE message_id NOT IN (SELECT message_id FROM other) \
         ), m AS ( \
-            INSERT INTO messages (id, case_id, channel, external_id, direction, data, received_at) \
-            SELECT message_id, case_id, channel, external_id, 'inbound', message_json, at FROM input \
+            INSERT INTO messages (id, case_id, channel, external_id, direction, data, received_at, digest) \
+            SELECT message_id, case_id, channel, external_id, 'inbound', message_json, at, digest FROM input \
             ORDER BY channel, external_id \
             ON CONFLICT (channel, external_id) DO NOTHING RETURNING id \
         ), new AS ( \
@@ -519,6 +519,7 @@ async fn commit_in_one_statement(conn: &mut sqlx::PgConnection, items: &[NewCase
         .bind(jobs.iter().map(|(_, j)| j.payload.as_str()).collect::<Vec<_>>())
         .bind(jobs.iter().map(|(_, j)| j.max_attempts).collect::<Vec<_>>())
         .bind(items.iter().map(|it| it.check_customer).collect::<Vec<_>>())
+        .bind(items.iter().map(|it| it.digest.as_deref()).collect::<Vec<_>>())
         .fetch_all(&mut *conn)
         .await?;
     let mut inserted: HashSet<String> = HashSet::new();

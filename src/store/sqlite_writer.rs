@@ -233,8 +233,8 @@ fn commit_items(conn: &Connection, items: &[NewCase]) -> Result<Vec<Committed>> 
     let mut inserted: HashSet<&str> = HashSet::new();
     {
         let mut stmt = conn.prepare_cached(
-            "INSERT INTO messages (id, case_id, channel, external_id, direction, data, received_at) \
-             VALUES (?1, ?2, ?3, ?4, 'inbound', ?5, ?6) ON CONFLICT (channel, external_id) DO NOTHING",
+            "INSERT INTO messages (id, case_id, channel, external_id, direction, data, received_at, digest) \
+             VALUES (?1, ?2, ?3, ?4, 'inbound', ?5, ?6, ?7) ON CONFLICT (channel, external_id) DO NOTHING",
         )?;
         for it in &by_key {
             let n = stmt.execute(params![
@@ -243,7 +243,8 @@ fn commit_items(conn: &Connection, items: &[NewCase]) -> Result<Vec<Committed>> 
                 it.channel,
                 it.external_id,
                 it.message_json,
-                it.now_ms
+                it.now_ms,
+                it.digest
             ])?;
             if n == 1 {
                 inserted.insert(&it.message_id);
@@ -255,13 +256,18 @@ fn commit_items(conn: &Connection, items: &[NewCase]) -> Result<Vec<Committed>> 
     let mut existing: HashMap<(&str, &str), Committed> = HashMap::new();
     if new.len() < items.len() {
         let mut stmt = conn.prepare_cached(
-            "SELECT c.id, c.case_ref, c.status FROM messages m JOIN cases c ON c.id = m.case_id \
+            "SELECT c.id, c.case_ref, c.status, m.digest FROM messages m JOIN cases c ON c.id = m.case_id \
              WHERE m.channel = ?1 AND m.external_id = ?2",
         )?;
         for it in items.iter().filter(|it| !inserted.contains(it.message_id.as_str())) {
             let found = stmt
                 .query_row(params![it.channel, it.external_id], |r| {
-                    Ok(Committed::Duplicate { case_id: r.get(0)?, case_ref: r.get(1)?, status: r.get(2)? })
+                    Ok(Committed::Duplicate {
+                        case_id: r.get(0)?,
+                        case_ref: r.get(1)?,
+                        status: r.get(2)?,
+                        digest: r.get(3)?,
+                    })
                 })
                 .optional()?;
             if let Some(c) = found {

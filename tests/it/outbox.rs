@@ -48,6 +48,7 @@ fn inbound(ext: &str) -> earshot_channel::Inbound {
         raw: None,
         received_at: time::OffsetDateTime::now_utc(),
         automatic: None,
+        content_digest: None,
     }
 }
 

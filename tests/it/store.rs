@@ -77,6 +77,7 @@ on_both_backends!(store check_batched_outcomes => sqlite_batched_outcomes, postg
 on_both_backends!(store check_dead_job_holds_later_jobs_until_discarded => sqlite_dead_job_holds_later_jobs_until_discarded, postgres_dead_job_holds_later_jobs_until_discarded);
 on_both_backends!(store check_lease_by_destination => sqlite_lease_by_destination, postgres_lease_by_destination);
 on_both_backends!(store check_retention => sqlite_retention, postgres_retention);
+on_both_backends!(store check_digest_comes_back_with_a_duplicate => sqlite_digest_comes_back_with_a_duplicate, postgres_digest_comes_back_with_a_duplicate);
 on_both_backends!(store check_customers_for => sqlite_customers_for, postgres_customers_for);
 on_both_backends!(store check_customer_checked_at_commit => sqlite_customer_checked_at_commit, postgres_customer_checked_at_commit);
 on_both_backends!(store check_mailbox_leases => sqlite_mailbox_leases, postgres_mailbox_leases);
@@ -242,6 +243,7 @@ fn new_case(seq: i64, now_ms: i64, destinations: &[&str]) -> NewCase {
         attachments: vec![],
         ack_address: None,
         check_customer: false,
+        digest: None,
     }
 }
 
@@ -257,6 +259,7 @@ fn duplicate_of(original: &NewCase) -> Committed {
         case_id: original.case_id.clone(),
         case_ref: original.case_ref.clone(),
         status: original.status.to_owned(),
+        digest: original.digest.clone(),
     }
 }
 
@@ -905,6 +908,18 @@ async fn check_lease_by_destination(store: &dyn Store) {
 }
 
 /// Done and discarded jobs older than the cut-off are deleted; dead, pending and newer ones stay.
+/// The content digest is kept with the message and handed back with a duplicate, so that intake can
+/// tell a retry from a reused id.
+async fn check_digest_comes_back_with_a_duplicate(store: &dyn Store) {
+    let s = seqs(store, 2).await;
+    let mut original = new_case(s[0], T0, &[TICKETS]);
+    original.digest = Some("d1".into());
+    assert_eq!(commit(store, std::slice::from_ref(&original)).await, vec![Committed::Created]);
+    let mut again = redelivery_of(&original, s[1], T0 + 1, &[TICKETS]);
+    again.digest = Some("d2".into());
+    assert_eq!(commit(store, &[again]).await, vec![duplicate_of(&original)], "the first delivery's digest, d1");
+}
+
 async fn check_retention(store: &dyn Store) {
     let s = seqs(store, 4).await;
     let old: Vec<NewCase> = s[..3].iter().map(|q| new_case(*q, T0, &[TICKETS])).collect();

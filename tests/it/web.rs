@@ -388,3 +388,34 @@ async fn two_new_complaints_sharing_a_contact_in_one_batch_are_one_customer() {
     assert_ne!(customers[0], customers[1]);
     gw.stop().await;
 }
+
+/// One webhook-id, two bodies: the second answers 409 `idempotency_conflict` and changes nothing; the
+/// same id with the same body is still a 202 duplicate.
+#[tokio::test]
+async fn one_webhook_id_with_another_body_is_a_conflict() {
+    let db = TestDb::sqlite();
+    let gw = Gateway::start(&config_toml(&db.url, "")).await;
+    let web = gw.web();
+    let first = complaint("the cup arrived broken");
+    let (status, receipt) = web.send_id("msg_reused", &first).await;
+    assert_eq!(status, 202, "{receipt}");
+    let store = db.store().await;
+    let before = row_counts(&*store).await;
+
+    let (status, body) = web.send_id("msg_reused", &complaint("something else entirely")).await;
+    assert_eq!((status, body["code"].as_str()), (409, Some("idempotency_conflict")), "{body}");
+    assert_eq!(row_counts(&*store).await, before, "nothing changed");
+
+    let (status, again) = web.send_id("msg_reused", &first).await;
+    assert_eq!((status, again["duplicate"].as_bool()), (202, Some(true)), "{again}");
+    assert_eq!(again["case_id"], receipt["case_id"]);
+
+    // Two bodies under one id arriving at once: one is stored, the other refused.
+    let (one, two) = (complaint("first body"), complaint("second body"));
+    let (a, b) = tokio::join!(web.send_id("msg_race", &one), web.send_id("msg_race", &two));
+    let mut statuses = [a.0, b.0];
+    statuses.sort_unstable();
+    assert_eq!(statuses, [202, 409], "{a:?} {b:?}");
+    store.close().await;
+    gw.stop().await;
+}

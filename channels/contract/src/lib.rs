@@ -109,11 +109,15 @@ pub enum IntakeError {
     /// The gateway is shutting down and takes no new work.
     #[error("the gateway is shutting down")]
     ShuttingDown,
+    /// The external id is already stored with other content: a sender reused an id it should not
+    /// have. Nothing was written.
+    #[error("{0}")]
+    Conflict(String),
 }
 
 impl IntakeError {
     pub fn is_transient(&self) -> bool {
-        true
+        !matches!(self, IntakeError::Conflict(_))
     }
 }
 
@@ -127,6 +131,7 @@ impl From<IntakeError> for ApiError {
             IntakeError::ShuttingDown => {
                 ApiError::unavailable("shutting_down", "the gateway is shutting down; retry later")
             }
+            IntakeError::Conflict(detail) => ApiError::new(http::StatusCode::CONFLICT, "idempotency_conflict", detail),
         }
     }
 }

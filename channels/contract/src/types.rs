@@ -203,6 +203,10 @@ pub struct Inbound {
     pub raw: Option<Bytes>,
     pub received_at: OffsetDateTime,
     pub automatic: Option<AutoKind>,
+    /// SHA-256 of the message as its sender delivered it, where the sender chooses the external id
+    /// (a web `webhook-id`): the same id again with other content is refused as a conflict, not
+    /// taken for a retry. `None` where the id is the message's own (an email Message-ID).
+    pub content_digest: Option<String>,
 }
 
 /// The acknowledgement text as rendered for the customer.

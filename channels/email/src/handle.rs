@@ -99,6 +99,7 @@ fn to_inbound(mb: &MailboxSettings, mail: ParsedMail, sender: String, raw: &[u8]
     // The parser already put the kept content into each attachment's metadata.
     let attachments = mail.attachments.into_iter().map(|a| a.meta).collect();
     Inbound {
+        content_digest: None,
         channel: ChannelKind::Email,
         source: mb.name.clone(),
         external_id: ExternalId(mail.message_id.clone()),

@@ -209,7 +209,8 @@ async fn inbound(
     }
 
     let complaint = parse_complaint(&body)?;
-    let inbound = complaint.into_inbound(&src.settings, &webhook_id, now);
+    let mut inbound = complaint.into_inbound(&src.settings, &webhook_id, now);
+    inbound.content_digest = Some(earshot_channel::sha256_hex(&body));
     let receipt = st.intake.submit(inbound).await?;
     Ok((StatusCode::ACCEPTED, Json(receipt)).into_response())
 }

@@ -155,6 +155,7 @@ impl Valid {
             customer: CustomerInfo { name: complaint.customer.name, tier: complaint.customer.tier, language: lang },
             reply_route: ReplyRoute::Web { source: source.name.clone(), callback_url: source.callback_url.clone() },
             thread: None,
+            content_digest: None,
             subject: complaint.subject.filter(|s| !s.trim().is_empty()),
             text,
             full_text: None,
