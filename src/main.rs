@@ -405,7 +405,7 @@ async fn send_test(
         serde_json::to_vec(&serde_json::json!({ "customer": customer, "subject": "earshot send-test", "text": text }))?;
     let id = format!("msg_test_{}", uuid::Uuid::new_v4().simple());
     let ts = time::OffsetDateTime::now_utc().unix_timestamp();
-    let signature = src.key.sign(&id, ts, &body);
+    let signature = src.keys.sign(&id, ts, &body);
     println!("POST {endpoint} (webhook-id {id})");
     let resp = reqwest::Client::new()
         .post(&endpoint)

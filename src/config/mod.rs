@@ -69,6 +69,9 @@ pub struct DownstreamConfig {
     pub url: Option<String>,
     /// `whsec_…` Standard Webhooks secret; `env:NAME` allowed.
     pub secret: Option<String>,
+    /// Several secrets, during a rotation (instead of `secret`; the first is the new one): each
+    /// delivery carries one signature per secret.
+    pub secrets: Option<Vec<String>>,
     /// Deadline of one whole delivery (connect, request, answer), in seconds. Default 15.
     #[serde(default = "default_timeout_secs")]
     pub timeout_secs: u64,
@@ -111,6 +114,9 @@ pub struct WebSourceConfig {
     pub name: Option<String>,
     /// `whsec_…` secret shared with the web site's backend; `env:NAME` allowed.
     pub secret: Option<String>,
+    /// Several secrets, during a rotation (instead of `secret`): a request signed with any is
+    /// accepted, and callbacks carry one signature per secret.
+    pub secrets: Option<Vec<String>>,
     /// Where acknowledgements are POSTed, signed with `secret`. Optional.
     pub callback_url: Option<String>,
     /// Sustained requests per second from this source. Default 50.

@@ -7,7 +7,7 @@ use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use earshot_channel::webhooks::SigningKey;
+use earshot_channel::webhooks::{SigningKey, SigningKeys};
 use secrecy::SecretString;
 
 use super::Config;
@@ -30,7 +30,8 @@ impl std::fmt::Display for Problem {
 pub struct Endpoint {
     pub name: String,
     pub url: String,
-    pub key: SigningKey,
+    /// Every secret in force; deliveries are signed with each.
+    pub keys: SigningKeys,
     pub timeout: Duration,
     pub max_attempts: u32,
     pub max_in_flight: usize,
@@ -129,6 +130,30 @@ impl Checker {
         }
     }
 
+    /// `secret = "whsec_…"` or, during a rotation, `secrets = ["whsec_new", "whsec_old"]` under
+    /// `prefix`; every problem with its key path.
+    fn whsec_keys(&mut self, prefix: &str, secret: Option<&str>, secrets: Option<&[String]>) -> Option<SigningKeys> {
+        match (secret, secrets) {
+            (Some(_), Some(_)) => {
+                self.problem(format!("{prefix}.secrets"), "set either secret or secrets, not both");
+                None
+            }
+            (_, Some([])) => {
+                self.problem(format!("{prefix}.secrets"), "list at least one secret");
+                None
+            }
+            (_, Some(list)) => {
+                let keys: Vec<Option<SigningKey>> = list
+                    .iter()
+                    .enumerate()
+                    .map(|(i, s)| self.whsec(&format!("{prefix}.secrets[{i}]"), Some(s)))
+                    .collect();
+                keys.into_iter().collect::<Option<Vec<_>>>().and_then(SigningKeys::new)
+            }
+            (secret, None) => self.whsec(&format!("{prefix}.secret"), secret).map(SigningKeys::from),
+        }
+    }
+
     fn duration(&mut self, key: &str, value: &str) -> Option<Duration> {
         match humantime::parse_duration(value) {
             Ok(d) => Some(d),
@@ -201,18 +226,18 @@ pub fn resolve(cfg: &Config, base: &Path) -> Result<Settings, Vec<Problem>> {
             c.problem(format!("{p}.name"), format!("{n:?} is used by another downstream"));
         }
         let url = c.required(&format!("{p}.url"), d.url.as_deref()).and_then(|u| c.http_url(&format!("{p}.url"), u));
-        let key = c.whsec(&format!("{p}.secret"), d.secret.as_deref());
+        let keys = c.whsec_keys(&p, d.secret.as_deref(), d.secrets.as_deref());
         c.positive(&format!("{p}.timeout_secs"), d.timeout_secs);
         c.positive(&format!("{p}.max_attempts"), u64::from(d.max_attempts));
         let max_in_flight = d.max_in_flight.unwrap_or(cfg.outbox.max_in_flight);
         c.positive(&format!("{p}.max_in_flight"), u64::from(max_in_flight));
         let breaker_failures = d.breaker_failures.unwrap_or(cfg.outbox.breaker_failures);
         c.positive(&format!("{p}.breaker_failures"), u64::from(breaker_failures));
-        if let (Some(name), Some(url), Some(key)) = (name, url, key) {
+        if let (Some(name), Some(url), Some(keys)) = (name, url, keys) {
             downstream.push(Endpoint {
                 name,
                 url,
-                key,
+                keys,
                 timeout: Duration::from_secs(d.timeout_secs),
                 max_attempts: d.max_attempts.max(1),
                 max_in_flight: max_in_flight.max(1) as usize,
@@ -380,7 +405,7 @@ fn resolve_web(c: &mut Checker, w: &super::WebConfig) -> Option<WebOut> {
                 c.problem(format!("{p}.name"), format!("{n:?} is used by another source"));
             }
         }
-        let key = c.whsec(&format!("{p}.secret"), s.secret.as_deref());
+        let keys = c.whsec_keys(&p, s.secret.as_deref(), s.secrets.as_deref());
         let callback = s.callback_url.as_deref().and_then(|u| c.http_url(&format!("{p}.callback_url"), u));
         let rate = NonZeroU32::new(s.rate_limit_per_sec);
         let burst = NonZeroU32::new(s.rate_limit_burst);
@@ -391,17 +416,17 @@ fn resolve_web(c: &mut Checker, w: &super::WebConfig) -> Option<WebOut> {
             c.problem(format!("{p}.rate_limit_burst"), "must be greater than 0");
         }
         #[cfg(feature = "web")]
-        if let (Some(name), Some(key), Some(rate_per_sec), Some(burst)) = (name, key, rate, burst) {
+        if let (Some(name), Some(keys), Some(rate_per_sec), Some(burst)) = (name, keys, rate, burst) {
             sources.push(earshot_channel_web::SourceSettings {
                 name,
-                key,
+                keys,
                 callback_url: callback,
                 rate_per_sec,
                 burst,
             });
         }
         #[cfg(not(feature = "web"))]
-        let _ = (name, key, callback, rate, burst, &mut sources);
+        let _ = (name, keys, callback, rate, burst, &mut sources);
     }
     #[cfg(feature = "web")]
     {
@@ -658,6 +683,27 @@ mod tests {
         );
         assert!(check(&toml("10s")).is_err());
         assert!(check(&toml("21s")).is_ok());
+    }
+
+    #[test]
+    fn secrets_take_a_list_and_refuse_both_forms_or_an_empty_list() {
+        let ok = check(
+            "[[downstream]]\nname = \"t\"\nurl = \"http://127.0.0.1:9/e\"\n\
+             secrets = [\"whsec_c2VjcmV0LWZvci10aWNrZXRzLWV4YW1wbGU=\", \"whsec_b2xkLXNlY3JldC1mb3ItdGlja2V0cw==\"]\n",
+        );
+        assert!(ok.is_ok(), "{ok:?}");
+        let both = check(
+            "[[downstream]]\nname = \"t\"\nurl = \"http://127.0.0.1:9/e\"\n\
+             secret = \"whsec_c2VjcmV0LWZvci10aWNrZXRzLWV4YW1wbGU=\"\nsecrets = [\"whsec_c2VjcmV0LWZvci10aWNrZXRzLWV4YW1wbGU=\"]\n",
+        )
+        .expect_err("both forms");
+        assert_eq!(both, vec!["downstream[0].secrets: set either secret or secrets, not both".to_owned()]);
+        let empty = check("[channels.web]\n[[channels.web.sources]]\nname = \"s\"\nsecrets = []\n").expect_err("empty");
+        assert_eq!(empty, vec!["channels.web.sources[0].secrets: list at least one secret".to_owned()]);
+        let bad = check("[channels.web]\n[[channels.web.sources]]\nname = \"s\"\nsecrets = [\"whsec_c2VjcmV0LWZvci10aWNrZXRzLWV4YW1wbGU=\", \"nope\"]\n")
+            .expect_err("bad second");
+        assert!(bad[0].starts_with("channels.web.sources[0].secrets[1]: "), "{bad:?}");
+        assert!(!bad[0].contains("nope"), "the value is not repeated: {bad:?}");
     }
 
     #[test]

@@ -298,7 +298,12 @@ impl WebClient {
 pub struct Received {
     pub webhook_id: String,
     pub signature_ok: bool,
+    /// The `webhook-signature` header as sent.
+    pub signature: String,
+    pub timestamp: String,
     pub body: Value,
+    /// The body as sent, for checking signatures.
+    pub raw: Vec<u8>,
     /// The status the receiver answered with.
     pub answered: u16,
     pub at: Instant,
@@ -355,10 +360,20 @@ async fn receive(State(st): State<Arc<RecvState>>, headers: HeaderMap, body: Byt
     if let Some((code, _)) = &redirect {
         status = *code;
     }
+    let raw_body = body.to_vec();
     let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let n = {
         let mut r = st.received.lock().expect("lock");
-        r.push(Received { webhook_id, signature_ok, body, answered: status, at: Instant::now() });
+        r.push(Received {
+            webhook_id,
+            signature_ok,
+            signature: h("webhook-signature").unwrap_or_default().to_owned(),
+            timestamp: h("webhook-timestamp").unwrap_or_default().to_owned(),
+            body,
+            raw: raw_body,
+            answered: status,
+            at: Instant::now(),
+        });
         r.len()
     };
     st.changed.notify_waiters();

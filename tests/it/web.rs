@@ -419,3 +419,44 @@ async fn one_webhook_id_with_another_body_is_a_conflict() {
     store.close().await;
     gw.stop().await;
 }
+
+/// Rotating secrets without a window of failures: a source with `secrets = [new, old]` accepts
+/// requests signed with either (and refuses a third), and a downstream endpoint with two secrets
+/// gets one signature per secret, each valid on its own.
+#[tokio::test]
+async fn secrets_rotate_without_a_gap() {
+    const NEW: &str = "whsec_bmV3LXNvdXJjZS1zZWNyZXQtMDEyMzQ1Njc4OQ==";
+    const NEW_DOWN: &str = "whsec_bmV3LWRvd25zdHJlYW0tc2VjcmV0LTAxMjM0NQ==";
+    let db = TestDb::sqlite();
+    let rx = Receiver::start().await;
+    let toml = config_toml(&db.url, "")
+        .replace(&format!("secret = \"{SOURCE_SECRET}\""), &format!("secrets = [\"{NEW}\", \"{SOURCE_SECRET}\"]"))
+        + &format!(
+            "[[downstream]]\nname = \"tickets\"\nurl = \"{}\"\nsecrets = [\"{NEW_DOWN}\", \"{DOWNSTREAM_SECRET}\"]\ntimeout_secs = 2\n",
+            rx.url
+        );
+    let gw = Gateway::start(&toml).await;
+    let old_client = gw.web();
+    let new_client = WebClient::new(&gw.base, "site", NEW);
+    let stranger = WebClient::new(&gw.base, "site", "whsec_c29tZS1vdGhlci1zZWNyZXQtYWx0b2dldGhlcg==");
+    assert_eq!(old_client.send(&complaint("signed with the old secret")).await.0, 202);
+    assert_eq!(new_client.send(&complaint("signed with the new secret")).await.0, 202);
+    let (status, body) = stranger.send(&complaint("signed with neither")).await;
+    assert_eq!((status, body["code"].as_str()), (401, Some("invalid_signature")), "{body}");
+
+    let got = rx.wait_until(10, "two deliveries", |r| r.len() >= 2).await;
+    for r in &got {
+        assert_eq!(r.signature.split(' ').count(), 2, "one signature per secret: {}", r.signature);
+        let ts: i64 = r.timestamp.parse().expect("timestamp");
+        for secret in [NEW_DOWN, DOWNSTREAM_SECRET] {
+            let key = earshot_channel::webhooks::SigningKey::from_whsec(secret).expect("key");
+            // Each secret alone verifies one of the two.
+            assert_eq!(
+                key.verify(Some(&r.webhook_id), Some(&r.timestamp), Some(&r.signature), &r.raw, ts),
+                Ok(()),
+                "{secret}"
+            );
+        }
+    }
+    gw.stop().await;
+}

@@ -109,9 +109,77 @@ impl SigningKey {
     }
 }
 
+/// The secrets of one sender or receiver, several during a rotation: a message is signed with each
+/// (Standard Webhooks allows a space-separated list of `v1,` signatures) and a signature made with
+/// any of them is accepted. The first is the current one.
+#[derive(Clone, Debug)]
+pub struct SigningKeys(Vec<SigningKey>);
+
+impl SigningKeys {
+    /// `None` for an empty list.
+    pub fn new(keys: Vec<SigningKey>) -> Option<SigningKeys> {
+        (!keys.is_empty()).then_some(SigningKeys(keys))
+    }
+
+    /// The `webhook-signature` value: one `v1,` signature per secret, space-separated.
+    pub fn sign(&self, id: &str, timestamp: i64, body: &[u8]) -> String {
+        self.0.iter().map(|k| k.sign(id, timestamp, body)).collect::<Vec<_>>().join(" ")
+    }
+
+    /// Accepts a signature made with any of the secrets.
+    pub fn verify(
+        &self,
+        id: Option<&str>,
+        timestamp: Option<&str>,
+        signature: Option<&str>,
+        body: &[u8],
+        now: i64,
+    ) -> Result<(), VerifyError> {
+        let mut last = Err(VerifyError::NoMatch);
+        for key in &self.0 {
+            last = key.verify(id, timestamp, signature, body, now);
+            if !matches!(last, Err(VerifyError::NoMatch)) {
+                // Success, or a problem no other secret can fix (a header, the timestamp).
+                return last;
+            }
+        }
+        last
+    }
+}
+
+impl From<SigningKey> for SigningKeys {
+    fn from(key: SigningKey) -> Self {
+        SigningKeys(vec![key])
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn several_secrets_sign_with_each_and_accept_any() {
+        let new = SigningKey::from_whsec("whsec_bmV3LXNlY3JldC1mb3Itcm90YXRpb24=").expect("new");
+        let old = SigningKey::from_whsec(SECRET).expect("old");
+        let other = SigningKey::from_whsec("whsec_b3RoZXItc2VjcmV0LW5vdC1saXN0ZWQ=").expect("other");
+        let keys = SigningKeys::new(vec![new.clone(), old.clone()]).expect("two keys");
+        let header = keys.sign(ID, TS, BODY);
+        assert_eq!(header.split(' ').count(), 2);
+        assert_eq!(header.split(' ').nth(1), Some(SIG), "the old secret's signature is the spec vector's");
+        let ts = TS.to_string();
+        // A receiver that knows either secret accepts the pair.
+        for key in [&new, &old] {
+            assert_eq!(key.verify(Some(ID), Some(&ts), Some(&header), BODY, TS), Ok(()));
+        }
+        // Signed with either secret alone, the pair of secrets accepts it; with another, not.
+        for key in [&new, &old] {
+            let sig = key.sign(ID, TS, BODY);
+            assert_eq!(keys.verify(Some(ID), Some(&ts), Some(&sig), BODY, TS), Ok(()));
+        }
+        let sig = other.sign(ID, TS, BODY);
+        assert_eq!(keys.verify(Some(ID), Some(&ts), Some(&sig), BODY, TS), Err(VerifyError::NoMatch));
+        assert!(SigningKeys::new(Vec::new()).is_none());
+    }
 
     // The example from the Standard Webhooks specification's reference test vectors.
     const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -183,7 +251,7 @@ const MAX_ANSWER_BYTES: usize = 64 * 1024;
 pub async fn post_signed(
     client: &reqwest::Client,
     url: &str,
-    key: &SigningKey,
+    key: &SigningKeys,
     id: &str,
     body: bytes::Bytes,
     timeout: std::time::Duration,

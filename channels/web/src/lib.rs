@@ -18,7 +18,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use earshot_channel::webhooks::{self, SigningKey, VerifyError};
+use earshot_channel::webhooks::{self, SigningKeys, VerifyError};
 use earshot_channel::{ApiError, Channel, ChannelKind, Intake, Outbound, ReplyRoute, SendError, Sent};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
@@ -30,7 +30,9 @@ pub use payload::{Complaint, parse_complaint};
 #[derive(Debug, Clone)]
 pub struct SourceSettings {
     pub name: String,
-    pub key: SigningKey,
+    /// Every secret in force (several while one is rotated): requests signed with any are accepted,
+    /// callbacks are signed with all.
+    pub keys: SigningKeys,
     pub callback_url: Option<String>,
     pub rate_per_sec: NonZeroU32,
     pub burst: NonZeroU32,
@@ -127,7 +129,7 @@ impl Channel for WebChannel {
         webhooks::post_signed(
             &self.inner.client,
             url,
-            &src.settings.key,
+            &src.settings.keys,
             &msg.id,
             body.into(),
             self.inner.callback_timeout,
@@ -192,7 +194,7 @@ async fn inbound(
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let now = time::OffsetDateTime::now_utc();
     src.settings
-        .key
+        .keys
         .verify(
             header(webhooks::HEADER_ID),
             header(webhooks::HEADER_TIMESTAMP),
