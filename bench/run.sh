@@ -121,22 +121,13 @@ field() {
 # write_config FILE PORT DB_URL [DOWNSTREAM_URL [HUNG_URL]]: a gateway config for the benchmark,
 # with a downstream endpoint when DOWNSTREAM_URL is given, and a second one that never answers
 # when HUNG_URL is.
+endpoint_toml() {
+    printf '\n[[downstream]]\nname = "%s"\nurl = "%s"\nsecret = "%s"\n' "$1" "$2" "$DOWNSTREAM_SECRET"
+}
 write_config() {
     local downstream="" hung=""
-    if [[ -n ${4:-} ]]; then
-        downstream="
-[[downstream]]
-name = \"tickets\"
-url = \"$4\"
-secret = \"$DOWNSTREAM_SECRET\""
-    fi
-    if [[ -n ${5:-} ]]; then
-        hung="
-[[downstream]]
-name = \"hung\"
-url = \"$5\"
-secret = \"$DOWNSTREAM_SECRET\""
-    fi
+    [[ -n ${4:-} ]] && downstream=$(endpoint_toml tickets "$4")
+    [[ -n ${5:-} ]] && hung=$(endpoint_toml hung "$5")
     cat >"$1" <<EOF
 [server]
 listen = "127.0.0.1:$2"

@@ -96,37 +96,50 @@ async fn list_outbox(
     Ok(Json(json!({ "jobs": jobs })))
 }
 
+/// What an operator does with a dead job.
+#[derive(Clone, Copy)]
+enum DeadJobAction {
+    /// Pending again with fresh attempts.
+    Replay,
+    /// Given up on purpose; the later jobs of its case to that destination go on.
+    Discard,
+}
+
 async fn replay(
     State(st): State<AppState>,
     headers: HeaderMap,
     id: Result<Path<i64>, PathRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    authorize(&st, &headers)?;
-    let Path(id) = id?;
-    if st.store.replay_job(id, crate::now_ms()).await? {
-        st.outbox_wake.notify_one();
-        tracing::info!(job = id, "Dead job replayed by admin API.");
-        Ok(Json(json!({ "replayed": 1 })))
-    } else {
-        Err(ApiError::new(StatusCode::CONFLICT, "not_dead", format!("job {id} does not exist or is not dead")))
-    }
+    on_dead_job(&st, &headers, id, DeadJobAction::Replay).await
 }
 
-/// Gives up on a dead job on purpose; the later jobs of its case to that destination go on.
 async fn discard(
     State(st): State<AppState>,
     headers: HeaderMap,
     id: Result<Path<i64>, PathRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    authorize(&st, &headers)?;
+    on_dead_job(&st, &headers, id, DeadJobAction::Discard).await
+}
+
+async fn on_dead_job(
+    st: &AppState,
+    headers: &HeaderMap,
+    id: Result<Path<i64>, PathRejection>,
+    action: DeadJobAction,
+) -> Result<Json<Value>, ApiError> {
+    authorize(st, headers)?;
     let Path(id) = id?;
-    if st.store.discard_job(id, crate::now_ms()).await? {
-        st.outbox_wake.notify_one();
-        tracing::info!(job = id, "Dead job discarded by admin API; the jobs it held go on.");
-        Ok(Json(json!({ "discarded": 1 })))
-    } else {
-        Err(ApiError::new(StatusCode::CONFLICT, "not_dead", format!("job {id} does not exist or is not dead")))
+    let now = crate::now_ms();
+    let (done, field) = match action {
+        DeadJobAction::Replay => (st.store.replay_job(id, now).await?, "replayed"),
+        DeadJobAction::Discard => (st.store.discard_job(id, now).await?, "discarded"),
+    };
+    if !done {
+        return Err(ApiError::new(StatusCode::CONFLICT, "not_dead", format!("job {id} does not exist or is not dead")));
     }
+    st.outbox_wake.notify_one();
+    tracing::info!(job = id, action = field, "Dead job {field} by admin API.");
+    Ok(Json(json!({ field: 1 })))
 }
 
 async fn replay_dead(State(st): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {

@@ -48,6 +48,14 @@ smtp = {{ host = "127.0.0.1", timeout_secs = 3, port = {smtp_port}, security = "
     )
 }
 
+/// The web channel beside the mailbox, with the test source, for tests that send both.
+fn web_source_toml() -> String {
+    format!(
+        "[channels.web]\n[[channels.web.sources]]\nname = \"site\"\nsecret = \"{SOURCE_SECRET}\"\n\
+         rate_limit_per_sec = 1000\nrate_limit_burst = 1000\n"
+    )
+}
+
 /// The same config with no acknowledgement window, for tests where only the loop rules may keep a
 /// message unanswered.
 fn without_ack_window(config: &str) -> String {
@@ -982,11 +990,7 @@ async fn email_hung_smtp_server_holds_up_nothing_else_and_each_ack_goes_once() {
     let rx = Receiver::start().await;
     smtp.stop().await;
     let hung = Blackhole::start_on(&format!("127.0.0.1:{}", smtp.port)).await;
-    let web = format!(
-        "[channels.web]\n[[channels.web.sources]]\nname = \"site\"\nsecret = \"{SOURCE_SECRET}\"\n\
-         rate_limit_per_sec = 1000\nrate_limit_burst = 1000\n{}",
-        downstream_toml(&rx.url, 50)
-    );
+    let web = format!("{}{}", web_source_toml(), downstream_toml(&rx.url, 50));
     let config = format!("{}{web}", email_toml(&db.url, &imap, &smtp, 200)).replace(
         "retry_schedule = [\"200ms\", \"400ms\", \"800ms\"]",
         "retry_schedule = [\"200ms\"]\nmax_attempts = 50",
@@ -1185,10 +1189,7 @@ async fn email_a_forged_bounce_does_not_silence_a_customer() {
 async fn email_a_huge_references_header_fails_nobody() {
     let Some((imap, smtp)) = servers().await else { return };
     let db = TestDb::sqlite();
-    let web = format!(
-        "[channels.web]\n[[channels.web.sources]]\nname = \"site\"\nsecret = \"{SOURCE_SECRET}\"\n\
-         rate_limit_per_sec = 1000\nrate_limit_burst = 1000\n"
-    );
+    let web = web_source_toml();
     let gw = Gateway::start(&format!("{}{web}", email_toml(&db.url, &imap, &smtp, 200))).await;
     let id = new_message_id();
     let refs: Vec<String> = (0..40_000).map(|i| format!("<old{i}@customer.example>")).collect();
