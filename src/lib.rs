@@ -171,8 +171,11 @@ pub async fn run(settings: Settings, listener: TcpListener, shutdown: Cancellati
     }
 
     let token = shutdown.clone();
-    let mut server =
-        tokio::spawn(async move { axum::serve(listener, app).with_graceful_shutdown(token.cancelled_owned()).await });
+    let limits = http::server::Limits {
+        header_read_timeout: settings.header_read_timeout,
+        max_connections: settings.max_connections,
+    };
+    let mut server = tokio::spawn(async move { http::server::serve(listener, app, limits, token).await });
     let grace = settings.shutdown_grace;
     let served = tokio::select! {
         r = &mut server => r,

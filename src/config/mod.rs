@@ -48,6 +48,15 @@ pub struct ServerConfig {
     /// templates are built in and used for any file the folder lacks.
     #[serde(default = "default_templates")]
     pub templates: String,
+    /// How long a client has to send a request's headers; then the connection is closed. Default `10s`.
+    #[serde(default = "default_header_read_timeout")]
+    pub header_read_timeout: String,
+    /// How long a client has to send a request's body; then it gets 408. Default `30s`.
+    #[serde(default = "default_body_read_timeout")]
+    pub body_read_timeout: String,
+    /// Open connections at most; more wait until one closes. Default 1024.
+    #[serde(default = "default_server_max_connections")]
+    pub max_connections: usize,
 }
 
 #[derive(Debug, Deserialize)]
@@ -306,6 +315,15 @@ fn default_shutdown_grace() -> String {
 }
 fn default_templates() -> String {
     "templates".into()
+}
+fn default_header_read_timeout() -> String {
+    "10s".into()
+}
+fn default_body_read_timeout() -> String {
+    "30s".into()
+}
+fn default_server_max_connections() -> usize {
+    1024
 }
 fn default_db_url() -> String {
     "sqlite://data/earshot.db".into()

@@ -68,6 +68,8 @@ pub struct Settings {
     pub public_url: String,
     pub admin_token: Option<SecretString>,
     pub shutdown_grace: Duration,
+    pub header_read_timeout: Duration,
+    pub max_connections: usize,
     pub templates_dir: PathBuf,
     pub database: DbSettings,
     pub downstream: Vec<Endpoint>,
@@ -206,6 +208,16 @@ pub fn resolve(cfg: &Config, base: &Path) -> Result<Settings, Vec<Problem>> {
         c.problem("server.admin_token", "must be at least 16 characters");
     }
     let shutdown_grace = c.duration("server.shutdown_grace", &cfg.server.shutdown_grace);
+    let header_read_timeout = c.duration("server.header_read_timeout", &cfg.server.header_read_timeout);
+    let body_read_timeout = c.duration("server.body_read_timeout", &cfg.server.body_read_timeout);
+    c.positive("server.max_connections", cfg.server.max_connections as u64);
+    for (key, d) in
+        [("server.header_read_timeout", header_read_timeout), ("server.body_read_timeout", body_read_timeout)]
+    {
+        if d.is_some_and(|d| d.is_zero()) {
+            c.problem(key, "must be greater than 0");
+        }
+    }
 
     let url = cfg.database.url.trim();
     if !(url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://")) {
@@ -246,7 +258,11 @@ pub fn resolve(cfg: &Config, base: &Path) -> Result<Settings, Vec<Problem>> {
         }
     }
 
-    let web = cfg.channels.web.as_ref().and_then(|w| resolve_web(&mut c, w));
+    let web = cfg
+        .channels
+        .web
+        .as_ref()
+        .and_then(|w| resolve_web(&mut c, w, body_read_timeout.unwrap_or(Duration::from_secs(30))));
     let email = cfg.channels.email.as_ref().and_then(|e| resolve_email(&mut c, e));
     let ack_window = cfg
         .channels
@@ -327,6 +343,8 @@ pub fn resolve(cfg: &Config, base: &Path) -> Result<Settings, Vec<Problem>> {
         public_url: public_url.ok_or_else(missing)?,
         admin_token,
         shutdown_grace: shutdown_grace.ok_or_else(missing)?,
+        header_read_timeout: header_read_timeout.ok_or_else(missing)?,
+        max_connections: cfg.server.max_connections.max(1),
         templates_dir: base.join(&cfg.server.templates),
         database: DbSettings { url: url.to_owned(), max_connections: cfg.database.max_connections },
         downstream,
@@ -388,7 +406,7 @@ pub type WebOut = earshot_channel_web::WebSettings;
 #[cfg(not(feature = "web"))]
 pub type WebOut = std::convert::Infallible;
 
-fn resolve_web(c: &mut Checker, w: &super::WebConfig) -> Option<WebOut> {
+fn resolve_web(c: &mut Checker, w: &super::WebConfig, body_read_timeout: Duration) -> Option<WebOut> {
     if w.max_body_bytes < 256 {
         c.problem("channels.web.max_body_bytes", "must be at least 256");
     }
@@ -432,13 +450,14 @@ fn resolve_web(c: &mut Checker, w: &super::WebConfig) -> Option<WebOut> {
     {
         Some(earshot_channel_web::WebSettings {
             max_body_bytes: w.max_body_bytes,
+            body_read_timeout,
             callback_timeout: Duration::from_secs(w.callback_timeout_secs),
             sources,
         })
     }
     #[cfg(not(feature = "web"))]
     {
-        let _ = sources;
+        let _ = (sources, body_read_timeout);
         c.problem("channels.web", "this build has no web channel (cargo feature `web`)");
         None
     }

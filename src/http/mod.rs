@@ -3,6 +3,7 @@
 mod admin;
 pub mod error;
 mod ops;
+pub mod server;
 
 use std::sync::Arc;
 

@@ -460,3 +460,116 @@ async fn secrets_rotate_without_a_gap() {
     }
     gw.stop().await;
 }
+
+/// The config with tight client limits: 1 s for headers and for a body, two connections at most.
+fn tight_limits(db_url: &str) -> String {
+    let toml = config_toml(db_url, "").replace(
+        "shutdown_grace = \"5s\"",
+        "shutdown_grace = \"5s\"\nheader_read_timeout = \"1s\"\nbody_read_timeout = \"1s\"\nmax_connections = 2",
+    );
+    assert!(toml.contains("max_connections = 2"), "the [server] table was found");
+    toml
+}
+
+/// Reads until the peer closes the connection (or `secs` pass); returns what came and when.
+async fn read_until_closed(sock: &mut tokio::net::TcpStream, secs: u64) -> (Vec<u8>, Option<Duration>) {
+    use tokio::io::AsyncReadExt;
+    let started = std::time::Instant::now();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(secs).saturating_sub(started.elapsed()), sock.read(&mut buf))
+            .await
+        {
+            Ok(Ok(0)) | Ok(Err(_)) => return (got, Some(started.elapsed())),
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+            Err(_) => return (got, None),
+        }
+    }
+}
+
+/// A client sending its headers a byte at a time is cut off after `header_read_timeout`, and holds
+/// nothing meanwhile: a normal complaint sent at the same time is answered.
+#[tokio::test]
+async fn a_client_sending_headers_slowly_is_cut_off() {
+    use tokio::io::AsyncWriteExt;
+    let db = TestDb::sqlite();
+    let gw = Gateway::start(&tight_limits(&db.url)).await;
+    let mut slow = tokio::net::TcpStream::connect(gw.addr).await.expect("connect");
+    slow.write_all(b"POST /v1/inbound/web/site HTTP/1.1\r\nHost: x\r\n").await.expect("write");
+    let (mut reader, mut writer) = slow.into_split();
+    let dribble = tokio::spawn(async move {
+        for _ in 0..50 {
+            if writer.write_all(b"X").await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    assert_eq!(gw.web().send(&complaint("sent while another client dribbles")).await.0, 202);
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 256];
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        use tokio::io::AsyncReadExt;
+        loop {
+            match reader.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the dribbling client was not cut off within 5 s");
+    assert!(started.elapsed() < Duration::from_secs(3), "cut off after {:?}", started.elapsed());
+    dribble.abort();
+    gw.stop().await;
+}
+
+/// A body that stops arriving gets 408 after `body_read_timeout`; nothing is stored.
+#[tokio::test]
+async fn a_body_that_stops_arriving_gets_408() {
+    use tokio::io::AsyncWriteExt;
+    let db = TestDb::sqlite();
+    let gw = Gateway::start(&tight_limits(&db.url)).await;
+    let mut sock = tokio::net::TcpStream::connect(gw.addr).await.expect("connect");
+    sock.write_all(
+        b"POST /v1/inbound/web/site HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 200\r\n\
+          webhook-id: msg_slow\r\nwebhook-timestamp: 1\r\nwebhook-signature: v1,AAAA\r\n\r\n{\"customer\":",
+    )
+    .await
+    .expect("write");
+    let (answer, closed_after) = read_until_closed(&mut sock, 5).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("body_timeout"), "{answer}");
+    assert!(closed_after.is_some_and(|d| d < Duration::from_secs(4)), "{closed_after:?}");
+    let store = db.store().await;
+    assert_eq!(store.count_cases().await.expect("count"), 0);
+    store.close().await;
+    gw.stop().await;
+}
+
+/// With `max_connections = 2`, two connections that say nothing hold the server's slots until their
+/// header deadline; then a third client is served.
+#[tokio::test]
+async fn the_connection_cap_holds_and_silent_connections_free_their_slots() {
+    let db = TestDb::sqlite();
+    let gw = Gateway::start(&tight_limits(&db.url)).await;
+    let mut silent = Vec::new();
+    for _ in 0..2 {
+        silent.push(tokio::net::TcpStream::connect(gw.addr).await.expect("connect"));
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = std::time::Instant::now();
+    let (status, body) = tokio::time::timeout(Duration::from_secs(10), gw.web().send(&complaint("waits for a slot")))
+        .await
+        .expect("answered once a slot is free");
+    assert_eq!(status, 202, "{body}");
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_millis(500), "the cap held the third client back: {waited:?}");
+    for mut s in silent {
+        let (_, closed) = read_until_closed(&mut s, 3).await;
+        assert!(closed.is_some(), "a silent connection is closed at its header deadline");
+    }
+    gw.stop().await;
+}

@@ -42,6 +42,8 @@ pub struct SourceSettings {
 #[derive(Debug, Clone)]
 pub struct WebSettings {
     pub max_body_bytes: usize,
+    /// How long a client has to send the body (`server.body_read_timeout`); then 408.
+    pub body_read_timeout: Duration,
     pub callback_timeout: Duration,
     pub sources: Vec<SourceSettings>,
 }
@@ -60,6 +62,7 @@ pub struct WebChannel {
 struct Inner {
     max_body_bytes: usize,
     callback_timeout: Duration,
+    body_read_timeout: Duration,
     sources: HashMap<String, Source>,
     client: reqwest::Client,
 }
@@ -78,6 +81,7 @@ impl WebChannel {
             inner: Arc::new(Inner {
                 max_body_bytes: settings.max_body_bytes,
                 callback_timeout: settings.callback_timeout,
+                body_read_timeout: settings.body_read_timeout,
                 sources,
                 client,
             }),
@@ -189,7 +193,26 @@ async fn inbound(
     if declared.is_some_and(|n| n > inner.max_body_bytes) {
         return Err(too_large());
     }
-    let body = axum::body::to_bytes(body, inner.max_body_bytes).await.map_err(|_| too_large())?;
+    // A body that does not arrive in time is refused (408); one past the limit, 413.
+    let body =
+        match tokio::time::timeout(inner.body_read_timeout, axum::body::to_bytes(body, inner.max_body_bytes)).await {
+            Ok(Ok(body)) => body,
+            Ok(Err(e)) if is_length_limit(&e) => return Err(too_large()),
+            Ok(Err(_)) => {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "body_unreadable",
+                    "the request body could not be read",
+                ));
+            }
+            Err(_) => {
+                return Err(ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "body_timeout",
+                    format!("the body did not arrive within {} s", inner.body_read_timeout.as_secs_f32()),
+                ));
+            }
+        };
 
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let now = time::OffsetDateTime::now_utc();
@@ -215,6 +238,18 @@ async fn inbound(
     inbound.content_digest = Some(earshot_channel::sha256_hex(&body));
     let receipt = st.intake.submit(inbound).await?;
     Ok((StatusCode::ACCEPTED, Json(receipt)).into_response())
+}
+
+/// Whether reading a body failed on the size limit (rather than on the connection).
+fn is_length_limit(e: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if err.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = err.source();
+    }
+    false
 }
 
 fn signature_error(e: VerifyError) -> ApiError {
