@@ -90,6 +90,19 @@ fn set_backlog(destination: &str, pending: i64, held: i64, dead: i64) {
 /// A short OpenAPI description of the public routes, for integrators' tooling.
 fn openapi() -> Value {
     let error = json!({ "$ref": "#/components/schemas/Error" });
+    let json_error = json!({ "application/json": { "schema": error } });
+    let limit = json!({ "name": "limit", "in": "query", "required": false, "schema": { "type": "integer", "minimum": 1, "maximum": 1000 } });
+    let path_id = |ty: &str, what: &str| json!({ "name": "id", "in": "path", "required": true, "description": what, "schema": { "type": ty } });
+    // Every admin route: the bearer token, and the answers every one of them can give.
+    let admin = |mut op: Value| {
+        op["security"] = json!([{ "bearer": [] }]);
+        let responses = &mut op["responses"];
+        responses["400"] =
+            json!({ "description": "A bad path parameter or query string", "content": json_error.clone() });
+        responses["401"] = json!({ "description": "Missing or wrong bearer token", "content": json_error.clone() });
+        responses["503"] = json!({ "description": "The store is unavailable", "content": json_error.clone() });
+        op
+    };
     json!({
         "openapi": "3.1.0",
         "info": { "title": "Earshot", "version": env!("CARGO_PKG_VERSION") },
@@ -106,7 +119,7 @@ fn openapi() -> Value {
                 "responses": {
                     "202": { "description": "Stored", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Receipt" } } } },
                     "400": { "description": "Malformed body", "content": { "application/json": { "schema": error } } },
-                    "401": { "description": "Bad or missing signature, stale timestamp" },
+                    "401": { "description": "Bad or missing signature, stale timestamp", "content": { "application/json": { "schema": error } } },
                     "409": { "description": "This webhook-id was received before with a different body", "content": { "application/json": { "schema": error } } },
                     "404": { "description": "Unknown source" },
                     "413": { "description": "Body over max_body_bytes" },
@@ -118,13 +131,21 @@ fn openapi() -> Value {
             "/readyz": { "get": { "responses": { "200": { "description": "Ready" }, "503": { "description": "Not ready" } } } },
             "/metrics": { "get": { "responses": { "200": { "description": "Prometheus text" } } } },
             "/v1/schema/case.json": { "get": { "responses": { "200": { "description": "JSON Schema of a case" } } } },
-            "/v1/cases": { "get": { "security": [{ "bearer": [] }], "responses": { "200": { "description": "Newest cases" } } } },
-            "/v1/cases/{id}": { "get": { "security": [{ "bearer": [] }], "responses": { "200": { "description": "One case" }, "404": { "description": "No such case" } } } },
-            "/v1/outbox": { "get": { "security": [{ "bearer": [] }], "responses": { "200": { "description": "Outbox jobs (?state=pending|held|leased|done|dead|discarded); a held job names the job it waits for in held_by" } } } },
-            "/v1/outbox/{id}/replay": { "post": { "security": [{ "bearer": [] }], "responses": { "200": { "description": "Replayed" }, "409": { "description": "Not dead" } } } },
-            "/v1/outbox/{id}/discard": { "post": { "security": [{ "bearer": [] }], "responses": { "200": { "description": "Discarded; the jobs it held go on" }, "409": { "description": "Not dead" } } } },
-            "/v1/outbox/replay-dead": { "post": { "security": [{ "bearer": [] }], "responses": { "200": { "description": "All dead jobs replayed" } } } },
-            "/v1/quarantine": { "get": { "security": [{ "bearer": [] }], "responses": { "200": { "description": "Quarantined messages" } } } }
+            "/v1/schema/event.json": { "get": { "responses": { "200": { "description": "JSON Schema of a downstream event" } } } },
+            "/v1/cases": { "get": admin(json!({ "parameters": [limit.clone()],
+                "responses": { "200": { "description": "Newest cases" } } })) },
+            "/v1/cases/{id}": { "get": admin(json!({ "parameters": [path_id("string", "The case id, case_…")],
+                "responses": { "200": { "description": "One case" }, "404": { "description": "No such case", "content": json_error.clone() } } })) },
+            "/v1/outbox": { "get": admin(json!({ "parameters": [limit.clone(), { "name": "state", "in": "query", "required": false,
+                    "schema": { "type": "string", "enum": ["pending", "held", "leased", "done", "dead", "discarded"] } }],
+                "responses": { "200": { "description": "Outbox jobs, newest first; a held job names the job it waits for in held_by" } } })) },
+            "/v1/outbox/{id}/replay": { "post": admin(json!({ "parameters": [path_id("integer", "The job id")],
+                "responses": { "200": { "description": "Replayed" }, "409": { "description": "No such job, or not dead", "content": json_error.clone() } } })) },
+            "/v1/outbox/{id}/discard": { "post": admin(json!({ "parameters": [path_id("integer", "The job id")],
+                "responses": { "200": { "description": "Discarded; the jobs it held go on" }, "409": { "description": "No such job, or not dead", "content": json_error.clone() } } })) },
+            "/v1/outbox/replay-dead": { "post": admin(json!({ "responses": { "200": { "description": "All dead jobs replayed" } } })) },
+            "/v1/quarantine": { "get": admin(json!({ "parameters": [limit.clone()],
+                "responses": { "200": { "description": "Quarantined messages" } } })) }
         },
         "components": {
             "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer" } },

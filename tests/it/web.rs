@@ -573,3 +573,42 @@ async fn the_connection_cap_holds_and_silent_connections_free_their_slots() {
     }
     gw.stop().await;
 }
+
+/// `/openapi.json` declares every path parameter of every templated route, and every admin route
+/// its bearer token and its 401.
+#[tokio::test]
+async fn the_openapi_document_declares_path_parameters_and_admin_answers() {
+    let db = TestDb::sqlite();
+    let gw = Gateway::start(&config_toml(&db.url, "")).await;
+    let doc: Value = reqwest::get(format!("{}/openapi.json", gw.base)).await.expect("get").json().await.expect("json");
+    assert_eq!(doc["openapi"], "3.1.0");
+    let paths = doc["paths"].as_object().expect("paths");
+    for (path, item) in paths {
+        let names: Vec<&str> = path.split('{').skip(1).filter_map(|p| p.split('}').next()).collect();
+        for (method, op) in item.as_object().expect("path item") {
+            let declared: Vec<&str> = op["parameters"]
+                .as_array()
+                .map(|ps| ps.iter().filter(|p| p["in"] == "path").filter_map(|p| p["name"].as_str()).collect())
+                .unwrap_or_default();
+            for n in &names {
+                assert!(declared.contains(n), "{method} {path} does not declare path parameter {n}");
+            }
+            if op.get("security").is_some() {
+                assert!(op["responses"]["401"].is_object(), "{method} {path}: the admin 401 is documented");
+            }
+        }
+    }
+    for admin in [
+        "/v1/cases",
+        "/v1/cases/{id}",
+        "/v1/outbox",
+        "/v1/outbox/{id}/replay",
+        "/v1/outbox/{id}/discard",
+        "/v1/quarantine",
+    ] {
+        let item = &doc["paths"][admin];
+        let op = item.as_object().and_then(|o| o.values().next()).expect(admin);
+        assert!(op["security"].is_array(), "{admin} needs the bearer token");
+    }
+    gw.stop().await;
+}
