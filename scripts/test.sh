@@ -121,6 +121,43 @@ else
     say "WARNING: no aiosmtpd; the email tests will be skipped (they print SKIPPED)."
 fi
 
+# --- The API against its own OpenAPI document (schemathesis) ---------------------------------------
+# The running gateway, with the admin token, fuzzed from /openapi.json: every answer must be one the
+# document declares, in the shape it declares, and no valid request may be refused.
+if ! "$VENV/bin/python" -c 'import schemathesis' 2>/dev/null; then
+    say "Installing schemathesis in $VENV (pip)."
+    "$VENV/bin/pip" install -q schemathesis || true
+fi
+if [ -x "$VENV/bin/schemathesis" ]; then
+    say "Building the gateway for schemathesis."
+    cargo build --bin earshot
+    ST_DIR=$(mktemp -d /tmp/earshot-schemathesis.XXXXXX)
+    ST_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    sed -e "s|url = \"sqlite://data/earshot.db\"|url = \"sqlite://$ST_DIR/earshot.db\"|" \
+        -e "s|listen = \"127.0.0.1:8080\"|listen = \"127.0.0.1:$ST_PORT\"|" \
+        -e "s|templates = \"templates\"|templates = \"$PWD/config/templates\"|" \
+        config/earshot.example.toml >"$ST_DIR/earshot.toml"
+    target/debug/earshot serve --config "$ST_DIR/earshot.toml" >"$ST_DIR/gateway.log" 2>&1 &
+    ST_PID=$!
+    CLEANUP+=("kill $ST_PID 2>/dev/null; rm -rf $ST_DIR")
+    for _ in $(seq 100); do
+        curl -fsS -o /dev/null --max-time 1 "http://127.0.0.1:$ST_PORT/readyz" 2>/dev/null && break
+        sleep 0.1
+    done
+    say "schemathesis against http://127.0.0.1:$ST_PORT/openapi.json"
+    if ! "$VENV/bin/schemathesis" run "http://127.0.0.1:$ST_PORT/openapi.json" \
+        -H "Authorization: Bearer dev-admin-token-change-me" --max-examples 20 --seed 1; then
+        say "FAIL: schemathesis found answers the OpenAPI document does not declare (above)."
+        exit 1
+    fi
+    kill "$ST_PID" 2>/dev/null || true
+elif is_ci; then
+    say "FAIL: CI=true and schemathesis could not be installed."
+    exit 1
+else
+    say "WARNING: no schemathesis; the OpenAPI check is SKIPPED."
+fi
+
 # --- The suite ----------------------------------------------------------------------------------
 say "Running cargo test --workspace (the first build takes a few minutes)."
 cargo test --workspace "$@"

@@ -91,8 +91,14 @@ fn set_backlog(destination: &str, pending: i64, held: i64, dead: i64) {
 fn openapi() -> Value {
     let error = json!({ "$ref": "#/components/schemas/Error" });
     let json_error = json!({ "application/json": { "schema": error } });
-    let limit = json!({ "name": "limit", "in": "query", "required": false, "schema": { "type": "integer", "minimum": 1, "maximum": 1000 } });
-    let path_id = |ty: &str, what: &str| json!({ "name": "id", "in": "path", "required": true, "description": what, "schema": { "type": ty } });
+    let int64 = json!({ "type": "integer", "format": "int64", "minimum": i64::MIN, "maximum": i64::MAX });
+    // Any 64-bit integer: the routes clamp it to 1–1000 rather than refuse it.
+    let limit = json!({ "name": "limit", "in": "query", "required": false,
+        "description": "How many, newest first; clamped to 1–1000 (default 50)", "schema": int64.clone() });
+    let path_id = |ty: &str, what: &str| {
+        let schema = if ty == "integer" { int64.clone() } else { json!({ "type": ty }) };
+        json!({ "name": "id", "in": "path", "required": true, "description": what, "schema": schema })
+    };
     // Every admin route: the bearer token, and the answers every one of them can give.
     let admin = |mut op: Value| {
         op["security"] = json!([{ "bearer": [] }]);
