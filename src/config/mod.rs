@@ -148,6 +148,10 @@ pub struct EmailConfig {
     /// Attachment content is kept up to this size; larger ones keep metadata only. Default 10 MiB.
     #[serde(default = "default_max_attachment_bytes")]
     pub max_attachment_bytes: usize,
+    /// A message larger than this is not fetched whole: its header and size are quarantined.
+    /// Default 52428800 (50 MiB).
+    #[serde(default = "default_max_message_bytes")]
+    pub max_message_bytes: u32,
     /// Messages to one recipient per hour, whatever else holds (a loop breaker). Default 5.
     #[serde(default = "default_acks_per_hour")]
     pub max_acks_per_recipient_per_hour: u32,
@@ -224,6 +228,9 @@ fn default_undeliverable_for() -> String {
 }
 fn default_max_attachment_bytes() -> usize {
     10 * 1024 * 1024
+}
+fn default_max_message_bytes() -> u32 {
+    50 * 1024 * 1024
 }
 fn default_acks_per_hour() -> u32 {
     5

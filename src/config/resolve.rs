@@ -601,6 +601,7 @@ fn resolve_email(c: &mut Checker, e: &super::EmailConfig) -> Option<EmailOut> {
     Some(EmailSettings {
         mailboxes,
         max_attachment_bytes: e.max_attachment_bytes,
+        max_message_bytes: e.max_message_bytes.max(1024),
         max_acks_per_recipient_per_hour: e.max_acks_per_recipient_per_hour,
         // Host and pid say where a lease holder runs; the random part keeps two gateways in one
         // process (or a pid reused after a restart) from passing for the same holder.

@@ -1211,3 +1211,37 @@ async fn email_a_huge_references_header_fails_nobody() {
     assert!(ack.references.len() <= 51, "our reply's References are bounded too: {}", ack.references.len());
     gw.stop().await;
 }
+
+/// A message over `max_message_bytes` is not fetched whole: its header and size go to the
+/// quarantine, and the complaint beside it becomes a case as usual.
+#[tokio::test]
+async fn email_a_message_over_the_size_limit_is_quarantined_by_its_header() {
+    let Some((imap, smtp)) = servers().await else { return };
+    let db = TestDb::sqlite();
+    let config = email_toml(&db.url, &imap, &smtp, 200)
+        .replace("ack_window = \"10m\"", "ack_window = \"10m\"\nmax_message_bytes = 4096");
+    assert!(config.contains("max_message_bytes = 4096"));
+    let gw = Gateway::start(&config).await;
+    let big_id = new_message_id();
+    let big =
+        mail("Big Sender <big@customer.example>", &big_id, "A large photo", "", &"0123456789abcdef\n".repeat(2000));
+    imap.append(&big).await;
+    let (small, small_id) = complaint_from("small@customer.example", "A small complaint");
+    imap.append(&small).await;
+    let all = wait_cases(&gw, 1, 20).await;
+    assert!(case_of(&all, &small_id).is_some(), "the small complaint is a case");
+    let items = eventually(20, "the large message quarantined", || async {
+        let q = quarantined(&gw).await;
+        (!q.is_empty()).then_some(q)
+    })
+    .await;
+    let item = &items[0];
+    let reason = item["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("over channels.email.max_message_bytes (4096)"), "{item}");
+    assert!(reason.contains(&format!("{} bytes", crate::mailsrv::crlf(&big).len())), "the size is named: {item}");
+    let kept = item["size"].as_i64().expect("size");
+    assert!(kept > 0 && kept < 1024, "only the header was kept: {item}");
+    tokio::time::sleep(SETTLE).await;
+    assert_eq!(case_count(&gw).await, 1, "the large message made no case");
+    gw.stop().await;
+}

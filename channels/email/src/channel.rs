@@ -13,6 +13,8 @@ use crate::smtp::SmtpSender;
 /// What every mailbox loop shares.
 pub struct EmailContext {
     pub parse: ParseOptions,
+    /// See `EmailSettings::max_message_bytes`.
+    pub max_message_bytes: u32,
     pub instance: String,
 }
 
@@ -28,6 +30,7 @@ impl EmailChannel {
             SmtpSender::new(&settings.mailboxes, settings.max_acks_per_recipient_per_hour).map_err(ChannelError)?;
         let ctx = EmailContext {
             parse: ParseOptions { max_attachment_bytes: settings.max_attachment_bytes },
+            max_message_bytes: settings.max_message_bytes,
             instance: settings.instance,
         };
         Ok(EmailChannel { ctx: Arc::new(ctx), mailboxes: settings.mailboxes.into_iter().map(Arc::new).collect(), smtp })

@@ -263,24 +263,44 @@ impl SessionRun<'_> {
                 let remaining = uids.len();
                 uids.truncate(mb.imap.batch as usize);
                 let set = uid_set(&uids);
-                let fetched: Vec<_> = timed("UID FETCH", async {
-                    session.uid_fetch(&set, "(UID BODY.PEEK[])").await?.try_collect::<Vec<_>>().await
+                // Sizes first, so bodies are fetched a few megabytes at a time (not a batch of
+                // large messages at once), and one over `max_message_bytes` not at all.
+                let sized: Vec<_> = timed("UID FETCH", async {
+                    session.uid_fetch(&set, "(UID RFC822.SIZE)").await?.try_collect::<Vec<_>>().await
                 })
                 .await?;
-                let mut done = Vec::with_capacity(fetched.len());
-                // Every UID settled: taken in, or given up on after a body never came.
-                let mut settled: HashSet<u32> = HashSet::with_capacity(fetched.len());
-                for f in &fetched {
-                    let Some(uid) = f.uid else { continue };
-                    let Some(body) = f.body() else {
-                        if self.no_body(uidvalidity, uid).await? {
-                            settled.insert(uid);
-                        }
-                        continue;
-                    };
-                    self.take_in(uidvalidity, uid, body).await?;
+                let sizes: std::collections::HashMap<u32, u32> =
+                    sized.iter().filter_map(|f| Some((f.uid?, f.size.unwrap_or(0)))).collect();
+                let mut done = Vec::with_capacity(uids.len());
+                // Every UID settled: taken in, quarantined, or given up on after a body never came.
+                let mut settled: HashSet<u32> = HashSet::with_capacity(uids.len());
+                let (too_big, fetchable): (Vec<u32>, Vec<u32>) = uids
+                    .iter()
+                    .copied()
+                    .filter(|u| sizes.contains_key(u))
+                    .partition(|u| sizes[u] > self.ctx.max_message_bytes);
+                for uid in too_big {
+                    self.quarantine_too_big(&mut session, uid, sizes[&uid]).await?;
                     done.push(uid);
                     settled.insert(uid);
+                }
+                for group in size_groups(&fetchable, &sizes, FETCH_BUDGET) {
+                    let fetched: Vec<_> = timed("UID FETCH", async {
+                        session.uid_fetch(&uid_set(&group), "(UID BODY.PEEK[])").await?.try_collect::<Vec<_>>().await
+                    })
+                    .await?;
+                    for f in &fetched {
+                        let Some(uid) = f.uid else { continue };
+                        let Some(body) = f.body() else {
+                            if self.no_body(uidvalidity, uid).await? {
+                                settled.insert(uid);
+                            }
+                            continue;
+                        };
+                        self.take_in(uidvalidity, uid, body).await?;
+                        done.push(uid);
+                        settled.insert(uid);
+                    }
                 }
                 // The cursor moves first: the messages are committed, and a failure to flag or move
                 // them below must not make the next session take them in again and again. It moves
@@ -331,6 +351,23 @@ impl SessionRun<'_> {
         }
         // A polite goodbye, but not worth waiting for.
         let _ = tokio::time::timeout(Duration::from_secs(5), session.logout()).await;
+        Ok(())
+    }
+
+    /// A message over `max_message_bytes`: its header and size go to the quarantine, and its body is
+    /// never fetched. Flagged like a committed message, so it is not looked at again.
+    async fn quarantine_too_big(&mut self, session: &mut Session, uid: u32, size: u32) -> Result<(), ImapError> {
+        let fetched: Vec<_> = timed("UID FETCH", async {
+            session.uid_fetch(uid.to_string(), "(UID BODY.PEEK[HEADER])").await?.try_collect::<Vec<_>>().await
+        })
+        .await?;
+        let header = fetched.iter().find_map(|f| f.header()).unwrap_or_default();
+        let reason = format!(
+            "message of {size} bytes is over channels.email.max_message_bytes ({}); only its header was fetched",
+            self.ctx.max_message_bytes
+        );
+        tracing::warn!(mailbox = %self.mb.name, uid, size, "Message too large; its header is quarantined.");
+        handle::quarantine(self.mb, self.intake, header, &reason).await?;
         Ok(())
     }
 
@@ -421,6 +458,29 @@ async fn ensure_folder(session: &mut Session, folder: &str) -> Result<(), ImapEr
 }
 
 /// `1,3,5:9` for sorted UIDs.
+/// Body bytes fetched at once, at most (a message larger than this is fetched alone).
+const FETCH_BUDGET: u64 = 64 * 1024 * 1024;
+
+/// `uids` in order, in groups whose sizes add up to at most `budget` (a larger one alone).
+fn size_groups(uids: &[u32], sizes: &std::collections::HashMap<u32, u32>, budget: u64) -> Vec<Vec<u32>> {
+    let mut groups: Vec<Vec<u32>> = Vec::new();
+    let mut total = 0u64;
+    for &uid in uids {
+        let size = u64::from(sizes.get(&uid).copied().unwrap_or(0));
+        match groups.last_mut() {
+            Some(g) if total + size <= budget => {
+                g.push(uid);
+                total += size;
+            }
+            _ => {
+                groups.push(vec![uid]);
+                total = size;
+            }
+        }
+    }
+    groups
+}
+
 /// The cursor after a batch: the highest of the `requested` UIDs (sorted) up to which every one was
 /// `settled`; the first one missing stops it.
 fn advance_cursor(last_uid: u32, requested: &[u32], settled: &HashSet<u32>) -> u32 {
@@ -452,6 +512,14 @@ fn uid_set(uids: &[u32]) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn bodies_are_fetched_in_groups_bounded_by_size() {
+        let sizes: std::collections::HashMap<u32, u32> =
+            [(1, 10), (2, 20), (3, 80), (4, 5), (5, 200)].into_iter().collect();
+        assert_eq!(super::size_groups(&[1, 2, 3, 4, 5], &sizes, 100), vec![vec![1, 2], vec![3, 4], vec![5]]);
+        assert!(super::size_groups(&[], &sizes, 100).is_empty());
+    }
+
     #[test]
     fn the_cursor_stops_before_a_message_it_did_not_get() {
         let settled = |u: &[u32]| u.iter().copied().collect::<std::collections::HashSet<u32>>();

@@ -57,6 +57,8 @@ pub struct EmailSettings {
     pub mailboxes: Vec<MailboxSettings>,
     /// Attachment content is kept up to this size; larger ones keep only their metadata.
     pub max_attachment_bytes: usize,
+    /// A message larger than this is not fetched whole: its header and size go to the quarantine.
+    pub max_message_bytes: u32,
     /// Acknowledgements per recipient per hour, whatever the window says (a loop breaker).
     pub max_acks_per_recipient_per_hour: u32,
     /// This process's name in mailbox leases.
