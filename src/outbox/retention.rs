@@ -17,7 +17,7 @@ const STEP: i64 = 500;
 const PAUSE: Duration = Duration::from_millis(20);
 
 pub async fn run(store: Arc<dyn Store>, keep_done: Duration, shutdown: CancellationToken) {
-    let every = super::worker::sweep_every(keep_done);
+    let every = sweep_every(keep_done);
     loop {
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
@@ -33,6 +33,11 @@ pub async fn run(store: Arc<dyn Store>, keep_done: Duration, shutdown: Cancellat
             Err(e) => tracing::warn!(error = %e, "Outbox retention sweep failed; trying again later."),
         }
     }
+}
+
+/// How often the retention sweep runs: half of `keep_done`, between 200 ms and one minute.
+fn sweep_every(keep_done: Duration) -> Duration {
+    (keep_done / 2).clamp(Duration::from_millis(200), Duration::from_secs(60))
 }
 
 /// One sweep; returns how many jobs it deleted.

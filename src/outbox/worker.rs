@@ -3,7 +3,6 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use earshot_channel::{ChannelKind, Outbound, SendError};
 use tokio::sync::{Notify, mpsc};
@@ -191,9 +190,4 @@ pub(super) async fn suppressed_recipient(store: &dyn Store, job: &Job) -> Option
             None
         }
     }
-}
-
-/// How often the retention sweep runs: half of `keep_done`, between 200 ms and one minute.
-pub(super) fn sweep_every(keep_done: Duration) -> Duration {
-    (keep_done / 2).clamp(Duration::from_millis(200), Duration::from_secs(60))
 }
