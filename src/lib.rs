@@ -10,6 +10,7 @@ pub mod config;
 pub mod downstream;
 pub mod http;
 pub mod intake;
+pub mod lifecycle;
 pub mod notify;
 pub mod outbox;
 pub mod reparse;
@@ -112,6 +113,26 @@ pub async fn run(settings: Settings, listener: TcpListener, shutdown: Cancellati
     let channels = Arc::new(channels::Channels::from_settings(&settings, &client)?);
     let wake = Arc::new(Notify::new());
 
+    // Survey links point here: the configured public URL, else the address actually bound (which
+    // differs from `server.listen` when that asks for port 0).
+    let public_url = match (settings.public_url_set, listener.local_addr()) {
+        (false, Ok(addr)) => format!("http://{addr}"),
+        _ => settings.public_url.clone(),
+    };
+    let lifecycle = Arc::new(lifecycle::Lifecycle::new(
+        store.clone(),
+        templates.clone(),
+        settings.downstream.clone().into(),
+        lifecycle::LifecycleSettings {
+            notify: settings.notify.clone(),
+            survey_window: settings.survey_window,
+            public_url,
+            channel_max_attempts: i64::from(settings.outbox.max_attempts),
+            sla_scan_every: settings.sla_check_every,
+        },
+        wake.clone(),
+    ));
+    let sla = tokio::spawn(lifecycle.clone().run_sla(shutdown.clone()));
     let builder = Builder {
         templates,
         own_addresses: own_addresses(&settings),
@@ -128,12 +149,14 @@ pub async fn run(settings: Settings, listener: TcpListener, shutdown: Cancellati
         writers: settings.writers,
         outbox_wake: wake.clone(),
         suppress_for: settings.undeliverable_for,
+        lifecycle: lifecycle.clone(),
     });
 
     let deliverer = Arc::new(Deliverer {
         endpoints: settings.downstream.iter().map(|e| (e.name.clone(), e.clone())).collect::<HashMap<_, _>>(),
         channels: channels.clone(),
         client,
+        lifecycle: lifecycle.clone(),
     });
     let workers = tokio::spawn(outbox::run_workers(
         store.clone(),
@@ -159,7 +182,9 @@ pub async fn run(settings: Settings, listener: TcpListener, shutdown: Cancellati
         outbox_wake: wake,
         backlog_destinations: Default::default(),
     };
-    let app = http::router(state, &channels, intake.clone());
+    let events =
+        http::events::EventsState { lifecycle: lifecycle.clone(), endpoints: settings.downstream.clone().into() };
+    let app = http::router(state, &channels, intake.clone(), events);
     let addr = listener.local_addr()?;
     tracing::info!(
         listen = %addr, database = store.backend(), channels = ?channels.names(),
@@ -195,6 +220,7 @@ pub async fn run(settings: Settings, listener: TcpListener, shutdown: Cancellati
         pulls.abort_all();
     }
     let _ = tokio::time::timeout(grace, workers).await;
+    let _ = sla.await;
     store.close().await;
     tracing::info!("Earshot stopped.");
     match served {

@@ -120,12 +120,33 @@ enum OutboxCommand {
 
 #[derive(Subcommand)]
 enum CasesCommand {
-    /// List the newest cases.
+    /// List the newest cases, filtered as `GET /v1/cases` filters them.
     List {
         #[arg(long, default_value_t = 20)]
         limit: i64,
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long)]
+        channel: Option<String>,
+        #[arg(long)]
+        source: Option<String>,
+        /// RFC 3339: created at or after.
+        #[arg(long)]
+        created_from: Option<String>,
+        /// RFC 3339: created before.
+        #[arg(long)]
+        created_to: Option<String>,
+        /// Only cases with (`true`) or without (`false`) a breached SLA target.
+        #[arg(long)]
+        breached: Option<bool>,
+        /// Text the case or one of its messages contains.
+        #[arg(long)]
+        text: Option<String>,
+        /// The cursor printed after the previous page.
+        #[arg(long)]
+        cursor: Option<i64>,
     },
-    /// Print one case as JSON.
+    /// Print one case as JSON, with its timeline.
     Show { id: String },
 }
 
@@ -352,21 +373,41 @@ async fn outbox(st: &dyn store::Store, command: OutboxCommand) -> anyhow::Result
 
 async fn cases(st: &dyn store::Store, command: CasesCommand) -> anyhow::Result<ExitCode> {
     match command {
-        CasesCommand::List { limit } => {
-            for c in st.list_cases(limit).await? {
+        CasesCommand::List { limit, status, channel, source, created_from, created_to, breached, text, cursor } => {
+            let query = earshot::cases::CaseQuery {
+                limit: Some(limit),
+                status,
+                channel,
+                source,
+                created_from,
+                created_to,
+                breached,
+                q: text,
+                cursor,
+            };
+            let filter =
+                query.filter().map_err(|e| anyhow::anyhow!("{}: {}", e.field.unwrap_or_default(), e.detail))?;
+            let rows = st.search_cases(&filter).await?;
+            for c in &rows {
                 println!(
-                    "{}  {}  {:<8} {:<8} {:<12} {}",
+                    "{}  {}  {:<17} {:<8} {:<12} {}{}",
                     c.case_ref,
                     c.id,
                     c.status,
                     c.channel,
                     c.source,
-                    c.ticket_id.unwrap_or_default()
+                    c.ticket_id.clone().unwrap_or_default(),
+                    if c.breached { "  SLA breached" } else { "" }
                 );
+            }
+            if rows.len() as i64 == filter.limit
+                && let Some(last) = rows.last()
+            {
+                println!("more: --cursor {}", last.seq);
             }
             Ok(ExitCode::SUCCESS)
         }
-        CasesCommand::Show { id } => match earshot::cases::load(st, &id).await? {
+        CasesCommand::Show { id } => match earshot::cases::with_timeline(st, &id).await? {
             Some(case) => {
                 println!("{}", serde_json::to_string_pretty(&case)?);
                 Ok(ExitCode::SUCCESS)

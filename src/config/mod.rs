@@ -29,6 +29,48 @@ pub struct Config {
     pub outbox: OutboxConfig,
     #[serde(default)]
     pub sla: SlaConfig,
+    #[serde(default)]
+    pub lifecycle: LifecycleConfig,
+    #[serde(default)]
+    pub survey: SurveyConfig,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LifecycleConfig {
+    /// The statuses the customer is told about, in the case's channel and language. Default
+    /// `["in_progress", "awaiting_customer", "resolved"]`. Agents' public replies always go out.
+    #[serde(default = "default_notify")]
+    pub notify: Vec<String>,
+}
+
+impl Default for LifecycleConfig {
+    fn default() -> Self {
+        LifecycleConfig { notify: default_notify() }
+    }
+}
+
+fn default_notify() -> Vec<String> {
+    vec!["in_progress".into(), "awaiting_customer".into(), "resolved".into()]
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SurveyConfig {
+    /// How long after a case is resolved its survey can be answered; a later reply is an ordinary
+    /// follow-up. Default `7d`.
+    #[serde(default = "default_survey_window")]
+    pub window: String,
+}
+
+impl Default for SurveyConfig {
+    fn default() -> Self {
+        SurveyConfig { window: default_survey_window() }
+    }
+}
+
+fn default_survey_window() -> String {
+    "7d".into()
 }
 
 #[derive(Debug, Deserialize)]
@@ -312,6 +354,13 @@ pub struct SlaConfig {
     /// Due time of a first solution. Default `24h`.
     #[serde(default = "default_resolution")]
     pub resolution: String,
+    /// How often the clocks are checked for targets passed unmet. Default `1s`.
+    #[serde(default = "default_sla_check_every")]
+    pub check_every: String,
+}
+
+fn default_sla_check_every() -> String {
+    "1s".into()
 }
 
 fn default_listen() -> String {

@@ -66,6 +66,8 @@ pub struct OutboxSettings {
 pub struct Settings {
     pub listen: SocketAddr,
     pub public_url: String,
+    /// `server.public_url` was set; without it the URL follows the address actually listened on.
+    pub public_url_set: bool,
     pub admin_token: Option<SecretString>,
     pub shutdown_grace: Duration,
     pub header_read_timeout: Duration,
@@ -85,6 +87,10 @@ pub struct Settings {
     pub outbox: OutboxSettings,
     pub sla_first_response: Duration,
     pub sla_resolution: Duration,
+    pub sla_check_every: Duration,
+    pub survey_window: Duration,
+    /// The statuses customers are told about (`lifecycle.notify`).
+    pub notify: Vec<crate::schema::CaseStatus>,
 }
 
 struct Checker {
@@ -333,6 +339,21 @@ pub fn resolve(cfg: &Config, base: &Path) -> Result<Settings, Vec<Problem>> {
     }
     let first = c.duration("sla.first_response", &cfg.sla.first_response);
     let resolution = c.duration("sla.resolution", &cfg.sla.resolution);
+    let sla_check_every = c.duration("sla.check_every", &cfg.sla.check_every);
+    let survey_window = c.duration("survey.window", &cfg.survey.window);
+    let mut notify = Vec::new();
+    for (i, s) in cfg.lifecycle.notify.iter().enumerate() {
+        match crate::schema::CaseStatus::parse(s) {
+            Some(st) => notify.push(st),
+            None => {
+                let all: Vec<&str> = crate::schema::CaseStatus::ALL.iter().map(|s| s.as_str()).collect();
+                c.problem(
+                    format!("lifecycle.notify[{i}]"),
+                    format!("unknown status {s:?}; statuses are {}", all.join(", ")),
+                );
+            }
+        }
+    }
 
     if !c.problems.is_empty() {
         return Err(c.problems);
@@ -341,6 +362,7 @@ pub fn resolve(cfg: &Config, base: &Path) -> Result<Settings, Vec<Problem>> {
     Ok(Settings {
         listen: listen.ok_or_else(missing)?,
         public_url: public_url.ok_or_else(missing)?,
+        public_url_set: cfg.server.public_url.is_some(),
         admin_token,
         shutdown_grace: shutdown_grace.ok_or_else(missing)?,
         header_read_timeout: header_read_timeout.ok_or_else(missing)?,
@@ -368,6 +390,9 @@ pub fn resolve(cfg: &Config, base: &Path) -> Result<Settings, Vec<Problem>> {
         },
         sla_first_response: first.ok_or_else(missing)?,
         sla_resolution: resolution.ok_or_else(missing)?,
+        sla_check_every: sla_check_every.ok_or_else(missing)?.max(Duration::from_millis(100)),
+        survey_window: survey_window.ok_or_else(missing)?,
+        notify,
     })
 }
 

@@ -54,26 +54,31 @@ fn limit(q: &ListQuery) -> i64 {
     q.limit.unwrap_or(50).clamp(1, 1000)
 }
 
+/// Cases, newest first, filtered; `next_cursor` pages on (absent on the last page).
 async fn list_cases(
     State(st): State<AppState>,
     headers: HeaderMap,
-    q: Result<Query<ListQuery>, QueryRejection>,
+    q: Result<Query<crate::cases::CaseQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     authorize(&st, &headers)?;
     let Query(q) = q?;
-    let rows = st.store.list_cases(limit(&q)).await?;
-    Ok(Json(json!({ "cases": rows })))
+    let filter = q.filter()?;
+    let rows = st.store.search_cases(&filter).await?;
+    let next = (rows.len() as i64 == filter.limit).then(|| rows.last().map(|r| r.seq)).flatten();
+    Ok(Json(json!({ "cases": rows, "next_cursor": next })))
 }
 
 async fn show_case(
     State(st): State<AppState>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Value>, ApiError> {
     authorize(&st, &headers)?;
-    let case =
-        crate::cases::load(&*st.store, &id).await?.ok_or_else(|| ApiError::not_found(format!("no case {id}")))?;
-    Ok(Json(serde_json::to_value(case).unwrap_or_default()))
+    let Path(id) = id?;
+    let case = crate::cases::with_timeline(&*st.store, &id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no case {id}")))?;
+    Ok(Json(case))
 }
 
 async fn list_outbox(

@@ -2,6 +2,7 @@
 
 mod admin;
 pub mod error;
+pub mod events;
 mod ops;
 pub mod server;
 
@@ -26,8 +27,14 @@ pub struct AppState {
 }
 
 /// Every route of the gateway.
-pub fn router(state: AppState, channels: &Channels, intake: Arc<dyn Intake>) -> axum::Router {
-    let mut app = axum::Router::new().merge(ops::routes()).merge(admin::routes()).with_state(state);
+pub fn router(
+    state: AppState,
+    channels: &Channels,
+    intake: Arc<dyn Intake>,
+    events: events::EventsState,
+) -> axum::Router {
+    let mut app =
+        axum::Router::new().merge(ops::routes()).merge(admin::routes()).with_state(state).merge(events::routes(events));
     for (_, channel) in channels.all() {
         if let Some(routes) = channel.routes(intake.clone()) {
             app = app.merge(routes);

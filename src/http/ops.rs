@@ -138,8 +138,52 @@ fn openapi() -> Value {
             "/metrics": { "get": { "responses": { "200": { "description": "Prometheus text" } } } },
             "/v1/schema/case.json": { "get": { "responses": { "200": { "description": "JSON Schema of a case" } } } },
             "/v1/schema/event.json": { "get": { "responses": { "200": { "description": "JSON Schema of a downstream event" } } } },
-            "/v1/cases": { "get": admin(json!({ "parameters": [limit.clone()],
-                "responses": { "200": { "description": "Newest cases" } } })) },
+            "/v1/cases": { "get": admin(json!({ "parameters": [limit.clone(),
+                    { "name": "status", "in": "query", "required": false, "schema": { "type": "string",
+                        "enum": ["new", "acknowledged", "in_progress", "awaiting_customer", "resolved", "reopened", "closed"] } },
+                    { "name": "channel", "in": "query", "required": false, "schema": { "type": "string", "enum": ["web", "email", "telegram", "phone"] } },
+                    { "name": "source", "in": "query", "required": false, "schema": { "type": "string" } },
+                    { "name": "created_from", "in": "query", "required": false, "description": "RFC 3339; created at or after", "schema": { "type": "string", "format": "date-time" } },
+                    { "name": "created_to", "in": "query", "required": false, "description": "RFC 3339; created before", "schema": { "type": "string", "format": "date-time" } },
+                    { "name": "breached", "in": "query", "required": false, "schema": { "type": "boolean" } },
+                    { "name": "q", "in": "query", "required": false, "description": "Text the case or one of its messages contains", "schema": { "type": "string" } },
+                    { "name": "cursor", "in": "query", "required": false, "description": "next_cursor of the previous page", "schema": int64.clone() }],
+                "responses": { "200": { "description": "Cases, newest first, and next_cursor while more remain" } } })) },
+            "/v1/cases/{case_id}/events": { "post": {
+                "summary": "An event from the ticket store about a case (Standard Webhooks, signed with a [[downstream]] secret)",
+                "parameters": [
+                    { "name": "case_id", "in": "path", "required": true, "schema": { "type": "string" } },
+                    { "name": "webhook-id", "in": "header", "required": true, "schema": { "type": "string" } },
+                    { "name": "webhook-timestamp", "in": "header", "required": true, "schema": { "type": "string" } },
+                    { "name": "webhook-signature", "in": "header", "required": true, "schema": { "type": "string" } }
+                ],
+                "requestBody": { "required": true, "content": { "application/json": { "schema": { "$ref": "#/components/schemas/CaseEventIn" } } } },
+                "responses": {
+                    "200": { "description": "Applied, already so (changed: false), or a repeat of an applied webhook-id (duplicate: true)" },
+                    "400": { "description": "Not an event", "content": json_error.clone() },
+                    "401": { "description": "Bad or missing signature, stale timestamp", "content": json_error.clone() },
+                    "404": { "description": "No such case", "content": json_error.clone() },
+                    "409": { "description": "A transition the status table does not allow (allowed lists the next statuses), or a webhook-id applied before with another body", "content": json_error.clone() },
+                    "413": { "description": "Body too large", "content": json_error.clone() },
+                    "503": { "description": "Not applied; retry", "content": json_error.clone() }
+                }
+            }},
+            "/v1/feedback/{token}": { "get": {
+                "summary": "A survey link: records the answer it carries and shows a thank-you page",
+                "parameters": [
+                    { "name": "token", "in": "path", "required": true, "schema": { "type": "string" } },
+                    { "name": "rating", "in": "query", "required": false, "schema": { "type": "integer", "minimum": 1, "maximum": 5 } },
+                    { "name": "solved", "in": "query", "required": false, "schema": { "type": "string", "enum": ["yes", "no"] } },
+                    { "name": "comment", "in": "query", "required": false, "schema": { "type": "string" } }
+                ],
+                "responses": {
+                    "200": { "description": "Recorded (or, without an answer, the survey)", "content": { "text/html": { "schema": { "type": "string" } } } },
+                    "400": { "description": "A bad answer", "content": json_error.clone() },
+                    "404": { "description": "No such survey", "content": json_error.clone() },
+                    "410": { "description": "The survey is closed", "content": { "text/html": { "schema": { "type": "string" } } } },
+                    "503": { "description": "Not recorded; retry", "content": json_error.clone() }
+                }
+            }},
             "/v1/cases/{id}": { "get": admin(json!({ "parameters": [path_id("string", "The case id, case_…")],
                 "responses": { "200": { "description": "One case" }, "404": { "description": "No such case", "content": json_error.clone() } } })) },
             "/v1/outbox": { "get": admin(json!({ "parameters": [limit.clone(), { "name": "state", "in": "query", "required": false,
@@ -157,7 +201,11 @@ fn openapi() -> Value {
             "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer" } },
             "schemas": {
                 "Error": { "type": "object", "required": ["code", "detail"], "properties": {
-                    "code": { "type": "string" }, "detail": { "type": "string" }, "field": { "type": "string" } } },
+                    "code": { "type": "string" }, "detail": { "type": "string" }, "field": { "type": "string" },
+                    "allowed": { "type": "array", "items": { "type": "string" } } } },
+                "CaseEventIn": { "type": "object", "required": ["type", "data"], "properties": {
+                    "type": { "type": "string", "enum": ["status_changed", "public_reply", "ticket_linked"] },
+                    "data": { "type": "object", "description": "status_changed: {status, note?}; public_reply: {text, author_display_name?}; ticket_linked: {ticket_id, ticket_url?}" } } },
                 "Receipt": { "type": "object", "required": ["case_id", "case_ref", "status", "duplicate"], "properties": {
                     "case_id": { "type": "string" }, "case_ref": { "type": "string" }, "status": { "type": "string" },
                     "duplicate": { "type": "boolean" }, "follow_up": { "type": "boolean" },

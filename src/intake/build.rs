@@ -117,11 +117,8 @@ impl Builder {
         case.updated_at = now;
         let mut jobs = Vec::new();
         if !self.downstream.is_empty() {
-            let event = CaseEvent {
-                kind: EventType::CaseMessageAdded,
-                timestamp: now,
-                data: CaseEventData { case: case.clone() },
-            };
+            let event =
+                CaseEvent { kind: EventType::CaseMessageAdded, timestamp: now, data: CaseEventData::of(case.clone()) };
             let payload = serde_json::to_string(&event)?;
             for ep in self.downstream.iter() {
                 jobs.push(NewJob {
@@ -154,6 +151,8 @@ impl Builder {
             ack_address: None,
             check_customer: false,
             digest: inbound.content_digest.clone(),
+            reply_route: None,
+            sla_due: None,
         })
     }
 
@@ -213,7 +212,17 @@ impl Builder {
             },
             ticket_id: None,
             metadata: inbound.metadata.clone(),
-            sla: Sla { first_response_due: now + self.sla_first_response, resolution_due: now + self.sla_resolution },
+            sla: Sla {
+                first_response_due: now + self.sla_first_response,
+                resolution_due: now + self.sla_resolution,
+                first_response_at: None,
+                resolved_at: None,
+                first_response_breached_at: None,
+                resolution_breached_at: None,
+                paused_since: None,
+            },
+            unreachable: None,
+            feedback: None,
             messages: vec![],
             created_at: now,
             updated_at: now,
@@ -233,6 +242,7 @@ impl Builder {
                 kind: OutboundKind::Ack,
                 case_id: case_id.0.clone(),
                 case_ref: case_ref.to_string(),
+                status: Some(CaseStatus::New.as_str().to_owned()),
                 lang: ack.lang,
                 subject: inbound.subject.clone(),
                 text: ack.text.clone(),
@@ -248,7 +258,7 @@ impl Builder {
             });
         }
         if !self.downstream.is_empty() {
-            let event = CaseEvent { kind: EventType::CaseCreated, timestamp: now, data: CaseEventData { case } };
+            let event = CaseEvent { kind: EventType::CaseCreated, timestamp: now, data: CaseEventData::of(case) };
             let payload = serde_json::to_string(&event)?;
             for ep in self.downstream.iter() {
                 jobs.push(NewJob {
@@ -282,6 +292,8 @@ impl Builder {
             ack_address,
             check_customer: false,
             digest: inbound.content_digest.clone(),
+            reply_route: Some(serde_json::to_string(&inbound.reply_route)?),
+            sla_due: Some(ms(now + self.sla_first_response.min(self.sla_resolution))),
         };
         Ok((new, ack))
     }

@@ -44,6 +44,7 @@ pub struct IntakeService {
     seqs: SeqBlocks,
     /// How long an address that bounced one of our messages gets nothing more from us.
     suppress_for: Duration,
+    lifecycle: Arc<crate::lifecycle::Lifecycle>,
 }
 
 /// What the writer needs.
@@ -56,6 +57,8 @@ pub struct WriterContext {
     /// Woken after every commit that created outbox jobs.
     pub outbox_wake: Arc<Notify>,
     pub suppress_for: Duration,
+    /// Where survey answers in replies go.
+    pub lifecycle: Arc<crate::lifecycle::Lifecycle>,
 }
 
 impl IntakeService {
@@ -63,9 +66,11 @@ impl IntakeService {
     pub fn start(ctx: WriterContext) -> (Arc<IntakeService>, JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(ctx.max_batch * 4);
         let (store, builder, suppress_for) = (ctx.store.clone(), ctx.builder.clone(), ctx.suppress_for);
+        let lifecycle = ctx.lifecycle.clone();
         let seqs = SeqBlocks { store: store.clone(), reserved: tokio::sync::Mutex::new(Vec::new()) };
         let handle = tokio::spawn(writer::run_all(rx, ctx));
-        (Arc::new(IntakeService { queue: RwLock::new(Some(tx)), store, builder, seqs, suppress_for }), handle)
+        let service = IntakeService { queue: RwLock::new(Some(tx)), store, builder, seqs, suppress_for, lifecycle };
+        (Arc::new(service), handle)
     }
 
     /// Renders the rows of a message that can only become a new case (no thread to join, not
@@ -101,6 +106,7 @@ impl IntakeService {
 impl Intake for IntakeService {
     async fn submit(&self, inbound: Inbound) -> Result<Receipt, IntakeError> {
         let queue = self.queue.read().ok().and_then(|q| q.clone()).ok_or(IntakeError::ShuttingDown)?;
+        self.survey_answer(&inbound).await?;
         let prebuilt = self.prebuild(&inbound).await;
         let (reply, answer) = oneshot::channel();
         queue
@@ -210,6 +216,35 @@ fn unavailable(e: crate::store::StoreError) -> IntakeError {
 }
 
 impl IntakeService {
+    /// A reply to one of our survey messages whose first line is an answer (`5 yes`) is the
+    /// customer's survey answer. It is recorded before the reply itself is stored (as a follow-up,
+    /// like any reply): if storing fails, the reply comes again and the same answer changes nothing.
+    /// A reply after the survey's window is only a follow-up.
+    async fn survey_answer(&self, inbound: &Inbound) -> Result<(), IntakeError> {
+        let Some(hint) = &inbound.thread else { return Ok(()) };
+        if inbound.automatic.is_some() {
+            return Ok(());
+        }
+        let Some(answer) = crate::lifecycle::survey::parse_reply(&inbound.text) else { return Ok(()) };
+        // Our own outbound Message-IDs are `<{event id}@{domain}>`.
+        for id in &hint.in_reply_to {
+            let Some((local, _)) = id.0.split_once('@') else { continue };
+            if !local.starts_with("msg_") {
+                continue;
+            }
+            let Some(job) = self.store.job_by_event_id(local).await.map_err(unavailable)? else { continue };
+            if job.kind != "survey" {
+                continue;
+            }
+            use crate::lifecycle::LifecycleError;
+            return match self.lifecycle.feedback(&job.case_id, &answer, "reply").await {
+                Ok(_) | Err(LifecycleError::SurveyClosed | LifecycleError::NotFound(_)) => Ok(()),
+                Err(e) => Err(IntakeError::Unavailable(e.to_string())),
+            };
+        }
+        Ok(())
+    }
+
     /// A bounce of one of our own messages (found by the Message-ID it reports, `<{event id}@…>`)
     /// suppresses the recipient of that message, and only that one: sending on to a dead address
     /// only earns more bounces. A bounce that names no message of ours, whatever recipients it says

@@ -20,7 +20,24 @@ const BUILT_IN: &[(&str, &str)] = &[
     ("email/ack.zh.j2", include_str!("../../config/templates/email/ack.zh.j2")),
     ("email/ack.en.html.j2", include_str!("../../config/templates/email/ack.en.html.j2")),
     ("email/ack.zh.html.j2", include_str!("../../config/templates/email/ack.zh.html.j2")),
+    ("web/status_update.en.j2", include_str!("../../config/templates/web/status_update.en.j2")),
+    ("web/status_update.zh.j2", include_str!("../../config/templates/web/status_update.zh.j2")),
+    ("web/agent_reply.en.j2", include_str!("../../config/templates/web/agent_reply.en.j2")),
+    ("web/agent_reply.zh.j2", include_str!("../../config/templates/web/agent_reply.zh.j2")),
+    ("web/survey.en.j2", include_str!("../../config/templates/web/survey.en.j2")),
+    ("web/survey.zh.j2", include_str!("../../config/templates/web/survey.zh.j2")),
+    ("email/status_update.en.j2", include_str!("../../config/templates/email/status_update.en.j2")),
+    ("email/status_update.zh.j2", include_str!("../../config/templates/email/status_update.zh.j2")),
+    ("email/agent_reply.en.j2", include_str!("../../config/templates/email/agent_reply.en.j2")),
+    ("email/agent_reply.zh.j2", include_str!("../../config/templates/email/agent_reply.zh.j2")),
+    ("email/survey.en.j2", include_str!("../../config/templates/email/survey.en.j2")),
+    ("email/survey.zh.j2", include_str!("../../config/templates/email/survey.zh.j2")),
+    ("feedback/thanks.en.html.j2", include_str!("../../config/templates/feedback/thanks.en.html.j2")),
+    ("feedback/thanks.zh.html.j2", include_str!("../../config/templates/feedback/thanks.zh.html.j2")),
 ];
+
+/// The kinds of customer message every channel has templates for, besides the acknowledgement.
+pub const KINDS: [&str; 3] = ["status_update", "agent_reply", "survey"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum TemplateError {
@@ -70,6 +87,13 @@ impl Templates {
             };
             t.ack(ChannelKind::Web, lang, &ctx)?;
             t.ack(ChannelKind::Email, lang, &ctx)?;
+            let sample = sample_context();
+            for channel in [ChannelKind::Web, ChannelKind::Email] {
+                for kind in KINDS {
+                    t.message(channel, kind, lang, &sample)?;
+                }
+            }
+            t.page("feedback/thanks", lang, &sample)?;
             let name = format!("email/ack.{}.html.j2", lang.as_str());
             t.env
                 .get_template(&name)
@@ -93,6 +117,40 @@ impl Templates {
         let name = if self.env.get_template(&name).is_ok() { name } else { format!("web/ack.{}.j2", lang.as_str()) };
         let render = || -> Result<String, minijinja::Error> { self.env.get_template(&name)?.render(ctx) };
         render().map(|s| s.trim().to_owned()).map_err(|source| TemplateError::Render { name, source })
+    }
+}
+
+/// Values every message template may use, with samples for the start-up test render.
+fn sample_context() -> serde_json::Value {
+    serde_json::json!({
+        "case_ref": "0000-0000-0", "customer_name": "Li Wei", "subject": "sample", "status": "in_progress",
+        "note": "sample", "text": "sample", "author": "sample", "link": "http://127.0.0.1/v1/feedback/x",
+        "choices": [{"value": "rating=5", "label": "5", "url": "http://127.0.0.1/v1/feedback/x?rating=5"}],
+        "expires": "2026-01-01", "answered": true, "rating": 5, "solved": false,
+    })
+}
+
+impl Templates {
+    /// A customer message of `kind` (`status_update`, `agent_reply`, `survey`) for `channel`; a
+    /// channel without its own template uses the web one (plain text).
+    pub fn message<S: Serialize>(
+        &self,
+        channel: ChannelKind,
+        kind: &str,
+        lang: Lang,
+        ctx: &S,
+    ) -> Result<String, TemplateError> {
+        let name = format!("{}/{kind}.{}.j2", channel.as_str(), lang.as_str());
+        let name = if self.env.get_template(&name).is_ok() { name } else { format!("web/{kind}.{}.j2", lang.as_str()) };
+        let render = || -> Result<String, minijinja::Error> { self.env.get_template(&name)?.render(ctx) };
+        render().map(|s| s.trim().to_owned()).map_err(|source| TemplateError::Render { name, source })
+    }
+
+    /// A page (`feedback/thanks`) in `lang`, HTML-escaped.
+    pub fn page<S: Serialize>(&self, name: &str, lang: Lang, ctx: &S) -> Result<String, TemplateError> {
+        let name = format!("{name}.{}.html.j2", lang.as_str());
+        let render = || -> Result<String, minijinja::Error> { self.env.get_template(&name)?.render(ctx) };
+        render().map_err(|source| TemplateError::Render { name, source })
     }
 }
 

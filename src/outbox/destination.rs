@@ -226,8 +226,8 @@ fn release(shared: &Shared, job: Job) {
 async fn send(shared: &Shared, meters: &Meters, job: Job, deadline: Duration, wake: Arc<Notify>) -> bool {
     let settings = &shared.settings;
     let result = match super::worker::suppressed_recipient(&*shared.store, &job).await {
-        Some(address) => Err(SendError::Permanent {
-            reason: format!("not sent: {address} bounced one of our messages and is suppressed for now"),
+        Some(address) => Err(SendError::Unreachable {
+            reason: format!("{address} bounced one of our messages and is suppressed for now"),
         }),
         None => match tokio::time::timeout(deadline, shared.deliverer.deliver(&job)).await {
             Ok(r) => r,
@@ -240,11 +240,17 @@ async fn send(shared: &Shared, meters: &Meters, job: Job, deadline: Duration, wa
     let now = crate::now_ms();
     let dest = job.destination.clone();
     let (kind, answered) = match result {
-        Ok(ticket_id) => {
+        Ok(delivered) => {
             meters.delivered.increment(1);
             meters.latency.record((now - job.created_at).max(0) as f64 / 1000.0);
             tracing::debug!(job = job.id, event_id = %job.event_id, destination = %dest, "Delivered.");
-            (OutcomeKind::Done { case_id: job.case_id.clone(), ticket_id }, true)
+            let done = OutcomeKind::Done {
+                case_id: job.case_id.clone(),
+                ticket_id: delivered.ticket_id,
+                provider_id: delivered.provider_id,
+                acknowledges: job.kind == "ack",
+            };
+            (done, true)
         }
         Err(e) => {
             let (counter, retry_after) = match &e {
@@ -271,6 +277,13 @@ async fn send(shared: &Shared, meters: &Meters, job: Job, deadline: Duration, wa
                 );
                 OutcomeKind::Retry { at_ms: now + delay.as_millis() as i64, error }
             };
+            if let SendError::Unreachable { reason } = &e {
+                // Recorded on the case and told downstream; the job itself is dead (replay it
+                // once the customer can be reached again).
+                if let Err(err) = shared.deliverer.lifecycle.unreachable(&job.case_id, reason).await {
+                    tracing::warn!(job = job.id, error = %err, "Could not record an unreachable customer on the case.");
+                }
+            }
             (kind, !e.is_transient())
         }
     };

@@ -20,6 +20,17 @@ pub struct Deliverer {
     pub endpoints: HashMap<String, Endpoint>,
     pub channels: Arc<Channels>,
     pub client: reqwest::Client,
+    /// Told when a channel says a customer cannot be reached.
+    pub lifecycle: Arc<crate::lifecycle::Lifecycle>,
+}
+
+/// What a delivery answered with.
+#[derive(Debug, Default)]
+pub struct Delivered {
+    /// A downstream endpoint's ticket id for the case.
+    pub ticket_id: Option<String>,
+    /// A channel's own id of the message it sent.
+    pub provider_id: Option<String>,
 }
 
 /// Where a job goes, from its stored destination.
@@ -41,14 +52,15 @@ fn target(destination: &str) -> Option<Target<'_>> {
 }
 
 impl Deliverer {
-    /// Delivers one job; returns the ticket id a downstream endpoint answered with.
-    pub async fn deliver(&self, job: &Job) -> Result<Option<String>, SendError> {
+    /// Delivers one job.
+    pub async fn deliver(&self, job: &Job) -> Result<Delivered, SendError> {
         match target(&job.destination) {
             Some(Target::Downstream(name)) => {
                 let ep = self.endpoints.get(name).ok_or_else(|| SendError::Permanent {
                     reason: format!("downstream {name:?} is no longer configured"),
                 })?;
-                downstream::deliver(&self.client, ep, &job.event_id, job.payload.clone()).await
+                let ticket_id = downstream::deliver(&self.client, ep, &job.event_id, job.payload.clone()).await?;
+                Ok(Delivered { ticket_id, provider_id: None })
             }
             Some(Target::Channel(kind, _)) => {
                 let channel = ChannelKind::parse(kind)
@@ -57,8 +69,8 @@ impl Deliverer {
                 let outbound: Outbound = serde_json::from_str(&job.payload).map_err(|e| SendError::Permanent {
                     reason: format!("stored job is not an outbound message: {e}"),
                 })?;
-                channel.send(&outbound).await?;
-                Ok(None)
+                let sent = channel.send(&outbound).await?;
+                Ok(Delivered { ticket_id: None, provider_id: sent.provider_id })
             }
             None => Err(SendError::Permanent { reason: format!("unknown destination {:?}", job.destination) }),
         }

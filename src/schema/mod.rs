@@ -13,7 +13,7 @@ use time::OffsetDateTime;
 pub use earshot_channel::{CaseRef, CaseRefError};
 
 /// Bumped on any change a consumer could notice.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 macro_rules! id_type {
     ($name:ident, $prefix:literal, $doc:literal) => {
@@ -51,26 +51,55 @@ impl CustomerId {
     }
 }
 
-/// Where a case stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+/// Where a case stands: `new → acknowledged → in_progress ⇄ awaiting_customer → resolved → closed`,
+/// `resolved → reopened → in_progress` (the whole table is in the README).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum CaseStatus {
+    /// Stored; the acknowledgement is not yet delivered.
     New,
-    Open,
-    Pending,
+    /// The customer has been told we have it (the acknowledgement was delivered or answered).
+    Acknowledged,
+    InProgress,
+    /// Waiting for the customer: the SLA clocks stop.
+    AwaitingCustomer,
     Resolved,
+    /// Resolved, then found not solved (by the ticket store or the customer's survey answer).
+    Reopened,
     Closed,
 }
 
 impl CaseStatus {
+    pub const ALL: [CaseStatus; 7] = [
+        CaseStatus::New,
+        CaseStatus::Acknowledged,
+        CaseStatus::InProgress,
+        CaseStatus::AwaitingCustomer,
+        CaseStatus::Resolved,
+        CaseStatus::Reopened,
+        CaseStatus::Closed,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             CaseStatus::New => "new",
-            CaseStatus::Open => "open",
-            CaseStatus::Pending => "pending",
+            CaseStatus::Acknowledged => "acknowledged",
+            CaseStatus::InProgress => "in_progress",
+            CaseStatus::AwaitingCustomer => "awaiting_customer",
             CaseStatus::Resolved => "resolved",
+            CaseStatus::Reopened => "reopened",
             CaseStatus::Closed => "closed",
         }
+    }
+
+    pub fn parse(s: &str) -> Option<CaseStatus> {
+        CaseStatus::ALL.into_iter().find(|c| c.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for CaseStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -123,7 +152,8 @@ pub struct Message {
     pub received_at: OffsetDateTime,
 }
 
-/// Service-level due times, set when the case is made.
+/// Service-level targets: their due times (moved on by the time spent awaiting the customer) and
+/// when each was met or breached.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Sla {
     #[serde(with = "time::serde::rfc3339")]
@@ -132,6 +162,43 @@ pub struct Sla {
     #[serde(with = "time::serde::rfc3339")]
     #[schemars(with = "String", extend("format" = "date-time"))]
     pub resolution_due: OffsetDateTime,
+    /// When the first response came (an agent's public reply, or `in_progress`).
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "time::serde::rfc3339::option")]
+    #[schemars(with = "Option<String>", extend("format" = "date-time"))]
+    pub first_response_at: Option<OffsetDateTime>,
+    /// When the case was (first) resolved.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "time::serde::rfc3339::option")]
+    #[schemars(with = "Option<String>", extend("format" = "date-time"))]
+    pub resolved_at: Option<OffsetDateTime>,
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "time::serde::rfc3339::option")]
+    #[schemars(with = "Option<String>", extend("format" = "date-time"))]
+    pub first_response_breached_at: Option<OffsetDateTime>,
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "time::serde::rfc3339::option")]
+    #[schemars(with = "Option<String>", extend("format" = "date-time"))]
+    pub resolution_breached_at: Option<OffsetDateTime>,
+    /// Since when the clocks are stopped (the case awaits the customer).
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "time::serde::rfc3339::option")]
+    #[schemars(with = "Option<String>", extend("format" = "date-time"))]
+    pub paused_since: Option<OffsetDateTime>,
+}
+
+/// The customer's answer to the satisfaction survey.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Feedback {
+    /// 1 (poor) to 5 (excellent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 5))]
+    pub rating: Option<u8>,
+    /// Whether the customer says the problem was solved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub solved: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
+    /// How it came: `link`, `reply`, `callback`.
+    pub via: String,
+    #[serde(with = "time::serde::rfc3339")]
+    #[schemars(with = "String", extend("format" = "date-time"))]
+    pub answered_at: OffsetDateTime,
 }
 
 /// A normalized complaint case.
@@ -161,6 +228,12 @@ pub struct Case {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub metadata: BTreeMap<String, serde_json::Value>,
     pub sla: Sla,
+    /// Why the customer cannot be reached on the case's channel, once a send has said so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unreachable: Option<String>,
+    /// The survey answer, once given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub feedback: Option<Feedback>,
     pub messages: Vec<Message>,
     #[serde(with = "time::serde::rfc3339")]
     #[schemars(with = "String", extend("format" = "date-time"))]
@@ -181,12 +254,71 @@ pub enum EventType {
     CaseDuplicateReceived,
     #[serde(rename = "case.updated")]
     CaseUpdated,
+    #[serde(rename = "case.feedback")]
+    CaseFeedback,
+    #[serde(rename = "case.sla_breached")]
+    CaseSlaBreached,
+}
+
+impl EventType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::CaseCreated => "case.created",
+            EventType::CaseMessageAdded => "case.message_added",
+            EventType::CaseDuplicateReceived => "case.duplicate_received",
+            EventType::CaseUpdated => "case.updated",
+            EventType::CaseFeedback => "case.feedback",
+            EventType::CaseSlaBreached => "case.sla_breached",
+        }
+    }
 }
 
 /// `data` of a case event.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct CaseEventData {
     pub case: Case,
+    /// `case.updated`: the status before the change (the case carries the new one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_status: Option<CaseStatus>,
+    /// `case.updated`: whether the customer can still be reached on the case's channel.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reachable: Option<bool>,
+    /// Why (with `reachable: false`), or the note of a status change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// `case.sla_breached`: `first_response` or `resolution`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// `case.sla_breached`: the due time that passed.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "time::serde::rfc3339::option")]
+    #[schemars(with = "Option<String>", extend("format" = "date-time"))]
+    pub due_at: Option<OffsetDateTime>,
+    /// `case.feedback`: the rating, 1 to 5.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 5))]
+    pub rating: Option<u8>,
+    /// `case.feedback`: whether the problem was solved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub solved: Option<bool>,
+    /// `case.feedback`: the customer's comment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
+}
+
+impl CaseEventData {
+    pub fn of(case: Case) -> CaseEventData {
+        CaseEventData {
+            case,
+            previous_status: None,
+            reachable: None,
+            reason: None,
+            target: None,
+            due_at: None,
+            rating: None,
+            solved: None,
+            comment: None,
+        }
+    }
 }
 
 /// The body of every downstream webhook: `{type, timestamp, data}` (Standard Webhooks).

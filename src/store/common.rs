@@ -14,7 +14,26 @@ pub(super) const JOB_COLUMNS: &str = "o.id, o.event_id, o.case_id, o.kind, o.des
     o.max_attempts, o.next_attempt_at, o.last_error, o.created_at, COALESCE(p.payload, '') AS payload";
 pub(super) const PAYLOAD_JOIN: &str = "LEFT JOIN outbox_payloads p ON p.job_id = o.id";
 
-pub(super) const CASE_COLUMNS: &str = "id, case_ref, status, channel, source, ticket_id, data, created_at";
+pub(super) const CASE_COLUMNS: &str =
+    "id, seq, case_ref, status, channel, source, ticket_id, data, created_at, lifecycle, breached <> 0 AS breached";
+
+/// Every column of a [`super::CaseState`].
+pub(super) const STATE_COLUMNS: &str =
+    "id, case_ref, status, channel, source, ticket_id, data, created_at, reply_route, lifecycle, version";
+
+/// The list filter's pattern for `LIKE … ESCAPE '\'`: the text itself, wildcards taken literally.
+pub(super) fn like_pattern(text: &str) -> String {
+    let mut p = String::with_capacity(text.len() + 2);
+    p.push('%');
+    for c in text.to_lowercase().chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            p.push('\\');
+        }
+        p.push(c);
+    }
+    p.push('%');
+    p
+}
 
 /// The first unfinished job of the same case and destination that job `o` waits for, if any: the one
 /// that blocks the case (replay or discard it to release the others).
@@ -42,11 +61,24 @@ pub(super) fn lease_sql(lock: &str, by_destination: bool) -> String {
 /// The single-statement writes, with `$n` placeholders: PostgreSQL runs them through sqlx
 /// ([`write_queries!`]), SQLite's writer through rusqlite after [`numbered`].
 pub(super) mod sql {
+    /// A lifecycle change of a case, written only over the version it was computed from.
+    pub const CHANGE_CASE: &str = "UPDATE cases SET status = $3, ticket_id = COALESCE($4, ticket_id), lifecycle = $5, \
+        sla_due = $6, breached = $7, version = version + 1, updated_at = $8 WHERE id = $1 AND version = $2";
+    pub const INBOX: &str = "INSERT INTO events_in (endpoint, webhook_id, case_id, digest, created_at) \
+        VALUES ($1, $2, $3, $4, $5) ON CONFLICT (endpoint, webhook_id) DO NOTHING";
+    pub const INBOX_DIGEST: &str = "SELECT digest FROM events_in WHERE endpoint = $1 AND webhook_id = $2";
+    pub const LOG: &str = "INSERT INTO case_log (case_id, kind, actor, data, created_at) VALUES ($1, $2, $3, $4, $5)";
+    pub const SURVEY: &str = "INSERT INTO surveys (token, case_id, created_at, expires_at) VALUES ($1, $2, $3, $4)";
+    pub const JOB: &str = "INSERT INTO outbox (event_id, case_id, kind, destination, state, attempts, max_attempts, \
+        next_attempt_at, created_at, updated_at) VALUES ($1, $2, $3, $4, 'pending', 0, $5, $6, $6, $6) RETURNING id";
+    pub const PAYLOAD: &str = "INSERT INTO outbox_payloads (job_id, payload) VALUES ($1, $2)";
+
     /// One job's outcome (see `OutcomeKind::columns`); a done job's error is cleared, a released
     /// one keeps its last.
     pub const RECORD_OUTCOME: &str = "UPDATE outbox SET state = $3, next_attempt_at = $4, \
         last_error = CASE WHEN $3 = 'done' THEN NULL ELSE COALESCE($5, last_error) END, \
-        attempts = attempts + $6, updated_at = $7 WHERE id = $1 AND attempts = $2 AND state = 'leased'";
+        attempts = attempts + $6, updated_at = $7, provider_id = COALESCE($8, provider_id) \
+        WHERE id = $1 AND attempts = $2 AND state = 'leased'";
     pub const DISCARD_DEAD: &str =
         "UPDATE outbox SET state = 'discarded', updated_at = $1 WHERE state = 'dead' AND id = $2";
     pub const REPLAY_ALL_DEAD: &str =
@@ -344,6 +376,91 @@ macro_rules! shared_queries {
             .bind(limit)
             .fetch_all(&mut *conn)
             .await?)
+        }
+
+        pub(super) async fn case_state(conn: &mut Conn, id: &str) -> Result<Option<super::CaseState>> {
+            Ok(sqlx::query_as(&format!("SELECT {} FROM cases WHERE id = $1", super::common::STATE_COLUMNS))
+                .bind(id)
+                .fetch_optional(&mut *conn)
+                .await?)
+        }
+
+        pub(super) async fn inbox_digest(conn: &mut Conn, endpoint: &str, webhook_id: &str) -> Result<Option<String>> {
+            Ok(sqlx::query_scalar("SELECT digest FROM events_in WHERE endpoint = $1 AND webhook_id = $2")
+                .bind(endpoint)
+                .bind(webhook_id)
+                .fetch_optional(&mut *conn)
+                .await?)
+        }
+
+        pub(super) async fn sla_due_cases(conn: &mut Conn, now_ms: i64, limit: i64) -> Result<Vec<String>> {
+            Ok(sqlx::query_scalar(
+                "SELECT id FROM cases WHERE sla_due IS NOT NULL AND sla_due <= $1 ORDER BY sla_due LIMIT $2",
+            )
+            .bind(now_ms)
+            .bind(limit)
+            .fetch_all(&mut *conn)
+            .await?)
+        }
+
+        pub(super) async fn survey(conn: &mut Conn, token: &str) -> Result<Option<(String, i64)>> {
+            Ok(sqlx::query_as("SELECT case_id, expires_at FROM surveys WHERE token = $1")
+                .bind(token)
+                .fetch_optional(&mut *conn)
+                .await?)
+        }
+
+        pub(super) async fn case_log(conn: &mut Conn, case_id: &str) -> Result<Vec<super::LogEntry>> {
+            Ok(sqlx::query_as(
+                "SELECT id, kind, actor, data, created_at FROM case_log WHERE case_id = $1 ORDER BY id",
+            )
+            .bind(case_id)
+            .fetch_all(&mut *conn)
+            .await?)
+        }
+
+        pub(super) async fn case_jobs(conn: &mut Conn, case_id: &str) -> Result<Vec<Job>> {
+            Ok(sqlx::query_as::<_, Job>(&format!(
+                "SELECT {JOB_COLUMNS} FROM outbox o {} WHERE o.case_id = $1 ORDER BY o.id",
+                super::common::PAYLOAD_JOIN
+            ))
+            .bind(case_id)
+            .fetch_all(&mut *conn)
+            .await?)
+        }
+
+        pub(super) async fn search_cases(conn: &mut Conn, f: &super::CaseFilter) -> Result<Vec<CaseRow>> {
+            let mut qb: QueryBuilder<$db> = QueryBuilder::new(format!("SELECT {CASE_COLUMNS} FROM cases WHERE 1 = 1"));
+            if let Some(v) = &f.status {
+                qb.push(" AND status = ").push_bind(v.clone());
+            }
+            if let Some(v) = &f.channel {
+                qb.push(" AND channel = ").push_bind(v.clone());
+            }
+            if let Some(v) = &f.source {
+                qb.push(" AND source = ").push_bind(v.clone());
+            }
+            if let Some(v) = f.created_from {
+                qb.push(" AND created_at >= ").push_bind(v);
+            }
+            if let Some(v) = f.created_to {
+                qb.push(" AND created_at < ").push_bind(v);
+            }
+            if let Some(v) = f.breached {
+                qb.push(" AND breached = ").push_bind(i64::from(v));
+            }
+            if let Some(v) = f.before_seq {
+                qb.push(" AND seq < ").push_bind(v);
+            }
+            if let Some(t) = f.text.as_deref().filter(|t| !t.is_empty()) {
+                let pattern = super::common::like_pattern(t);
+                qb.push(" AND (LOWER(data) LIKE ").push_bind(pattern.clone()).push(" ESCAPE '\\'");
+                qb.push(" OR EXISTS (SELECT 1 FROM messages m WHERE m.case_id = cases.id AND LOWER(m.data) LIKE ")
+                    .push_bind(pattern)
+                    .push(" ESCAPE '\\'))");
+            }
+            qb.push(" ORDER BY seq DESC LIMIT ").push_bind(f.limit);
+            Ok(qb.build_query_as().fetch_all(&mut *conn).await?)
         }
 
         pub(super) async fn applied_migrations(conn: &mut Conn) -> Result<i64> {

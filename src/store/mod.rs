@@ -51,6 +51,10 @@ pub struct NewCase {
     pub check_customer: bool,
     /// The content digest of the message (`Inbound::content_digest`), kept with it.
     pub digest: Option<String>,
+    /// The reply route as JSON, kept with a new case for every later message to the customer.
+    pub reply_route: Option<String>,
+    /// The first SLA due time of a new case (the breach scan's key).
+    pub sla_due: Option<i64>,
 }
 
 /// A case that an incoming message's thread hint points at.
@@ -151,8 +155,10 @@ pub struct JobOutcome {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OutcomeKind {
-    /// Delivered; a ticket id the receiver answered with is stored on the case.
-    Done { case_id: String, ticket_id: Option<String> },
+    /// Delivered; a ticket id the receiver answered with is stored on the case, the channel's id of
+    /// the message on the job. A delivered acknowledgement (`acknowledges`) moves a `new` case to
+    /// `acknowledged`.
+    Done { case_id: String, ticket_id: Option<String>, provider_id: Option<String>, acknowledges: bool },
     /// Failed; tried again at `at_ms`.
     Retry { at_ms: i64, error: String },
     /// Failed for good (or out of attempts); waits for a replay or a discard.
@@ -197,10 +203,26 @@ pub struct Purged {
     pub finished: bool,
 }
 
+/// Filters of a case listing; every one optional. `before_seq` is the cursor (the last row's `seq`).
+#[derive(Debug, Clone, Default)]
+pub struct CaseFilter {
+    pub status: Option<String>,
+    pub channel: Option<String>,
+    pub source: Option<String>,
+    pub created_from: Option<i64>,
+    pub created_to: Option<i64>,
+    pub breached: Option<bool>,
+    pub text: Option<String>,
+    pub before_seq: Option<i64>,
+    pub limit: i64,
+}
+
 /// A case in a listing.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct CaseRow {
     pub id: String,
+    #[sqlx(default)]
+    pub seq: i64,
     pub case_ref: String,
     pub status: String,
     pub channel: String,
@@ -209,6 +231,81 @@ pub struct CaseRow {
     #[serde(skip)]
     pub data: String,
     pub created_at: i64,
+    #[sqlx(default)]
+    #[serde(skip)]
+    pub lifecycle: Option<String>,
+    #[sqlx(default)]
+    pub breached: bool,
+}
+
+/// A case as the lifecycle reads it: the row, with what a change must be written over.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct CaseState {
+    pub id: String,
+    pub case_ref: String,
+    pub status: String,
+    pub channel: String,
+    pub source: String,
+    pub ticket_id: Option<String>,
+    pub data: String,
+    pub created_at: i64,
+    pub reply_route: Option<String>,
+    pub lifecycle: Option<String>,
+    pub version: i64,
+}
+
+/// One entry of a case's timeline ([`CaseChange::log`]).
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct LogEntry {
+    #[serde(skip)]
+    pub id: i64,
+    pub kind: String,
+    /// Who made it: `downstream:<endpoint>`, `customer`, `gateway`.
+    pub actor: Option<String>,
+    #[serde(skip)]
+    pub data: String,
+    pub created_at: i64,
+}
+
+/// An event from outside applied once: by the endpoint (or channel) that sent it and its id.
+#[derive(Debug, Clone)]
+pub struct InboxKey {
+    pub endpoint: String,
+    pub webhook_id: String,
+    pub digest: String,
+}
+
+/// One lifecycle change of a case, written in one transaction over `version`.
+#[derive(Debug, Clone)]
+pub struct CaseChange {
+    pub case_id: String,
+    /// The version the change was computed from; if the case has moved on, nothing is written.
+    pub version: i64,
+    pub status: String,
+    pub ticket_id: Option<String>,
+    /// The lifecycle JSON (SLA clocks, survey, reachability).
+    pub lifecycle: String,
+    pub sla_due: Option<i64>,
+    pub breached: bool,
+    pub log: Vec<(String, Option<String>, String)>,
+    /// Recorded first: a key already stored means the change was applied before.
+    pub inbox: Option<InboxKey>,
+    /// A new survey's token and expiry.
+    pub survey: Option<(String, i64)>,
+    pub jobs: Vec<NewJob>,
+    pub now_ms: i64,
+}
+
+/// What became of a [`CaseChange`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChangeOutcome {
+    Applied,
+    /// Its inbox key was stored before, with this digest: nothing written.
+    Duplicate {
+        digest: String,
+    },
+    /// The case's version moved since it was read: nothing written; read again and recompute.
+    Stale,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -268,7 +365,8 @@ pub trait Store: Send + Sync + 'static {
 
     /// Marks a leased job done (one outcome; see [`Store::record_outcomes`]).
     async fn complete_job(&self, id: i64, attempts: i64, now_ms: i64) -> Result<bool> {
-        let done = OutcomeKind::Done { case_id: String::new(), ticket_id: None };
+        let done =
+            OutcomeKind::Done { case_id: String::new(), ticket_id: None, provider_id: None, acknowledges: false };
         Ok(self.record_outcomes(vec![JobOutcome { id, attempts, kind: done }], now_ms).await?.first() == Some(&true))
     }
 
@@ -364,6 +462,30 @@ pub trait Store: Send + Sync + 'static {
 
     /// Of these addresses, those acknowledged at or after `since_ms`.
     async fn acked_since(&self, addresses: &[String], since_ms: i64) -> Result<Vec<String>>;
+
+    /// The case as the lifecycle reads it.
+    async fn case_state(&self, id: &str) -> Result<Option<CaseState>>;
+
+    /// Writes a lifecycle change, all or nothing (see [`ChangeOutcome`]).
+    async fn apply_change(&self, change: CaseChange) -> Result<ChangeOutcome>;
+
+    /// The digest of an inbound event already applied, by its key.
+    async fn inbox_digest(&self, endpoint: &str, webhook_id: &str) -> Result<Option<String>>;
+
+    /// Cases whose earliest running SLA target is due at or before `now_ms`, earliest first.
+    async fn sla_due_cases(&self, now_ms: i64, limit: i64) -> Result<Vec<String>>;
+
+    /// The case and expiry of a survey token.
+    async fn survey(&self, token: &str) -> Result<Option<(String, i64)>>;
+
+    /// A case's timeline entries, oldest first.
+    async fn case_log(&self, case_id: &str) -> Result<Vec<LogEntry>>;
+
+    /// Every outbox job of a case with its payload, oldest first.
+    async fn case_jobs(&self, case_id: &str) -> Result<Vec<Job>>;
+
+    /// Cases for a listing, newest first, after the filters.
+    async fn search_cases(&self, filter: &CaseFilter) -> Result<Vec<CaseRow>>;
 
     /// Raw messages with ids after `after` (message id order) and their message JSON, for reparse.
     async fn raw_messages(&self, after: &str, limit: i64) -> Result<Vec<(String, String, Vec<u8>, String)>>;

@@ -361,6 +361,109 @@ impl super::Store for PgStore {
         update_message(&mut *self.pool.acquire().await?, message_id, data).await
     }
 
+    async fn case_state(&self, id: &str) -> Result<Option<super::CaseState>> {
+        case_state(&mut *self.pool.acquire().await?, id).await
+    }
+
+    async fn apply_change(&self, ch: super::CaseChange) -> Result<super::ChangeOutcome> {
+        use super::ChangeOutcome;
+        use super::common::sql;
+        let mut tx = self.pool.begin().await?;
+        if let Some(k) = &ch.inbox {
+            let n = sqlx::query(sql::INBOX)
+                .bind(&k.endpoint)
+                .bind(&k.webhook_id)
+                .bind(&ch.case_id)
+                .bind(&k.digest)
+                .bind(ch.now_ms)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if n == 0 {
+                let digest: String = sqlx::query_scalar(sql::INBOX_DIGEST)
+                    .bind(&k.endpoint)
+                    .bind(&k.webhook_id)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                tx.rollback().await?;
+                return Ok(ChangeOutcome::Duplicate { digest });
+            }
+        }
+        let n = sqlx::query(sql::CHANGE_CASE)
+            .bind(&ch.case_id)
+            .bind(ch.version)
+            .bind(&ch.status)
+            .bind(&ch.ticket_id)
+            .bind(&ch.lifecycle)
+            .bind(ch.sla_due)
+            .bind(i64::from(ch.breached))
+            .bind(ch.now_ms)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if n == 0 {
+            tx.rollback().await?;
+            return Ok(ChangeOutcome::Stale);
+        }
+        for (kind, actor, data) in &ch.log {
+            sqlx::query(sql::LOG)
+                .bind(&ch.case_id)
+                .bind(kind)
+                .bind(actor)
+                .bind(data)
+                .bind(ch.now_ms)
+                .execute(&mut *tx)
+                .await?;
+        }
+        if let Some((token, expires)) = &ch.survey {
+            sqlx::query(sql::SURVEY)
+                .bind(token)
+                .bind(&ch.case_id)
+                .bind(ch.now_ms)
+                .bind(expires)
+                .execute(&mut *tx)
+                .await?;
+        }
+        for j in &ch.jobs {
+            let id: i64 = sqlx::query_scalar(sql::JOB)
+                .bind(&j.event_id)
+                .bind(&ch.case_id)
+                .bind(j.kind)
+                .bind(&j.destination)
+                .bind(j.max_attempts)
+                .bind(ch.now_ms)
+                .fetch_one(&mut *tx)
+                .await?;
+            sqlx::query(sql::PAYLOAD).bind(id).bind(&j.payload).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(ChangeOutcome::Applied)
+    }
+
+    async fn inbox_digest(&self, endpoint: &str, webhook_id: &str) -> Result<Option<String>> {
+        inbox_digest(&mut *self.pool.acquire().await?, endpoint, webhook_id).await
+    }
+
+    async fn sla_due_cases(&self, now_ms: i64, limit: i64) -> Result<Vec<String>> {
+        sla_due_cases(&mut *self.pool.acquire().await?, now_ms, limit).await
+    }
+
+    async fn survey(&self, token: &str) -> Result<Option<(String, i64)>> {
+        survey(&mut *self.pool.acquire().await?, token).await
+    }
+
+    async fn case_log(&self, case_id: &str) -> Result<Vec<super::LogEntry>> {
+        case_log(&mut *self.pool.acquire().await?, case_id).await
+    }
+
+    async fn case_jobs(&self, case_id: &str) -> Result<Vec<Job>> {
+        case_jobs(&mut *self.pool.acquire().await?, case_id).await
+    }
+
+    async fn search_cases(&self, filter: &super::CaseFilter) -> Result<Vec<CaseRow>> {
+        search_cases(&mut *self.pool.acquire().await?, filter).await
+    }
+
     async fn close(&self) {
         self.batch.close().await;
         self.pool.close().await;
@@ -376,32 +479,44 @@ async fn record_outcomes(conn: &mut sqlx::PgConnection, outcomes: &[JobOutcome],
     }
     const SQL: &str = "\
         WITH o AS ( \
-            SELECT * FROM unnest($1::int8[], $2::int8[], $3::text[], $4::int8[], $5::text[], $6::int8[]) \
-                AS t(id, attempts, state, next_at, error, delta) \
+            SELECT * FROM unnest($1::int8[], $2::int8[], $3::text[], $4::int8[], $5::text[], $6::int8[], $10::text[]) \
+                AS t(id, attempts, state, next_at, error, delta, provider) \
         ), j AS ( \
             UPDATE outbox SET state = o.state, next_attempt_at = o.next_at, \
                 last_error = CASE WHEN o.state = 'done' THEN NULL ELSE COALESCE(o.error, outbox.last_error) END, \
-                attempts = outbox.attempts + o.delta, updated_at = $7 \
+                attempts = outbox.attempts + o.delta, updated_at = $7, \
+                provider_id = COALESCE(o.provider, outbox.provider_id) \
             FROM o WHERE outbox.id = o.id AND outbox.attempts = o.attempts AND outbox.state = 'leased' \
             RETURNING outbox.id \
         ), t AS ( \
-            UPDATE cases SET ticket_id = x.ticket, updated_at = $7 \
-            FROM unnest($8::text[], $9::text[]) AS x(case_id, ticket) WHERE cases.id = x.case_id \
+            UPDATE cases SET ticket_id = COALESCE(x.ticket, cases.ticket_id), \
+                status = CASE WHEN x.ack AND cases.status = 'new' THEN 'acknowledged' ELSE cases.status END, \
+                version = cases.version + CASE WHEN x.ack AND cases.status = 'new' THEN 1 ELSE 0 END, \
+                updated_at = $7 \
+            FROM unnest($8::text[], $9::text[], $11::int8[], $12::bool[]) AS x(case_id, ticket, job, ack) \
+            WHERE cases.id = x.case_id AND x.job IN (SELECT id FROM j) \
         ) \
         SELECT id FROM j";
     let mut sorted: Vec<&JobOutcome> = outcomes.iter().collect();
     sorted.sort_unstable_by_key(|o| o.id);
     let cols: Vec<_> = sorted.iter().map(|o| o.kind.columns(now_ms)).collect();
-    // One ticket per case (the last delivered), in case id order.
-    let tickets: std::collections::BTreeMap<&str, &str> = sorted
-        .iter()
-        .filter_map(|o| match &o.kind {
-            super::OutcomeKind::Done { case_id, ticket_id: Some(t) } if !case_id.is_empty() => {
-                Some((case_id.as_str(), t.as_str()))
+    // What delivered jobs change on their case: one row per case (one UPDATE may not change a row
+    // twice), the last ticket id and whether any was an acknowledgement, in case id order. A case
+    // is changed only if the job that changes it counted (`x.job`: the last such job).
+    let mut cases: std::collections::BTreeMap<&str, (Option<&str>, i64, bool)> = std::collections::BTreeMap::new();
+    for o in &sorted {
+        if let super::OutcomeKind::Done { case_id, ticket_id, acknowledges, .. } = &o.kind
+            && !case_id.is_empty()
+            && (ticket_id.is_some() || *acknowledges)
+        {
+            let e = cases.entry(case_id.as_str()).or_insert((None, o.id, false));
+            if ticket_id.is_some() {
+                e.0 = ticket_id.as_deref();
             }
-            _ => None,
-        })
-        .collect();
+            e.1 = o.id;
+            e.2 |= *acknowledges;
+        }
+    }
     let updated: Vec<i64> = sqlx::query_scalar(SQL)
         .bind(sorted.iter().map(|o| o.id).collect::<Vec<_>>())
         .bind(sorted.iter().map(|o| o.attempts).collect::<Vec<_>>())
@@ -410,8 +525,19 @@ async fn record_outcomes(conn: &mut sqlx::PgConnection, outcomes: &[JobOutcome],
         .bind(cols.iter().map(|c| c.2).collect::<Vec<_>>())
         .bind(cols.iter().map(|c| c.3).collect::<Vec<_>>())
         .bind(now_ms)
-        .bind(tickets.keys().copied().collect::<Vec<_>>())
-        .bind(tickets.values().copied().collect::<Vec<_>>())
+        .bind(cases.keys().copied().collect::<Vec<_>>())
+        .bind(cases.values().map(|v| v.0).collect::<Vec<_>>())
+        .bind(
+            sorted
+                .iter()
+                .map(|o| match &o.kind {
+                    super::OutcomeKind::Done { provider_id, .. } => provider_id.as_deref(),
+                    _ => None,
+                })
+                .collect::<Vec<_>>(),
+        )
+        .bind(cases.values().map(|v| v.1).collect::<Vec<_>>())
+        .bind(cases.values().map(|v| v.2).collect::<Vec<_>>())
         .fetch_all(&mut *conn)
         .await?;
     let updated: HashSet<i64> = updated.into_iter().collect();
@@ -439,10 +565,10 @@ async fn commit_in_one_statement(conn: &mut sqlx::PgConnection, items: &[NewCase
         WITH given AS ( \
             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int8[], $7::bool[], \
                                  $8::int8[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], \
-                                 $23::bool[], $24::text[]) \
+                                 $23::bool[], $24::text[], $25::text[], $26::int8[]) \
                 WITH ORDINALITY AS t(message_id, case_id, channel, external_id, message_json, at, follow_up, \
                                      seq, case_ref, status, source, customer_id, case_json, \
-                                     check_customer, digest, n) \
+                                     check_customer, digest, reply_route, sla_due, n) \
         ), contacts AS ( \
             SELECT * FROM unnest($14::text[], $15::text[], $16::text[]) WITH ORDINALITY AS i(kind, value, message_id, n) \
         ), known AS ( \
@@ -470,8 +596,10 @@ async fn commit_in_one_statement(conn: &mut sqlx::PgConnection, items: &[NewCase
             ORDER BY 1, 2 \
             ON CONFLICT (kind, value) DO NOTHING \
         ), ca AS ( \
-            INSERT INTO cases (id, seq, case_ref, status, channel, source, customer_id, data, created_at, updated_at) \
-            SELECT case_id, seq, case_ref, status, channel, source, customer_id, case_json, at, at FROM new \
+            INSERT INTO cases (id, seq, case_ref, status, channel, source, customer_id, data, created_at, updated_at, \
+                               reply_route, sla_due) \
+            SELECT case_id, seq, case_ref, status, channel, source, customer_id, case_json, at, at, \
+                   reply_route, sla_due FROM new \
             WHERE NOT follow_up ORDER BY n \
         ), given_jobs AS ( \
             SELECT * FROM unnest($17::text[], $18::text[], $19::text[], $20::text[], $21::text[], $22::int8[]) \
@@ -520,6 +648,8 @@ async fn commit_in_one_statement(conn: &mut sqlx::PgConnection, items: &[NewCase
         .bind(jobs.iter().map(|(_, j)| j.max_attempts).collect::<Vec<_>>())
         .bind(items.iter().map(|it| it.check_customer).collect::<Vec<_>>())
         .bind(items.iter().map(|it| it.digest.as_deref()).collect::<Vec<_>>())
+        .bind(items.iter().map(|it| it.reply_route.as_deref()).collect::<Vec<_>>())
+        .bind(items.iter().map(|it| it.sla_due).collect::<Vec<_>>())
         .fetch_all(&mut *conn)
         .await?;
     let mut inserted: HashSet<String> = HashSet::new();

@@ -321,6 +321,38 @@ impl super::Store for SqliteStore {
         self.writer.call(move |c| sqlite_writer::update_message(c, &message_id, &data)).await
     }
 
+    async fn case_state(&self, id: &str) -> Result<Option<super::CaseState>> {
+        case_state(&mut *self.read.acquire().await?, id).await
+    }
+
+    async fn apply_change(&self, ch: super::CaseChange) -> Result<super::ChangeOutcome> {
+        self.writer.call(move |c| sqlite_writer::apply_change(c, &ch)).await
+    }
+
+    async fn inbox_digest(&self, endpoint: &str, webhook_id: &str) -> Result<Option<String>> {
+        inbox_digest(&mut *self.read.acquire().await?, endpoint, webhook_id).await
+    }
+
+    async fn sla_due_cases(&self, now_ms: i64, limit: i64) -> Result<Vec<String>> {
+        sla_due_cases(&mut *self.read.acquire().await?, now_ms, limit).await
+    }
+
+    async fn survey(&self, token: &str) -> Result<Option<(String, i64)>> {
+        survey(&mut *self.read.acquire().await?, token).await
+    }
+
+    async fn case_log(&self, case_id: &str) -> Result<Vec<super::LogEntry>> {
+        case_log(&mut *self.read.acquire().await?, case_id).await
+    }
+
+    async fn case_jobs(&self, case_id: &str) -> Result<Vec<Job>> {
+        case_jobs(&mut *self.read.acquire().await?, case_id).await
+    }
+
+    async fn search_cases(&self, filter: &super::CaseFilter) -> Result<Vec<CaseRow>> {
+        search_cases(&mut *self.read.acquire().await?, filter).await
+    }
+
     async fn close(&self) {
         self.read.close().await;
         self.writer.close().await;

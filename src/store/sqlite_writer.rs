@@ -129,6 +129,55 @@ impl WriterThread {
     }
 }
 
+/// A lifecycle change (see `Store::apply_change`), all or nothing (a savepoint).
+pub(super) fn apply_change(conn: &mut Connection, ch: &super::CaseChange) -> Result<super::ChangeOutcome> {
+    use super::ChangeOutcome;
+    let tx = conn.savepoint()?;
+    if let Some(k) = &ch.inbox {
+        let n =
+            prepared(&tx, sql::INBOX)?.execute(params![k.endpoint, k.webhook_id, ch.case_id, k.digest, ch.now_ms])?;
+        if n == 0 {
+            let digest: String =
+                prepared(&tx, sql::INBOX_DIGEST)?.query_row(params![k.endpoint, k.webhook_id], |r| r.get(0))?;
+            return Ok(ChangeOutcome::Duplicate { digest });
+        }
+    }
+    let n = prepared(&tx, sql::CHANGE_CASE)?.execute(params![
+        ch.case_id,
+        ch.version,
+        ch.status,
+        ch.ticket_id,
+        ch.lifecycle,
+        ch.sla_due,
+        i64::from(ch.breached),
+        ch.now_ms
+    ])?;
+    if n == 0 {
+        // Dropping the savepoint rolls back the inbox row.
+        return Ok(ChangeOutcome::Stale);
+    }
+    {
+        let mut log = prepared(&tx, sql::LOG)?;
+        for (kind, actor, data) in &ch.log {
+            log.execute(params![ch.case_id, kind, actor, data, ch.now_ms])?;
+        }
+        if let Some((token, expires)) = &ch.survey {
+            prepared(&tx, sql::SURVEY)?.execute(params![token, ch.case_id, ch.now_ms, expires])?;
+        }
+        let mut job = prepared(&tx, sql::JOB)?;
+        let mut payload = prepared(&tx, sql::PAYLOAD)?;
+        for j in &ch.jobs {
+            let id: i64 = job
+                .query_row(params![j.event_id, ch.case_id, j.kind, j.destination, j.max_attempts, ch.now_ms], |r| {
+                    r.get(0)
+                })?;
+            payload.execute(params![id, j.payload])?;
+        }
+    }
+    tx.commit()?;
+    Ok(ChangeOutcome::Applied)
+}
+
 /// Runs `group` in one transaction and answers every call after its `COMMIT`.
 fn run_group(conn: &mut Connection, group: Vec<Call>) {
     // A transaction left open (a ROLLBACK that failed while a call unwound) would swallow every
@@ -294,8 +343,8 @@ fn commit_items(conn: &Connection, items: &[NewCase]) -> Result<Vec<Committed>> 
             stmt.execute(params![kind, value, customer, now])?;
         }
         let mut stmt = conn.prepare_cached(
-            "INSERT INTO cases (id, seq, case_ref, status, channel, source, customer_id, data, created_at, updated_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9)",
+            "INSERT INTO cases (id, seq, case_ref, status, channel, source, customer_id, data, created_at, updated_at, \
+             reply_route, sla_due) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?10, ?11)",
         )?;
         for it in &fresh {
             stmt.execute(params![
@@ -307,7 +356,9 @@ fn commit_items(conn: &Connection, items: &[NewCase]) -> Result<Vec<Committed>> 
                 it.source,
                 it.customer_id,
                 it.case_json,
-                it.now_ms
+                it.now_ms,
+                it.reply_route,
+                it.sla_due
             ])?;
         }
     }
@@ -440,14 +491,27 @@ pub(super) fn record_outcomes(conn: &mut Connection, outcomes: &[JobOutcome], no
     {
         let mut stmt = prepared(&tx, sql::RECORD_OUTCOME)?;
         let mut ticket = tx.prepare_cached("UPDATE cases SET ticket_id = ?2, updated_at = ?3 WHERE id = ?1")?;
+        let mut acked = tx.prepare_cached(
+            "UPDATE cases SET status = 'acknowledged', version = version + 1, updated_at = ?2 \
+             WHERE id = ?1 AND status = 'new'",
+        )?;
         for o in outcomes {
             let (state, next, error, delta) = o.kind.columns(now_ms);
-            let n = stmt.execute(params![o.id, o.attempts, state, next, error, delta, now_ms])?;
+            let provider = match &o.kind {
+                OutcomeKind::Done { provider_id, .. } => provider_id.as_deref(),
+                _ => None,
+            };
+            let n = stmt.execute(params![o.id, o.attempts, state, next, error, delta, now_ms, provider])?;
             counted.push(n == 1);
-            if let OutcomeKind::Done { case_id, ticket_id: Some(t) } = &o.kind
-                && !case_id.is_empty()
-            {
+            let OutcomeKind::Done { case_id, ticket_id, acknowledges, .. } = &o.kind else { continue };
+            if n != 1 || case_id.is_empty() {
+                continue;
+            }
+            if let Some(t) = ticket_id {
                 ticket.execute(params![case_id, t, now_ms])?;
+            }
+            if *acknowledges {
+                acked.execute(params![case_id, now_ms])?;
             }
         }
     }

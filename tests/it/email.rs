@@ -4,7 +4,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::mailsrv::{Dovecot, Mail, SmtpSink, crlf};
 use crate::support::*;
@@ -1243,5 +1243,151 @@ async fn email_a_message_over_the_size_limit_is_quarantined_by_its_header() {
     assert!(kept > 0 && kept < 1024, "only the header was kept: {item}");
     tokio::time::sleep(SETTLE).await;
     assert_eq!(case_count(&gw).await, 1, "the large message made no case");
+    gw.stop().await;
+}
+
+/// Mail to the customer about a case, in the order the sink received it.
+fn mail_about<'a>(sink: &'a [Mail], case_ref: &str) -> Vec<&'a Mail> {
+    sink.iter().filter(|m| m.subject.as_deref().is_some_and(|s| s.contains(case_ref))).collect()
+}
+
+/// A Chinese email complaint hears the ticket store's progress in its own thread, in order and in
+/// Chinese; a digit reply to the survey and a link answer both reach downstream as `case.feedback`,
+/// and "not solved" reopens the case.
+async fn the_email_lifecycle(db: TestDb, imap: Dovecot, smtp: SmtpSink) {
+    let tickets = Receiver::start().await;
+    let toml = email_toml(&db.url, &imap, &smtp, 200) + &downstream_toml(&tickets.url, 50);
+    let gw = Gateway::start(&toml).await;
+    let ts = TicketStore::new(&gw, DOWNSTREAM_SECRET);
+    let complaint_id = new_message_id();
+    imap.append(&chinese_complaint(&complaint_id)).await;
+    let ack = wait_mail(&smtp, 1, 20).await.remove(0);
+    let case = wait_cases(&gw, 1, 5).await.remove(0);
+    let (case_id, r) = (case["id"].as_str().expect("id").to_owned(), case_ref(&case));
+
+    assert_eq!(ts.status(&case_id, "in_progress").await.0, 200);
+    let reply = json!({ "type": "public_reply", "data": { "text": "您好，我们将为您全额退款，三个工作日内到账。", "author_display_name": "客服 王芳" } });
+    assert_eq!(ts.send(&case_id, &reply).await.0, 200);
+    assert_eq!(ts.status(&case_id, "resolved").await.0, 200);
+    let all = wait_mail(&smtp, 5, 20).await;
+    let thread = mail_about(&all, &r);
+    assert_eq!(thread.len(), 5, "acknowledgement, update, reply, update, survey: {thread:#?}");
+    assert_eq!(thread[0].message_id, ack.message_id);
+    for m in &thread {
+        assert_eq!(m.to, vec!["li.wei@example.cn".to_owned()]);
+        assert_eq!(m.in_reply_to, vec![complaint_id.clone()], "a reply in the customer's thread");
+        assert!(m.references.contains(&complaint_id));
+        assert!(m.subject.as_deref().is_some_and(|s| s.contains(&format!("[Case {r}]"))), "{:?}", m.subject);
+    }
+    let text = |i: usize| thread[i].text.join("\n");
+    assert!(text(1).contains("正在处理中"), "{}", text(1));
+    assert!(text(2).contains("全额退款") && text(2).contains("客服 王芳"), "{}", text(2));
+    assert!(text(3).contains("已解决"), "{}", text(3));
+    assert!(text(4).contains("1（很不满意）到 5（非常满意）") && text(4).contains("/v1/feedback/sv_"), "{}", text(4));
+
+    // The customer answers the survey by replying "5 是" on the first line.
+    let survey = thread[4];
+    let survey_id = survey.message_id.clone().expect("survey Message-ID");
+    let answer = mail(
+        "li.wei@example.cn",
+        &new_message_id(),
+        survey.subject.as_deref().expect("subject"),
+        &format!("In-Reply-To: <{survey_id}>\nReferences: <{complaint_id}> <{survey_id}>\n"),
+        &format!("5 是\n\n> {}", survey.text[0].replace('\n', "\n> ")),
+    );
+    imap.append(&answer).await;
+    let got = tickets.wait_until(20, "case.feedback", |g| g.iter().any(|x| x.body["type"] == "case.feedback")).await;
+    let fb = got.iter().find(|x| x.body["type"] == "case.feedback").map(|x| x.body["data"].clone()).expect("feedback");
+    assert_eq!((fb["rating"].as_u64(), fb["solved"].as_bool()), (Some(5), Some(true)), "{fb}");
+    assert_eq!(fb["case"]["feedback"]["via"], "reply");
+
+    // Then a one-click link says it is not solved after all: forwarded again, and the case reopens.
+    let link = survey.text[0]
+        .split_whitespace()
+        .find(|w| w.contains("solved=no"))
+        .expect("a 'not solved' link in the survey")
+        .to_owned();
+    let page = reqwest::get(&link).await.expect("link");
+    assert_eq!(page.status(), 200);
+    assert!(page.text().await.expect("page").contains("谢谢您"));
+    let got = tickets
+        .wait_until(20, "the second answer and the reopening", |g| {
+            g.iter().filter(|x| x.body["type"] == "case.feedback").count() == 2
+                && g.iter().any(|x| x.body["type"] == "case.updated" && x.body["data"]["case"]["status"] == "reopened")
+        })
+        .await;
+    let last = got.iter().rev().find(|x| x.body["type"] == "case.feedback").expect("feedback");
+    assert_eq!((last.body["data"]["rating"].as_u64(), last.body["data"]["solved"].as_bool()), (Some(5), Some(false)));
+    let c = get_ok(&gw, &format!("/v1/cases/{case_id}")).await;
+    assert_eq!(c["status"], "reopened");
+    assert_eq!(messages_of(&c), 2, "the survey reply is kept on the case too");
+    gw.stop().await;
+    db.cleanup().await;
+}
+
+#[tokio::test]
+async fn email_lifecycle_sqlite() {
+    let Some((imap, smtp)) = servers().await else { return };
+    the_email_lifecycle(TestDb::sqlite(), imap, smtp).await;
+}
+
+#[tokio::test]
+async fn email_lifecycle_postgres() {
+    let Some((imap, smtp)) = servers().await else { return };
+    let Some(db) = TestDb::postgres().await else { return };
+    the_email_lifecycle(db, imap, smtp).await;
+}
+
+/// A bounced address is unreachable: an update to it is not retried, the case records why, and the
+/// ticket store hears `case.updated` with `reachable: false`.
+#[tokio::test]
+async fn email_a_bounced_address_is_unreachable_for_updates() {
+    let Some((imap, smtp)) = servers().await else { return };
+    let db = TestDb::sqlite();
+    let tickets = Receiver::start().await;
+    let gw = Gateway::start(&(email_toml(&db.url, &imap, &smtp, 200) + &downstream_toml(&tickets.url, 50))).await;
+    let address = "gone@customer.example";
+    let (first, first_id) = complaint_from(address, "Broken kettle");
+    imap.append(&first).await;
+    let all = wait_cases(&gw, 1, 20).await;
+    let case = case_of(&all, &first_id).expect("the case").clone();
+    let acked = ack_message_id(&gw, &case).await;
+    wait_mail(&smtp, 1, 20).await;
+    imap.append(&bounce_of(&acked, address)).await;
+    let store = db.store().await;
+    eventually(20, "the bounce stored", || async {
+        (store.count_events(Some("bounce")).await.expect("events") == 1).then_some(())
+    })
+    .await;
+
+    let case_id = case["id"].as_str().expect("id");
+    let ts = TicketStore::new(&gw, DOWNSTREAM_SECRET);
+    let reply = json!({ "type": "public_reply", "data": { "text": "We are sending a new kettle." } });
+    assert_eq!(ts.send(case_id, &reply).await.0, 200);
+    let got = tickets
+        .wait_until(20, "case.updated reachable false", |g| {
+            g.iter().any(|x| x.body["type"] == "case.updated" && x.body["data"]["reachable"] == false)
+        })
+        .await;
+    let upd = got.iter().find(|x| x.body["type"] == "case.updated").expect("update");
+    assert!(upd.body["data"]["reason"].as_str().is_some_and(|r| r.contains(address)), "{}", upd.body);
+    tokio::time::sleep(SETTLE).await;
+    let jobs = get_ok(&gw, "/v1/outbox?limit=1000").await;
+    let reply_job = jobs["jobs"]
+        .as_array()
+        .expect("jobs")
+        .iter()
+        .find(|j| j["kind"] == "agent_reply")
+        .cloned()
+        .expect("the reply job");
+    assert_eq!(
+        (reply_job["state"].as_str(), reply_job["attempts"].as_i64()),
+        (Some("dead"), Some(1)),
+        "not retried: {reply_job}"
+    );
+    assert_eq!(smtp.messages().len(), 1, "nothing more was sent to the bounced address");
+    let c = get_ok(&gw, &format!("/v1/cases/{case_id}")).await;
+    assert!(c["unreachable"].as_str().is_some_and(|r| r.contains("bounced")), "{c}");
+    store.close().await;
     gw.stop().await;
 }

@@ -4,6 +4,7 @@ mod support;
 
 mod email;
 mod intake;
+mod lifecycle;
 mod mailsrv;
 mod outbox;
 mod process;

@@ -243,6 +243,8 @@ fn new_case(seq: i64, now_ms: i64, destinations: &[&str]) -> NewCase {
         attachments: vec![],
         ack_address: None,
         check_customer: false,
+        reply_route: None,
+        sla_due: None,
         digest: None,
     }
 }
@@ -761,7 +763,12 @@ fn done(job: &Job, ticket: Option<&str>) -> JobOutcome {
     JobOutcome {
         id: job.id,
         attempts: job.attempts,
-        kind: OutcomeKind::Done { case_id: job.case_id.clone(), ticket_id: ticket.map(str::to_owned) },
+        kind: OutcomeKind::Done {
+            case_id: job.case_id.clone(),
+            ticket_id: ticket.map(str::to_owned),
+            provider_id: None,
+            acknowledges: false,
+        },
     }
 }
 

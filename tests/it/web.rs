@@ -47,7 +47,7 @@ async fn signed_complaint_is_stored_acknowledged_and_forwarded() {
     assert!(errors.is_empty(), "case validates against schema/case.json: {errors:?}");
     assert_eq!(case["id"], case_id.as_str());
     assert_eq!(case["case_ref"], case_ref.as_str());
-    assert_eq!(case["schema_version"], 1);
+    assert_eq!(case["schema_version"], 2);
     assert_eq!(case["lang"], "zh");
     assert_eq!(case["category"], "logistics");
     assert_eq!(

@@ -21,13 +21,17 @@ pub struct ApiError {
     /// The JSON path of the offending field, when one field is to blame.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
+    /// What would have been accepted instead, when that is a short list (the next statuses of a
+    /// case after an invalid transition).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allowed: Option<Vec<String>>,
     #[serde(skip)]
     pub retry_after: Option<Duration>,
 }
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Self {
-        ApiError { status, code, detail: detail.into(), field: None, retry_after: None }
+        ApiError { status, code, detail: detail.into(), field: None, allowed: None, retry_after: None }
     }
 
     pub fn bad_request(code: &'static str, detail: impl Into<String>, field: impl Into<String>) -> Self {

@@ -139,20 +139,22 @@ impl From<IntakeError> for ApiError {
 /// The outcome of one delivery attempt by a channel.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum SendError {
-    /// Worth retrying (4xx from SMTP, a timeout, 429/503 from an API).
+    /// Worth retrying: a 4xx from SMTP, a refused connection, a timeout, 429/503 from an API.
     #[error("transient: {reason}")]
     Transient { reason: String, retry_after: Option<Duration> },
-    /// Retrying cannot help (5xx for the recipient, 400 from an API).
+    /// Retrying this message cannot help (a 5xx for it, a 400 from an API).
     #[error("permanent: {reason}")]
     Permanent { reason: String },
-    /// The peer could not be reached at all (connection refused, DNS); retried like transient.
+    /// The recipient cannot be reached on this channel at all: a blocked bot, an invalid number, a
+    /// hard bounce, an unsubscribe. Not retried; the case records it and downstream hears
+    /// `case.updated` with `reachable: false`.
     #[error("unreachable: {reason}")]
     Unreachable { reason: String },
 }
 
 impl SendError {
     pub fn is_transient(&self) -> bool {
-        !matches!(self, SendError::Permanent { .. })
+        matches!(self, SendError::Transient { .. })
     }
 }
 

@@ -229,13 +229,54 @@ pub struct Receipt {
     pub ack: Option<AckText>,
 }
 
-/// What an outbound message is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// What an outbound message is for; each channel renders it natively (a reply in the email thread,
+/// a callback for web, buttons in a chat, digits by SMS).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OutboundKind {
+    /// The automatic acknowledgement of a new case.
     Ack,
-    StatusUpdate,
-    Survey,
+    /// The case moved to `status` (one of the statuses the operator chose to tell customers).
+    StatusUpdate { status: String },
+    /// An agent's public reply, written in the ticket store.
+    AgentReply {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        author: Option<String>,
+    },
+    /// The satisfaction survey of a resolved case.
+    Survey(Survey),
+}
+
+/// A satisfaction survey: a rating and "was your problem solved?".
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Survey {
+    pub question: String,
+    /// The answers a customer can pick, each with its one-click link.
+    pub choices: Vec<SurveyChoice>,
+    /// The survey's feedback link (`GET` with `rating`, `solved`, `comment`).
+    pub link: String,
+    pub expires_at: i64,
+}
+
+/// One answer of a survey.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SurveyChoice {
+    /// What a channel sends back: `rating=1`…`rating=5`, `solved=yes`, `solved=no`.
+    pub value: String,
+    pub label: String,
+    pub url: String,
+}
+
+impl OutboundKind {
+    /// The name of its templates and of its callbacks' type.
+    pub fn name(&self) -> &'static str {
+        match self {
+            OutboundKind::Ack => "ack",
+            OutboundKind::StatusUpdate { .. } => "status_update",
+            OutboundKind::AgentReply { .. } => "agent_reply",
+            OutboundKind::Survey(_) => "survey",
+        }
+    }
 }
 
 /// One message to a customer, rendered, with the route to send it by.
@@ -246,6 +287,9 @@ pub struct Outbound {
     pub kind: OutboundKind,
     pub case_id: String,
     pub case_ref: String,
+    /// The case's status when the message was made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
     pub lang: Lang,
     pub subject: Option<String>,
     pub text: String,

@@ -246,7 +246,7 @@ const MAX_ANSWER_BYTES: usize = 64 * 1024;
 
 /// POSTs one signed message and classifies the answer the way Standard Webhooks senders do:
 /// 2xx is success; 410 Gone is permanent; 429/502/503/504 back off (honouring `Retry-After`);
-/// every other answer, 3xx included, is a failure worth retrying; no answer is `Unreachable`.
+/// every other answer, 3xx included, is a failure worth retrying; no answer is transient too.
 /// `client` must not follow redirects (`reqwest::redirect::Policy::none()`).
 pub async fn post_signed(
     client: &reqwest::Client,
@@ -272,10 +272,13 @@ pub async fn post_signed(
     let mut resp = match result {
         Ok(r) => r,
         Err(e) if e.is_timeout() => {
-            return Err(SendError::Unreachable { reason: format!("no answer within {} s", timeout.as_secs_f32()) });
+            return Err(SendError::Transient {
+                retry_after: None,
+                reason: format!("no answer within {} s", timeout.as_secs_f32()),
+            });
         }
         Err(e) => {
-            return Err(SendError::Unreachable { reason: error_chain(&e) });
+            return Err(SendError::Transient { reason: error_chain(&e), retry_after: None });
         }
     };
     let status = resp.status();
@@ -289,7 +292,10 @@ pub async fn post_signed(
             Ok(Some(chunk)) => answer.extend_from_slice(&chunk[..chunk.len().min(MAX_ANSWER_BYTES - answer.len())]),
             Ok(None) => break,
             Err(e) if status.is_success() => {
-                return Err(SendError::Unreachable { reason: format!("answer cut off: {}", error_chain(&e)) });
+                return Err(SendError::Transient {
+                    reason: format!("answer cut off: {}", error_chain(&e)),
+                    retry_after: None,
+                });
             }
             Err(_) => break,
         }

@@ -127,7 +127,7 @@ impl SmtpSender {
             Err(e) if e.is_transient() || e.is_timeout() => {
                 Err(SendError::Transient { reason: e.to_string(), retry_after: None })
             }
-            Err(e) => Err(SendError::Unreachable { reason: e.to_string() }),
+            Err(e) => Err(SendError::Transient { reason: e.to_string(), retry_after: None }),
         }
     }
 }
@@ -223,6 +223,7 @@ mod tests {
             kind: earshot_channel::OutboundKind::Ack,
             case_id: "case_1".into(),
             case_ref: "4827-1936-5".into(),
+            status: None,
             lang: earshot_channel::Lang::En,
             subject: None,
             text: "We have your complaint.".into(),

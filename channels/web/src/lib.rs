@@ -19,7 +19,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use earshot_channel::webhooks::{self, SigningKeys, VerifyError};
-use earshot_channel::{ApiError, Channel, ChannelKind, Intake, Outbound, ReplyRoute, SendError, Sent};
+use earshot_channel::{ApiError, Channel, ChannelKind, Intake, Outbound, OutboundKind, ReplyRoute, SendError, Sent};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use serde::Serialize;
@@ -122,12 +122,21 @@ impl Channel for WebChannel {
         let Some(src) = self.inner.sources.get(source) else {
             return Err(SendError::Permanent { reason: format!("source {source} is no longer configured") });
         };
+        let (kind, author, survey) = match &msg.kind {
+            OutboundKind::Ack => ("case.acknowledged", None, None),
+            OutboundKind::StatusUpdate { .. } => ("case.status_changed", None, None),
+            OutboundKind::AgentReply { author } => ("case.public_reply", author.as_deref(), None),
+            OutboundKind::Survey(s) => ("case.survey", None, Some(s)),
+        };
         let body = serde_json::to_vec(&CallbackBody {
-            kind: "case.acknowledged",
+            kind,
             case_id: &msg.case_id,
             case_ref: &msg.case_ref,
+            status: msg.status.as_deref(),
             lang: msg.lang.as_str(),
             text: &msg.text,
+            author,
+            survey,
         })
         .map_err(|e| SendError::Permanent { reason: e.to_string() })?;
         webhooks::post_signed(
@@ -160,13 +169,21 @@ impl Channel for WebChannel {
 }
 
 #[derive(Serialize)]
+/// A callback: `{type, case_id, case_ref, status, lang, text}`, plus `author` of a public reply and
+/// `survey` (question, choices with their one-click links, the feedback link) of a survey.
 struct CallbackBody<'a> {
     #[serde(rename = "type")]
     kind: &'static str,
     case_id: &'a str,
     case_ref: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status: Option<&'a str>,
     lang: &'static str,
     text: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    author: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    survey: Option<&'a earshot_channel::Survey>,
 }
 
 async fn inbound(
