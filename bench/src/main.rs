@@ -12,6 +12,7 @@
 //! grep one line and split it; notes for humans (first error seen and so on) go to stderr.
 
 mod delivery;
+mod lifecycle;
 
 use std::collections::BTreeMap;
 use std::path::{Path as FsPath, PathBuf};
@@ -104,6 +105,9 @@ enum Command {
         #[arg(long, default_value = "config/templates")]
         templates: PathBuf,
     },
+    /// The ticket store's status events: accepted/s (closed loop) and event → customer update
+    /// received (open loop), for web callbacks or email through an SMTP sink.
+    Events(lifecycle::EventsArgs),
     /// Spawn `BIN serve --config FILE`, poll BASE/readyz every 2 ms, print the time to the first 200,
     /// then kill the child.
     Startup {
@@ -184,6 +188,7 @@ fn main() -> anyhow::Result<()> {
             }
             Command::Seed { db, cases, batch, source, templates } => seed(&db, cases, batch, &source, &templates).await,
             Command::Startup { bin, config, url, timeout } => startup(&bin, &config, &url, timeout).await,
+            Command::Events(args) => lifecycle::run(args).await,
         }
     })
 }

@@ -194,7 +194,8 @@ pub struct EmailConfig {
     /// Default 52428800 (50 MiB).
     #[serde(default = "default_max_message_bytes")]
     pub max_message_bytes: u32,
-    /// Messages to one recipient per hour, whatever else holds (a loop breaker). Default 5.
+    /// Automatic acknowledgements to one recipient per hour, whatever else holds (a loop breaker;
+    /// status updates, agents' replies and surveys are not counted). Default 5.
     #[serde(default = "default_acks_per_hour")]
     pub max_acks_per_recipient_per_hour: u32,
     #[serde(default)]

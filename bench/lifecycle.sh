@@ -1,0 +1,206 @@
+#!/usr/bin/env bash
+# The way back, measured (issue: two-way cases). The bench plays the ticket store: it signs status
+# events with a [[downstream]] secret and alternates each case in_progress <-> awaiting_customer,
+# so that every event makes one customer update (both statuses are in [lifecycle] notify by default).
+#
+#   bench/lifecycle.sh                      # from the repository root
+#   CLOSED_SECS=10 OPEN_SECS=10 bench/lifecycle.sh
+#
+# Figures, each on a gateway run as a user runs it (default config and log level):
+#   events accepted/s, closed loop, whole path (every accepted event's update delivered), on SQLite
+#   and PostgreSQL, web cases with a callback_url;
+#   event accepted -> the customer's update received, open loop at RATE events/s: web callbacks
+#   (SQLite and PostgreSQL), and email through the local SMTP server (aiosmtpd, SQLite; the email
+#   cases are ingested first through Dovecot, as a user's mailbox would be).
+#
+# Environment: CASES (1000), CONCURRENCY (32), CLOSED_SECS (20), RATE (200), OPEN_SECS (20),
+# EMAIL_CASES (2000), EMAIL_SECS (10), PG_URL (postgres://postgres@127.0.0.1:5432/postgres;
+# SKIP_PG=1 skips it), SKIP_EMAIL=1. Everything listens on 127.0.0.1 and is stopped on exit.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+ROOT=$PWD
+CASES=${CASES:-1000}
+CONCURRENCY=${CONCURRENCY:-32}
+CLOSED_SECS=${CLOSED_SECS:-20}
+RATE=${RATE:-200}
+OPEN_SECS=${OPEN_SECS:-20}
+EMAIL_CASES=${EMAIL_CASES:-2000}
+EMAIL_SECS=${EMAIL_SECS:-10}
+PG_URL=${PG_URL:-postgres://postgres@127.0.0.1:5432/postgres}
+SKIP_PG=${SKIP_PG:-0}
+SKIP_EMAIL=${SKIP_EMAIL:-0}
+
+log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "FAILED: $*"; exit 1; }
+
+if [[ -e /tmp/earshot-cargo.lock ]]; then CARGO=(flock /tmp/earshot-cargo.lock cargo); else CARGO=(cargo); fi
+log "building (release)"
+"${CARGO[@]}" build --release -q -p earshot -p earshot-bench
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/earshot-lifecycle-bench.XXXXXX")
+chmod 755 "$WORK"
+mkdir "$WORK/bin"
+cp "$TARGET_DIR/release/earshot" "$TARGET_DIR/release/earshot-bench" "$WORK/bin/"
+EARSHOT=$WORK/bin/earshot
+BENCH=$WORK/bin/earshot-bench
+PIDS=()
+PG_DBS=()
+cleanup() {
+    set +e
+    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null; done
+    sleep 0.5
+    for pid in "${PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null; done
+    for db in "${PG_DBS[@]}"; do psql "$PG_URL" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1; done
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'; }
+SOURCE_SECRET="whsec_$(head -c 24 /dev/urandom | base64 | tr -d '\n')"
+TICKET_SECRET="whsec_$(head -c 24 /dev/urandom | base64 | tr -d '\n')"
+ADMIN=bench-admin-token-0123456789
+
+# config FILE PORT DB RECEIVER_PORT CALLBACK_PORT [EXTRA]
+config() {
+    cat >"$1" <<EOF
+[server]
+listen = "127.0.0.1:$2"
+admin_token = "$ADMIN"
+templates = "$ROOT/config/templates"
+
+[database]
+url = "$3"
+
+[channels.web]
+[[channels.web.sources]]
+name = "bench"
+secret = "$SOURCE_SECRET"
+callback_url = "http://127.0.0.1:$5/callback"
+rate_limit_per_sec = 1000000
+rate_limit_burst = 1000000
+
+[[downstream]]
+name = "tickets"
+url = "http://127.0.0.1:$4/events"
+secret = "$TICKET_SECRET"
+${6:-}
+EOF
+}
+
+start_gateway() {
+    local name=$1 config=$2 port=$3
+    "$EARSHOT" serve --config "$config" >"$WORK/$name.log" 2>&1 &
+    GW_PID=$!
+    PIDS+=("$GW_PID")
+    for _ in $(seq 300); do
+        curl -fsS -o /dev/null --max-time 1 "http://127.0.0.1:$port/readyz" 2>/dev/null && return 0
+        kill -0 "$GW_PID" 2>/dev/null || { tail -n 20 "$WORK/$name.log" >&2; die "$name exited"; }
+        sleep 0.1
+    done
+    die "$name not ready"
+}
+
+web_run() {
+    local label=$1 db=$2
+    local port rport cport
+    port=$(free_port); rport=$(free_port); cport=$(free_port)
+    config "$WORK/$label.toml" "$port" "$db" "$rport" "$cport"
+    start_gateway "$label" "$WORK/$label.toml" "$port"
+    log "$label: $CASES web cases, then $CLOSED_SECS s closed loop ($CONCURRENCY workers), then $OPEN_SECS s at $RATE/s"
+    "$BENCH" events --label "$label" --url "http://127.0.0.1:$port" --ticket-secret "$TICKET_SECRET" \
+        --receiver "127.0.0.1:$rport" --admin-token "$ADMIN" --channel web --source-secret "$SOURCE_SECRET" \
+        --callback "127.0.0.1:$cport" --cases "$CASES" --concurrency "$CONCURRENCY" --closed-secs "$CLOSED_SECS" \
+        --rate "$RATE" --open-secs "$OPEN_SECS"
+    kill -TERM "$GW_PID"; wait "$GW_PID" 2>/dev/null || true
+}
+
+echo "== lifecycle bench $(date -u +%FT%TZ), $(nproc) cores, commit $(git rev-parse --short HEAD 2>/dev/null || echo '?') =="
+web_run web-sqlite "sqlite://$WORK/web.db"
+if [[ $SKIP_PG != 1 ]]; then
+    db="earshot_lbench_$$"
+    psql "$PG_URL" -qc "CREATE DATABASE $db" >/dev/null || die "cannot create a PostgreSQL database at $PG_URL"
+    PG_DBS+=("$db")
+    web_run web-postgres "${PG_URL%/*}/$db"
+fi
+
+if [[ $SKIP_EMAIL != 1 ]]; then
+    command -v dovecot >/dev/null || die "dovecot is not installed (scripts/test.sh installs it)"
+    VENV=target/test-venv
+    [[ -x $VENV/bin/python ]] || die "no $VENV (scripts/test.sh makes it)"
+    D=$WORK/mail
+    mkdir -p "$D/run" "$D/state" "$D/home"
+    chmod 755 "$D"
+    chown 65534:65534 "$D/home"
+    echo 'tester:{PLAIN}secret123' >"$D/passwd"
+    imap=$(free_port); smtp=$(free_port)
+    cat >"$D/dovecot.conf" <<CONF
+protocols = imap
+listen = 127.0.0.1
+base_dir = $D/run
+state_dir = $D/state
+log_path = $D/dovecot.log
+ssl = no
+disable_plaintext_auth = no
+auth_mechanisms = plain login
+mail_location = maildir:~/Maildir
+passdb {
+  driver = passwd-file
+  args = scheme=PLAIN username_format=%u $D/passwd
+}
+userdb {
+  driver = static
+  args = uid=65534 gid=65534 home=$D/home/%u
+}
+service imap-login {
+  inet_listener imap {
+    address = 127.0.0.1
+    port = $imap
+  }
+  inet_listener imaps {
+    port = 0
+  }
+}
+CONF
+    dovecot -F -c "$D/dovecot.conf" & PIDS+=($!)
+    "$VENV/bin/python" -m aiosmtpd -n -l "127.0.0.1:$smtp" -c aiosmtpd.handlers.Mailbox "$D/sink" & PIDS+=($!)
+    for _ in $(seq 100); do python3 -c "import socket; socket.create_connection(('127.0.0.1', $imap), 0.2)" 2>/dev/null && break; sleep 0.05; done
+    log "email: appending $EMAIL_CASES complaints to Dovecot"
+    python3 - "$imap" "$EMAIL_CASES" <<'PY'
+import imaplib, sys, email.utils
+from email.message import EmailMessage
+port, n = int(sys.argv[1]), int(sys.argv[2])
+m = imaplib.IMAP4("127.0.0.1", port)
+m.login("tester", "secret123")
+for i in range(n):
+    msg = EmailMessage()
+    msg["From"] = f"Customer {i} <customer{i}@example.net>"
+    msg["To"] = "support@example.com"
+    msg["Message-ID"] = email.utils.make_msgid(idstring=f"lbench{i}", domain="example.net")
+    msg["Date"] = email.utils.formatdate()
+    msg["Subject"] = f"Order {i} is late"
+    msg.set_content(f"My order {i} has not moved for three days. Please help.")
+    m.append("INBOX", None, None, msg.as_bytes())
+m.logout()
+PY
+    port=$(free_port); rport=$(free_port); cport=$(free_port)
+    config "$WORK/email.toml" "$port" "sqlite://$WORK/email.db" "$rport" "$cport" "
+[[channels.email.mailboxes]]
+name = \"support\"
+address = \"support@example.com\"
+imap = { host = \"127.0.0.1\", port = $imap, security = \"plain\", username = \"tester\", password = \"secret123\", idle = true, poll_secs = 1, batch = 200 }
+smtp = { host = \"127.0.0.1\", port = $smtp, security = \"plain\" }"
+    # The downstream receiver runs inside the bench; until then case.created waits in the outbox.
+    start_gateway email "$WORK/email.toml" "$port"
+    log "email: waiting for $EMAIL_CASES acknowledgements at the SMTP sink"
+    for _ in $(seq 1200); do
+        n=$(ls "$D/sink/new" 2>/dev/null | wc -l)
+        [[ $n -ge $EMAIL_CASES ]] && break
+        sleep 0.25
+    done
+    [[ $n -ge $EMAIL_CASES ]] || die "only $n acknowledgements arrived"
+    log "email: $EMAIL_SECS s at $RATE/s"
+    "$BENCH" events --label email-sqlite --url "http://127.0.0.1:$port" --ticket-secret "$TICKET_SECRET" \
+        --receiver "127.0.0.1:$rport" --admin-token "$ADMIN" --channel email --maildir "$D/sink" \
+        --closed-secs 0 --rate "$RATE" --open-secs "$EMAIL_SECS"
+fi
