@@ -87,20 +87,21 @@ pub fn metrics_handle() -> Option<PrometheusHandle> {
         .clone()
 }
 
-/// The addresses the gateway sends from: never acknowledged, so two gateways cannot loop.
-fn own_addresses(settings: &Settings) -> std::collections::HashSet<String> {
-    #[cfg(feature = "email")]
-    if let Some(e) = &settings.email {
-        return e.mailboxes.iter().map(|m| m.address.to_lowercase()).collect();
-    }
-    let _ = settings;
-    std::collections::HashSet::new()
-}
-
 /// Runs the gateway on `listener` until `shutdown` is cancelled, then stops in order: the HTTP server
 /// finishes in-flight requests, the intake writer commits what is queued, outbox workers record the
 /// deliveries they started. Returns when all of that is done (or `shutdown_grace` has passed).
 pub async fn run(settings: Settings, listener: TcpListener, shutdown: CancellationToken) -> Result<(), RunError> {
+    run_with_channels(settings, listener, shutdown, Vec::new()).await
+}
+
+/// [`run`], with channels built outside the config beside the configured ones: a channel written
+/// against `earshot-channel` alone plugs in here (the integration tests' contract channel does).
+pub async fn run_with_channels(
+    settings: Settings,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+    extra: Vec<Arc<dyn earshot_channel::Channel>>,
+) -> Result<(), RunError> {
     let store = store::open(&settings.database.url, settings.database.max_connections).await?;
     let templates = Arc::new(notify::Templates::load(&settings.templates_dir)?);
     let client = reqwest::Client::builder()
@@ -110,7 +111,11 @@ pub async fn run(settings: Settings, listener: TcpListener, shutdown: Cancellati
         // a 200 from wherever it leads would count as delivered.
         .redirect(reqwest::redirect::Policy::none())
         .build()?;
-    let channels = Arc::new(channels::Channels::from_settings(&settings, &client)?);
+    let mut channels = channels::Channels::from_settings(&settings, &client)?;
+    for c in extra {
+        channels = channels.with(c)?;
+    }
+    let channels = Arc::new(channels);
     let wake = Arc::new(Notify::new());
 
     // Survey links point here: the configured public URL, else the address actually bound (which
@@ -135,7 +140,8 @@ pub async fn run(settings: Settings, listener: TcpListener, shutdown: Cancellati
     let sla = tokio::spawn(lifecycle.clone().run_sla(shutdown.clone()));
     let builder = Builder {
         templates,
-        own_addresses: own_addresses(&settings),
+        // Every channel's own identities: never acknowledged, so two gateways cannot loop.
+        own_identities: channels.all().flat_map(|(_, c)| c.own_identities()).map(|r| r.key()).collect(),
         ack_window: settings.ack_window,
         downstream: settings.downstream.clone().into(),
         channel_max_attempts: i64::from(settings.outbox.max_attempts),

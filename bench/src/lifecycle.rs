@@ -303,6 +303,30 @@ pub async fn run(a: EventsArgs) -> anyhow::Result<()> {
         bail!("no cases to send events about");
     }
     eprintln!("note: {} {} cases", ids.len(), a.channel);
+    // Start from a quiet outbox: the cases' own jobs (case.created, acknowledgements; with email, a
+    // backlog that waited for this receiver) are delivered before anything is measured.
+    let settle = Instant::now();
+    loop {
+        let mut busy = false;
+        for state in ["pending", "leased"] {
+            let v: Value = client
+                .get(format!("{base}/v1/outbox?state={state}&limit=1"))
+                .bearer_auth(&a.admin_token)
+                .send()
+                .await?
+                .json()
+                .await?;
+            busy |= v["jobs"].as_array().is_some_and(|j| !j.is_empty());
+        }
+        if !busy {
+            break;
+        }
+        if settle.elapsed() > Duration::from_secs(180) {
+            bail!("the outbox did not empty within 180 s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!("note: outbox empty after {} ms", settle.elapsed().as_millis());
     let sender = Arc::new(Sender {
         client: client.clone(),
         base: base.clone(),

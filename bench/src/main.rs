@@ -698,7 +698,7 @@ fn seed_builder(templates: &FsPath) -> anyhow::Result<earshot::intake::Builder> 
         .with_context(|| format!("loading the templates from {}", templates.display()))?;
     Ok(earshot::intake::Builder {
         templates: Arc::new(templates),
-        own_addresses: Default::default(),
+        own_identities: Default::default(),
         ack_window: Duration::from_secs(600),
         downstream: Vec::new().into(),
         channel_max_attempts: 12,

@@ -48,3 +48,11 @@ CREATE TABLE surveys (
 -- The channel's own id of a sent message (SMTP queue id, Telegram message id, SMS sid).
 ALTER TABLE outbox ADD COLUMN provider_id TEXT;
 CREATE INDEX outbox_case ON outbox (case_id);
+
+-- The per-recipient rules (acknowledgement window, suppression) work for every channel: their key
+-- is `<channel>:<address>` (`email:li@example.com`, `telegram:123456`). Every row so far is email.
+UPDATE suppressions SET address = 'email:' || address;
+UPDATE ack_log SET address = 'email:' || address;
+
+-- A customer's reply that quotes the channel's own id of one of our messages finds its case.
+CREATE INDEX outbox_provider ON outbox (provider_id) WHERE provider_id IS NOT NULL;

@@ -18,9 +18,10 @@ use crate::store::{NewCase, NewJob};
 /// Everything needed to turn an [`Inbound`] into a [`NewCase`].
 pub struct Builder {
     pub templates: Arc<Templates>,
-    /// The gateway's own addresses (email mailboxes): never acknowledged.
-    pub own_addresses: std::collections::HashSet<String>,
-    /// At most one email acknowledgement per address within this window.
+    /// The gateway's own identities, as recipient keys (`Recipient::key`), that every channel
+    /// names (its mailboxes, its bot): never acknowledged.
+    pub own_identities: std::collections::HashSet<String>,
+    /// At most one acknowledgement per recipient within this window.
     pub ack_window: Duration,
     pub downstream: Arc<[Endpoint]>,
     pub channel_max_attempts: i64,
@@ -48,8 +49,7 @@ fn ms(t: OffsetDateTime) -> i64 {
 fn ack_needs_send(route: &ReplyRoute) -> bool {
     match route {
         ReplyRoute::Web { callback_url, .. } => callback_url.is_some(),
-        ReplyRoute::Email { .. } => true,
-        // Routes of channels added later answer through the channel itself.
+        // Every other route answers through its channel.
         _ => true,
     }
 }
@@ -89,19 +89,17 @@ impl Builder {
         }
     }
 
-    /// Renders every row of a new case. `customer_id` is the known customer of one of its identities,
-    /// or `None` for a new customer.
-    /// The address an email acknowledgement would go to, if the route is email.
-    pub fn email_recipient(inbound: &Inbound) -> Option<&str> {
-        match &inbound.reply_route {
-            ReplyRoute::Email { to, .. } => Some(to),
-            _ => None,
-        }
+    /// The key (`Recipient::key`) of whom an acknowledgement would reach, for the per-recipient
+    /// rules (window, suppression, own identities); `None` where the route reaches no customer's
+    /// address (web: the site's backend).
+    pub fn recipient_key(inbound: &Inbound) -> Option<String> {
+        inbound.reply_route.recipient().map(|r| r.key())
     }
 
-    /// Whether the gateway must stay silent towards this sender whatever else holds.
+    /// Whether the gateway must stay silent towards this sender whatever else holds: it is one of
+    /// the gateway's own identities, on any channel.
     pub fn is_own_address(&self, inbound: &Inbound) -> bool {
-        Self::email_recipient(inbound).is_some_and(|to| self.own_addresses.contains(&to.to_lowercase()))
+        Self::recipient_key(inbound).is_some_and(|k| self.own_identities.contains(&k))
     }
 
     /// Renders a follow-up: the message joins `case`, which downstream hears as `case.message_added`.
@@ -235,7 +233,7 @@ impl Builder {
         let mut jobs = Vec::with_capacity(self.downstream.len() + 1);
         let mut ack_address = None;
         if let Some(ack) = ack.as_ref().filter(|_| send_ack && ack_needs_send(&inbound.reply_route)) {
-            ack_address = Self::email_recipient(inbound).map(str::to_owned);
+            ack_address = Self::recipient_key(inbound);
             let id = EventId::generate();
             let outbound = Outbound {
                 id: id.0.clone(),
@@ -252,7 +250,7 @@ impl Builder {
             jobs.push(NewJob {
                 event_id: id.0,
                 kind: "ack",
-                destination: channel_destination(inbound.channel, inbound.reply_route.sender()),
+                destination: channel_destination(inbound.reply_route.channel(), inbound.reply_route.sender()),
                 payload: serde_json::to_string(&outbound)?,
                 max_attempts: self.channel_max_attempts,
             });

@@ -12,9 +12,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use earshot_channel::{
-    AutoKind, ChannelEvent, ChannelKind, Inbound, Intake, IntakeError, Outbound, Receipt, ReplyRoute,
-};
+use earshot_channel::{AutoKind, ChannelEvent, ChannelKind, Inbound, Intake, IntakeError, Outbound, Receipt};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
@@ -84,7 +82,7 @@ impl IntakeService {
         if inbound.thread.is_some()
             || inbound.automatic.is_some()
             || inbound.identities.is_empty()
-            || Builder::email_recipient(inbound).is_some()
+            || Builder::recipient_key(inbound).is_some()
         {
             return None;
         }
@@ -116,6 +114,36 @@ impl Intake for IntakeService {
         // The writer always answers; a dropped sender means it died, and nothing was committed.
         answer.await.unwrap_or_else(|_| Err(IntakeError::Unavailable("the intake writer stopped".into())))
     }
+    async fn answer_survey(&self, token: &str, answer: &str) -> Result<bool, IntakeError> {
+        use crate::lifecycle::LifecycleError;
+        let mut parts: std::collections::HashMap<&str, &str> = std::collections::HashMap::new();
+        for pair in answer.split('&') {
+            if let Some((k, v)) = pair.split_once('=') {
+                parts.insert(k.trim(), v.trim());
+            }
+        }
+        let Ok(parsed) = crate::lifecycle::survey::parse_link(
+            parts.get("rating").copied(),
+            parts.get("solved").copied(),
+            parts.get("comment").copied(),
+        ) else {
+            return Ok(false);
+        };
+        if parsed.is_empty() {
+            return Ok(false);
+        }
+        let case = match self.lifecycle.survey_case(token).await {
+            Ok(Some((case, _))) => case,
+            Ok(None) => return Ok(false),
+            Err(e) => return Err(IntakeError::Unavailable(e.to_string())),
+        };
+        match self.lifecycle.feedback(&case.id.0, &parsed, "channel").await {
+            Ok(_) => Ok(true),
+            Err(LifecycleError::SurveyClosed | LifecycleError::NotFound(_)) => Ok(false),
+            Err(e) => Err(IntakeError::Unavailable(e.to_string())),
+        }
+    }
+
     async fn record_event(&self, ev: ChannelEvent) -> Result<(), IntakeError> {
         if self.store.has_event(ev.channel.as_str(), &ev.external_id.0).await.map_err(unavailable)? {
             // Fetched again (a rescan after a UIDVALIDITY change, a crash before the cursor moved):
@@ -259,12 +287,12 @@ impl IntakeService {
                 continue;
             }
             if let Some(job) = self.store.job_by_event_id(local).await.map_err(unavailable)?
-                && let Ok(Outbound { reply_route: ReplyRoute::Email { to, .. }, .. }) =
-                    serde_json::from_str(&job.payload)
+                && let Ok(Outbound { reply_route, .. }) = serde_json::from_str(&job.payload)
+                && let Some(recipient) = reply_route.recipient()
                 // When the report lists failed recipients, ours must be among them.
-                && (failed.is_empty() || failed.contains(&to.to_lowercase()))
+                && (failed.is_empty() || failed.contains(&recipient.address))
             {
-                addresses.push(to);
+                addresses.push(recipient.key());
             }
         }
         if addresses.is_empty() && !failed.is_empty() {

@@ -302,10 +302,9 @@ async fn prepare(ctx: &WriterContext, groups: &mut [Group]) -> crate::store::Res
     let now = OffsetDateTime::now_utc();
     let now_ms = crate::now_ms();
 
-    // Email recipients that must not get an acknowledgement now: suppressed after a bounce, or
-    // acknowledged within the window.
-    let recipients: Vec<String> =
-        groups.iter().filter_map(|g| Builder::email_recipient(&g.first.inbound).map(str::to_owned)).collect();
+    // Recipients (on any channel) that must not get an acknowledgement now: suppressed after a
+    // bounce or an unsubscribe, or acknowledged within the window.
+    let recipients: Vec<String> = groups.iter().filter_map(|g| Builder::recipient_key(&g.first.inbound)).collect();
     let mut silent: HashSet<String> = HashSet::new();
     if !recipients.is_empty() {
         silent.extend(ctx.store.suppressed(&recipients, now_ms).await?);
@@ -358,7 +357,7 @@ async fn prepare(ctx: &WriterContext, groups: &mut [Group]) -> crate::store::Res
             out.push(Prepared::Event);
             continue;
         }
-        let recipient = Builder::email_recipient(inbound).map(str::to_owned);
+        let recipient = Builder::recipient_key(inbound);
         let send_ack = !ctx.builder.is_own_address(inbound) && recipient.as_ref().is_none_or(|r| !silent.contains(r));
         if !send_ack {
             tracing::info!(recipient = ?recipient, "No acknowledgement: own address, suppressed, or acknowledged within the window.");

@@ -185,7 +185,7 @@ impl<'a> Draft<'a> {
         self.jobs.push(NewJob {
             event_id: id.0,
             kind: kind.name(),
-            destination: channel_destination(self.case.channel, route.sender()),
+            destination: channel_destination(route.channel(), route.sender()),
             payload,
             max_attempts: self.lc.settings.channel_max_attempts,
         });
@@ -256,9 +256,9 @@ impl<'a> Draft<'a> {
         );
         ctx["expires"] = json!(life::at(expires).date().to_string());
         self.life.survey = Some(SurveyState { token: token.clone(), sent_at: self.now, expires_at: expires });
-        self.survey = Some((token, expires));
+        self.survey = Some((token.clone(), expires));
         self.log("survey_sent", Some("gateway"), json!({ "expires_at": expires }));
-        let survey = Survey { question: question.into(), choices, link, expires_at: expires };
+        let survey = Survey { question: question.into(), choices, link, expires_at: expires, token: token.clone() };
         self.tell_customer(OutboundKind::Survey(survey), ctx)
     }
 

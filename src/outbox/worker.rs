@@ -88,11 +88,20 @@ impl Deliverer {
                 breaker_failures: ep.breaker_failures,
             })
             .collect();
+        // check-config keeps configured deadlines within the lease; a channel plugged in from
+        // outside the config is held to it here.
+        let cap = settings.lease.mul_f64(0.8);
         for (kind, channel) in self.channels.all() {
             for sender in channel.senders() {
+                let mut deadline = channel.send_deadline(&sender);
+                if deadline > cap {
+                    tracing::warn!(channel = %kind, sender = %sender, deadline_ms = deadline.as_millis() as u64, lease_ms = settings.lease.as_millis() as u64,
+                        "A channel's send deadline is not within outbox.lease; cut to four fifths of the lease.");
+                    deadline = cap;
+                }
                 specs.push(Spec {
                     destination: crate::intake::channel_destination(kind, &sender),
-                    deadline: channel.send_deadline(&sender),
+                    deadline,
                     max_in_flight: settings.max_in_flight,
                     breaker_failures: settings.breaker_failures,
                 });
@@ -183,19 +192,15 @@ pub async fn run_workers(
     let _ = retention.await;
 }
 
-/// The recipient of an email job when a bounce has suppressed that address since the job was
-/// queued: sending on would only earn another bounce (and could feed a mail loop).
+/// The recipient of a channel job when it has been suppressed since the job was queued (a bounce, an
+/// unsubscribe): sending on would only earn another bounce (and could feed a mail loop).
 pub(super) async fn suppressed_recipient(store: &dyn Store, job: &Job) -> Option<String> {
-    if !matches!(target(&job.destination), Some(Target::Channel("email", _))) {
+    if !matches!(target(&job.destination), Some(Target::Channel(..))) {
         return None;
     }
-    let Ok(Outbound { reply_route: earshot_channel::ReplyRoute::Email { to, .. }, .. }) =
-        serde_json::from_str::<Outbound>(&job.payload)
-    else {
-        return None;
-    };
-    match store.suppressed(std::slice::from_ref(&to), crate::now_ms()).await {
-        Ok(hit) if !hit.is_empty() => Some(to),
+    let recipient = serde_json::from_str::<Outbound>(&job.payload).ok()?.reply_route.recipient()?;
+    match store.suppressed(&[recipient.key()], crate::now_ms()).await {
+        Ok(hit) if !hit.is_empty() => Some(recipient.address),
         Ok(_) => None,
         Err(e) => {
             tracing::warn!(job = job.id, error = %e, "Could not check the suppression list; sending anyway.");

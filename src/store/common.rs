@@ -283,6 +283,17 @@ macro_rules! shared_queries {
                 in_list(&mut qb, message_ids);
                 let rows: Vec<Row> = qb.build_query_as().fetch_all(&mut *conn).await?;
                 hits.extend(rows.into_iter().map(to_hit));
+                // A reply that quotes the channel's own id of one of our messages to it
+                // (`Sent::provider_id`: a Telegram message id, an SMS sid).
+                let mut qb = QueryBuilder::<$db>::new(
+                    "SELECT c.id, c.case_ref, c.status, c.customer_id, o.provider_id FROM outbox o \
+                     JOIN cases c ON c.id = o.case_id WHERE o.destination LIKE ",
+                );
+                qb.push_bind(format!("channel:{channel}:%")).push(" AND o.provider_id IN ");
+                in_list(&mut qb, message_ids);
+                let rows: Vec<(String, String, String, String, Option<String>)> =
+                    qb.build_query_as().fetch_all(&mut *conn).await?;
+                hits.extend(rows.into_iter().map(|(a, b, c, d, e)| to_hit((a, b, c, d, e.unwrap_or_default()))));
             }
             if !event_ids.is_empty() {
                 let mut qb = QueryBuilder::<$db>::new(

@@ -2,6 +2,7 @@
 
 mod support;
 
+mod contract;
 mod email;
 mod intake;
 mod lifecycle;

@@ -13,7 +13,7 @@ use crate::support::*;
 /// The intake's case builder for a test config, to write cases straight into a store.
 fn builder(settings: &Settings) -> earshot::intake::Builder {
     earshot::intake::Builder {
-        own_addresses: Default::default(),
+        own_identities: Default::default(),
         ack_window: Duration::from_secs(600),
         templates: std::sync::Arc::new(
             earshot::notify::Templates::load(std::path::Path::new("config/templates")).expect("templates"),

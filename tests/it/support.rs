@@ -164,11 +164,16 @@ pub struct Gateway {
 
 impl Gateway {
     pub async fn start(toml: &str) -> Gateway {
+        Self::start_with_channels(toml, Vec::new()).await
+    }
+
+    /// The gateway with channels built by the test beside the configured ones.
+    pub async fn start_with_channels(toml: &str, extra: Vec<Arc<dyn earshot_channel::Channel>>) -> Gateway {
         init_logs();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let token = CancellationToken::new();
-        let handle = tokio::spawn(earshot::run(settings(toml), listener, token.clone()));
+        let handle = tokio::spawn(earshot::run_with_channels(settings(toml), listener, token.clone(), extra));
         let gw = Gateway { addr, base: format!("http://{addr}"), token, handle };
         gw.wait_ready().await;
         gw

@@ -43,6 +43,11 @@ pub trait Intake: Send + Sync {
     /// event instead; its receipt then has empty ids and status `event`.
     async fn submit(&self, msg: Inbound) -> Result<Receipt, IntakeError>;
 
+    /// Records a customer's answer to a survey that reached them through this channel (a chat
+    /// button, an SMS digit): `answer` is one of the survey's choice values (`rating=5`,
+    /// `solved=no`) or several joined by `&`. Returns false when the survey is unknown or closed.
+    async fn answer_survey(&self, token: &str, answer: &str) -> Result<bool, IntakeError>;
+
     /// Stores a bounce or report; returns once it is durable.
     async fn record_event(&self, event: ChannelEvent) -> Result<(), IntakeError>;
 
@@ -90,6 +95,12 @@ pub trait Channel: Send + Sync + 'static {
     /// The accounts this channel sends from (mailboxes, sources with a callback, a bot), as named
     /// by [`ReplyRoute::sender`]: each gets its own in-flight budget and breaker in the outbox.
     fn senders(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// The channel's own identities (its mailboxes' addresses, its bot): the core never
+    /// acknowledges a message from one of them, so that two gateways cannot answer each other.
+    fn own_identities(&self) -> Vec<Recipient> {
         Vec::new()
     }
 

@@ -20,6 +20,8 @@ pub enum ChannelKind {
 }
 
 impl ChannelKind {
+    pub const ALL: [ChannelKind; 4] = [ChannelKind::Web, ChannelKind::Email, ChannelKind::Telegram, ChannelKind::Phone];
+
     pub fn as_str(self) -> &'static str {
         match self {
             ChannelKind::Web => "web",
@@ -126,15 +128,67 @@ pub enum ReplyRoute {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         subject: Option<String>,
     },
+    /// A message to one recipient of a chat or phone channel: a Telegram chat, a phone number.
+    Direct {
+        /// The channel (`telegram`, `phone`).
+        via: ChannelKind,
+        /// The configured account the answer goes out from (a bot, a phone number).
+        sender: String,
+        /// Who it goes to: a chat id, an E.164 number.
+        recipient: String,
+        /// The channel's id of the customer's message to answer to (a Telegram message id), if any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reply_to: Option<String>,
+    },
+}
+
+/// Who a message goes to: a channel and the recipient's address on it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Recipient {
+    pub channel: ChannelKind,
+    /// An email address, a chat id, a phone number.
+    pub address: String,
+}
+
+impl Recipient {
+    pub fn new(channel: ChannelKind, address: &str) -> Recipient {
+        Recipient { channel, address: address.to_lowercase() }
+    }
+
+    /// `email:li@example.com`, `telegram:123456`: the key of the core's per-recipient rules
+    /// (acknowledgement window, suppression, own identities).
+    pub fn key(&self) -> String {
+        format!("{}:{}", self.channel.as_str(), self.address)
+    }
 }
 
 impl ReplyRoute {
-    /// The configured account a reply on this route goes out from (the web source, the mailbox):
-    /// the outbox gives each one its own in-flight budget and breaker.
+    /// The configured account a reply on this route goes out from (the web source, the mailbox, the
+    /// bot): the outbox gives each one its own in-flight budget and breaker.
     pub fn sender(&self) -> &str {
         match self {
             ReplyRoute::Web { source, .. } => source,
             ReplyRoute::Email { mailbox, .. } => mailbox,
+            ReplyRoute::Direct { sender, .. } => sender,
+        }
+    }
+
+    /// The channel an answer on this route goes through.
+    pub fn channel(&self) -> ChannelKind {
+        match self {
+            ReplyRoute::Web { .. } => ChannelKind::Web,
+            ReplyRoute::Email { .. } => ChannelKind::Email,
+            ReplyRoute::Direct { via, .. } => *via,
+        }
+    }
+
+    /// The person an answer reaches, on which the core's loop and abuse rules work. `None` for
+    /// web: answers go to the site's own backend, which is no customer's address and cannot loop.
+    pub fn recipient(&self) -> Option<Recipient> {
+        match self {
+            ReplyRoute::Web { .. } => None,
+            ReplyRoute::Email { to, .. } => Some(Recipient::new(ChannelKind::Email, to)),
+            ReplyRoute::Direct { via, recipient, .. } => Some(Recipient::new(*via, recipient)),
         }
     }
 }
@@ -255,6 +309,9 @@ pub struct Survey {
     pub choices: Vec<SurveyChoice>,
     /// The survey's feedback link (`GET` with `rating`, `solved`, `comment`).
     pub link: String,
+    /// The survey's token: a channel that takes answers itself (chat buttons, SMS digits) hands it
+    /// back with the answer ([`crate::Intake::answer_survey`]).
+    pub token: String,
     pub expires_at: i64,
 }
 

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use earshot_channel::{Channel, ChannelError, ChannelKind, Intake, Outbound, SendError, Sent};
+use earshot_channel::{Channel, ChannelError, ChannelKind, Intake, Outbound, Recipient, SendError, Sent};
 use tokio_util::sync::CancellationToken;
 
 use crate::parse::ParseOptions;
@@ -62,6 +62,10 @@ impl Channel for EmailChannel {
 
     fn senders(&self) -> Vec<String> {
         self.mailbox_names()
+    }
+
+    fn own_identities(&self) -> Vec<Recipient> {
+        self.mailboxes.iter().map(|m| Recipient::new(ChannelKind::Email, &m.address)).collect()
     }
 
     fn send_deadline(&self, sender: &str) -> std::time::Duration {
