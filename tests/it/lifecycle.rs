@@ -428,3 +428,27 @@ async fn cases_are_listed_with_filters_and_pages() {
     gw.stop().await;
     db.cleanup().await;
 }
+
+#[tokio::test]
+async fn after_the_survey_window_a_link_answers_gone_and_changes_nothing() {
+    let db = TestDb::sqlite();
+    let (tickets, crm) = (Receiver::start().await, Receiver::start_with("127.0.0.1:0", CRM_SECRET).await);
+    let callback = Receiver::start_with("127.0.0.1:0", SOURCE_SECRET).await;
+    let gw = Gateway::start(&two_way_toml(&db.url, &tickets, &crm, &callback, "[survey]\nwindow = \"1s\"\n")).await;
+    let ts = TicketStore::new(&gw, DOWNSTREAM_SECRET);
+    let (case_id, _) = new_shop_case(&gw, "The strap broke on the first day.").await;
+    assert_eq!(ts.status(&case_id, "in_progress").await.0, 200);
+    assert_eq!(ts.status(&case_id, "resolved").await.0, 200);
+    let got = callback.wait_until(10, "the survey", |r| !of_type(r, "case.survey").is_empty()).await;
+    let link = of_type(&got, "case.survey")[0].body["survey"]["link"].as_str().expect("link").to_owned();
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let page = reqwest::get(format!("{link}?rating=1&solved=no")).await.expect("late answer");
+    assert_eq!(page.status(), 410);
+    let (_, case) = gw.admin_get(&format!("/v1/cases/{case_id}")).await;
+    assert_eq!(case["status"], "resolved", "a late 'not solved' reopens nothing");
+    assert!(case["feedback"].is_null());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(of_type(&tickets.received(), "case.feedback").is_empty());
+    gw.stop().await;
+    db.cleanup().await;
+}

@@ -705,3 +705,41 @@ async fn outbox_cli_lists_and_replays_dead_jobs() {
     assert_eq!(counts.get("dead").copied().unwrap_or(0), 0, "{counts:?}");
     db.cleanup().await;
 }
+
+/// `earshot cases list` filters like `GET /v1/cases` and pages with a printed cursor; `cases show`
+/// prints the case with its timeline; a bad filter is a clear error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cases_cli_lists_with_filters_and_shows_a_timeline() {
+    let db = TestDb::sqlite();
+    let receiver = Receiver::start().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let port = free_port();
+    let cfg = write_config(dir.path(), "earshot.toml", port, &db.url, &downstream_toml(&receiver.url, 12));
+    let mut gw = Proc::start(&cfg, port, "cases-cli").await;
+    let mut ids = Vec::new();
+    for text in ["The fridge is loud.", "The oven door is cracked.", "Wrong fridge colour."] {
+        let (status, body) = within(10, "complaint", gw.web().send(&complaint(text))).await;
+        ids.push(accepted_case(status, &body));
+    }
+    let (code, out, err) = cli(&cfg, &["cases", "list", "--text", "fridge"]).await;
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    let listed: Vec<&str> =
+        out.lines().filter_map(|l| l.split_whitespace().nth(1)).filter(|id| id.starts_with("case_")).collect();
+    assert_eq!(listed, [ids[2].as_str(), ids[0].as_str()], "newest first, only those that say fridge:\n{out}");
+    let (code, out, _) = cli(&cfg, &["cases", "list", "--limit", "2"]).await;
+    assert_eq!(code, Some(0));
+    let cursor =
+        out.lines().find_map(|l| l.strip_prefix("more: --cursor ")).expect("a cursor for the next page").to_owned();
+    let (_, next, _) = cli(&cfg, &["cases", "list", "--limit", "2", "--cursor", &cursor]).await;
+    assert!(next.contains(&ids[0]) && !next.contains(&ids[1]) && !next.contains("more:"), "{next}");
+    let (code, out, err) = cli(&cfg, &["cases", "show", &ids[1]]).await;
+    assert_eq!(code, Some(0), "{err}");
+    let shown: Value = serde_json::from_str(&out).expect("cases show prints JSON");
+    assert_eq!(shown["id"], ids[1].as_str());
+    assert!(shown["timeline"].as_array().is_some_and(|t| t.iter().any(|e| e["kind"] == "message_in")), "{shown}");
+    let (code, _, err) = cli(&cfg, &["cases", "list", "--status", "done"]).await;
+    assert_ne!(code, Some(0));
+    assert!(err.contains("status"), "{err}");
+    gw.stop().await;
+    db.cleanup().await;
+}

@@ -82,6 +82,9 @@ on_both_backends!(store check_customers_for => sqlite_customers_for, postgres_cu
 on_both_backends!(store check_customer_checked_at_commit => sqlite_customer_checked_at_commit, postgres_customer_checked_at_commit);
 on_both_backends!(store check_mailbox_leases => sqlite_mailbox_leases, postgres_mailbox_leases);
 on_both_backends!(store check_channel_state_is_idempotent => sqlite_channel_state_is_idempotent, postgres_channel_state_is_idempotent);
+on_both_backends!(store check_case_changes => sqlite_case_changes, postgres_case_changes);
+on_both_backends!(store check_acknowledged_and_provider_id => sqlite_acknowledged_and_provider_id, postgres_acknowledged_and_provider_id);
+on_both_backends!(store check_sla_due_and_search => sqlite_sla_due_and_search, postgres_sla_due_and_search);
 
 // Concurrency: SQLite is written by one process, so its concurrent callers share one store; on
 // PostgreSQL they are two stores (two pools, as two gateway instances) on one database.
@@ -1136,4 +1139,129 @@ async fn sqlite_in_memory_is_refused_with_a_clear_error() {
         let err = earshot::store::SqliteStore::open(url, 1).await.err().expect("refused");
         assert!(err.to_string().contains("in-memory SQLite database is not supported"), "{url}: {err}");
     }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// The lifecycle's store API
+
+fn change(case_id: &str, version: i64, status: &str, now_ms: i64) -> earshot::store::CaseChange {
+    earshot::store::CaseChange {
+        case_id: case_id.to_owned(),
+        version,
+        status: status.to_owned(),
+        ticket_id: None,
+        lifecycle: "{}".to_owned(),
+        sla_due: None,
+        breached: false,
+        log: vec![("status_changed".into(), Some("downstream:tickets".into()), "{}".into())],
+        inbox: None,
+        survey: None,
+        jobs: vec![NewJob {
+            event_id: EventId::generate().0,
+            kind: "status_update",
+            destination: WEB.to_owned(),
+            payload: "{}".to_owned(),
+            max_attempts: 5,
+        }],
+        now_ms,
+    }
+}
+
+/// A change is written whole over the version it was computed from, once per inbox key; a stale
+/// or repeated one writes nothing.
+async fn check_case_changes(store: &dyn Store) {
+    use earshot::store::{ChangeOutcome, InboxKey};
+    let s = seqs(store, 1).await;
+    let a = new_case(s[0], T0, &[]);
+    commit(store, std::slice::from_ref(&a)).await;
+    let state = store.case_state(&a.case_id).await.expect("case_state").expect("the case");
+    assert_eq!((state.status.as_str(), state.version), ("new", 0));
+
+    let key = InboxKey { endpoint: "tickets".into(), webhook_id: "evt_1".into(), digest: "d1".into() };
+    let mut first = change(&a.case_id, 0, "in_progress", T0 + 1);
+    first.inbox = Some(key.clone());
+    first.survey = Some(("sv_token".into(), T0 + 1000));
+    assert_eq!(store.apply_change(first.clone()).await.expect("apply"), ChangeOutcome::Applied);
+    let state = store.case_state(&a.case_id).await.expect("case_state").expect("the case");
+    assert_eq!((state.status.as_str(), state.version, state.lifecycle.as_deref()), ("in_progress", 1, Some("{}")));
+    assert_eq!(store.inbox_digest("tickets", "evt_1").await.expect("inbox"), Some("d1".to_owned()));
+    assert_eq!(store.survey("sv_token").await.expect("survey"), Some((a.case_id.clone(), T0 + 1000)));
+    assert_eq!(store.case_log(&a.case_id).await.expect("log").len(), 1);
+    assert_eq!(jobs_of(store, &a.case_id).await.len(), 1);
+
+    // The same key again: a duplicate, nothing written (not even over the right version).
+    let mut again = change(&a.case_id, 1, "awaiting_customer", T0 + 2);
+    again.inbox = Some(key);
+    assert_eq!(store.apply_change(again).await.expect("apply"), ChangeOutcome::Duplicate { digest: "d1".into() });
+    // Over a version that has moved on: stale, nothing written, its inbox key not kept.
+    let mut stale = change(&a.case_id, 0, "resolved", T0 + 3);
+    stale.inbox = Some(InboxKey { endpoint: "tickets".into(), webhook_id: "evt_2".into(), digest: "d2".into() });
+    assert_eq!(store.apply_change(stale).await.expect("apply"), ChangeOutcome::Stale);
+    assert_eq!(store.inbox_digest("tickets", "evt_2").await.expect("inbox"), None);
+    let state = store.case_state(&a.case_id).await.expect("case_state").expect("the case");
+    assert_eq!((state.status.as_str(), state.version), ("in_progress", 1));
+    assert_eq!(store.case_log(&a.case_id).await.expect("log").len(), 1);
+    assert_eq!(jobs_of(store, &a.case_id).await.len(), 1);
+    assert!(store.case_state("case_missing").await.expect("case_state").is_none());
+}
+
+/// A delivered acknowledgement moves a new case to acknowledged (and only a new one); a delivered
+/// job keeps the channel's id of the message, by which a reply finds its case.
+async fn check_acknowledged_and_provider_id(store: &dyn Store) {
+    let s = seqs(store, 1).await;
+    let a = new_case(s[0], T0, &["channel:telegram:bot"]);
+    commit(store, std::slice::from_ref(&a)).await;
+    let got = lease(store, T0 + 1, 10).await;
+    let outcome = JobOutcome {
+        id: got[0].id,
+        attempts: got[0].attempts,
+        kind: OutcomeKind::Done {
+            case_id: a.case_id.clone(),
+            ticket_id: None,
+            provider_id: Some("4242:17".into()),
+            acknowledges: true,
+        },
+    };
+    assert_eq!(store.record_outcomes(vec![outcome], T0 + 2).await.expect("record"), vec![true]);
+    let state = store.case_state(&a.case_id).await.expect("case_state").expect("the case");
+    assert_eq!((state.status.as_str(), state.version), ("acknowledged", 1));
+    let hits = store.find_thread("telegram", &["4242:17".to_owned()], &[], &[]).await.expect("find_thread");
+    assert_eq!(hits.iter().map(|h| h.case_id.as_str()).collect::<Vec<_>>(), [a.case_id.as_str()]);
+    assert!(
+        store.find_thread("email", &["4242:17".to_owned()], &[], &[]).await.expect("find_thread").is_empty(),
+        "a provider id counts only on its own channel"
+    );
+}
+
+/// The breach scan finds cases by their earliest running due time; the listing filters.
+async fn check_sla_due_and_search(store: &dyn Store) {
+    use earshot::store::CaseFilter;
+    let s = seqs(store, 3).await;
+    let mut cases: Vec<NewCase> = s.iter().map(|&n| new_case(n, T0, &[])).collect();
+    cases[0].sla_due = Some(T0 + 100);
+    cases[1].sla_due = Some(T0 + 50);
+    commit(store, &cases).await;
+    let due = store.sla_due_cases(T0 + 100, 10).await.expect("due");
+    assert_eq!(due, [cases[1].case_id.clone(), cases[0].case_id.clone()], "earliest first, none without a clock");
+    assert_eq!(store.sla_due_cases(T0 + 60, 10).await.expect("due"), [cases[1].case_id.clone()]);
+    let mut breach = change(&cases[1].case_id, 0, "new", T0 + 60);
+    breach.breached = true;
+    breach.jobs.clear();
+    store.apply_change(breach).await.expect("apply");
+    assert_eq!(store.sla_due_cases(T0 + 100, 10).await.expect("due"), [cases[0].case_id.clone()]);
+
+    let all = |f: CaseFilter| async move {
+        store
+            .search_cases(&CaseFilter { limit: 10, ..f })
+            .await
+            .expect("search")
+            .into_iter()
+            .map(|r| r.id)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(all(CaseFilter { breached: Some(true), ..Default::default() }).await, [cases[1].case_id.clone()]);
+    assert_eq!(all(CaseFilter { before_seq: Some(s[2]), ..Default::default() }).await.len(), 2);
+    assert_eq!(all(CaseFilter { text: Some("CUP ARRIVED".into()), ..Default::default() }).await.len(), 3);
+    assert!(all(CaseFilter { text: Some("cup%".into()), ..Default::default() }).await.is_empty());
+    assert!(all(CaseFilter { status: Some("closed".into()), ..Default::default() }).await.is_empty());
 }
