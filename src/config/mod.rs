@@ -138,163 +138,20 @@ pub struct DownstreamConfig {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ChannelsConfig {
-    pub web: Option<WebConfig>,
-    pub email: Option<EmailConfig>,
+    /// `[channels.web]`, owned by the web channel's crate.
+    #[cfg(feature = "web")]
+    pub web: Option<earshot_channel_web::WebConfig>,
+    #[cfg(not(feature = "web"))]
+    pub web: Option<toml::Value>,
+    /// `[channels.email]`, owned by the email channel's crate.
+    #[cfg(feature = "email")]
+    pub email: Option<earshot_channel_email::config::EmailConfig>,
+    #[cfg(not(feature = "email"))]
+    pub email: Option<toml::Value>,
     /// Reserved for the Telegram channel; this version refuses a config that sets it.
     pub telegram: Option<toml::Value>,
     /// Reserved for the phone channel; this version refuses a config that sets it.
     pub phone: Option<toml::Value>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WebConfig {
-    /// Largest accepted body. Default 65536.
-    #[serde(default = "default_max_body_bytes")]
-    pub max_body_bytes: usize,
-    /// Timeout of one acknowledgement POST to a `callback_url`. Default 10.
-    #[serde(default = "default_callback_timeout_secs")]
-    pub callback_timeout_secs: u64,
-    #[serde(default)]
-    pub sources: Vec<WebSourceConfig>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WebSourceConfig {
-    pub name: Option<String>,
-    /// `whsec_…` secret shared with the web site's backend; `env:NAME` allowed.
-    pub secret: Option<String>,
-    /// Several secrets, during a rotation (instead of `secret`): a request signed with any is
-    /// accepted, and callbacks carry one signature per secret.
-    pub secrets: Option<Vec<String>>,
-    /// Where acknowledgements are POSTed, signed with `secret`. Optional.
-    pub callback_url: Option<String>,
-    /// Sustained requests per second from this source. Default 50.
-    #[serde(default = "default_rate")]
-    pub rate_limit_per_sec: u32,
-    /// Requests allowed at once above the sustained rate. Default 100.
-    #[serde(default = "default_burst")]
-    pub rate_limit_burst: u32,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EmailConfig {
-    /// At most one acknowledgement per sender address within this window. Default `10m`.
-    #[serde(default = "default_ack_window")]
-    pub ack_window: String,
-    /// How long an address that bounced one of our messages gets nothing more. Default `7d`.
-    #[serde(default = "default_undeliverable_for")]
-    pub undeliverable_for: String,
-    /// Attachment content is kept up to this size; larger ones keep metadata only. Default 10 MiB.
-    #[serde(default = "default_max_attachment_bytes")]
-    pub max_attachment_bytes: usize,
-    /// A message larger than this is not fetched whole: its header and size are quarantined.
-    /// Default 52428800 (50 MiB).
-    #[serde(default = "default_max_message_bytes")]
-    pub max_message_bytes: u32,
-    /// Automatic acknowledgements to one recipient per hour, whatever else holds (a loop breaker;
-    /// status updates, agents' replies and surveys are not counted). Default 5.
-    #[serde(default = "default_acks_per_hour")]
-    pub max_acks_per_recipient_per_hour: u32,
-    #[serde(default)]
-    pub mailboxes: Vec<MailboxConfig>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MailboxConfig {
-    pub name: Option<String>,
-    /// The mailbox's address: acknowledgements come from it, and it is never acknowledged.
-    pub address: Option<String>,
-    /// Display name on acknowledgements, e.g. "Example Support".
-    pub display_name: Option<String>,
-    pub imap: Option<ImapConfig>,
-    pub smtp: Option<SmtpConfig>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ImapConfig {
-    pub host: Option<String>,
-    /// Default 993 for `tls`, 143 otherwise.
-    pub port: Option<u16>,
-    /// `tls` (default), `starttls`, or `plain` (unencrypted; for local tests only).
-    #[serde(default = "default_security")]
-    pub security: String,
-    pub username: Option<String>,
-    /// `env:NAME` allowed.
-    pub password: Option<String>,
-    #[serde(default = "default_folder")]
-    pub folder: String,
-    /// Use IMAP IDLE when the server offers it. Default true.
-    #[serde(default = "default_true")]
-    pub idle: bool,
-    /// Seconds between checks without IDLE (and the longest IDLE wait). Default 60.
-    #[serde(default = "default_poll_secs")]
-    pub poll_secs: u64,
-    /// Move committed messages to this folder instead of flagging them `\Seen`.
-    pub move_to: Option<String>,
-    /// Messages fetched and committed per round. Default 200.
-    #[serde(default = "default_imap_batch")]
-    pub batch: u32,
-    /// A PEM file of certificates to trust besides the public roots: a private CA (or a self-signed
-    /// server certificate that is not marked CA:TRUE; rustls refuses a CA used as the server's
-    /// own). Default none.
-    pub ca_file: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SmtpConfig {
-    pub host: Option<String>,
-    /// Default 465 for `tls`, 587 for `starttls`, 25 for `plain`.
-    pub port: Option<u16>,
-    #[serde(default = "default_security")]
-    pub security: String,
-    pub username: Option<String>,
-    /// `env:NAME` allowed.
-    pub password: Option<String>,
-    /// Seconds per SMTP conversation. Default 30.
-    #[serde(default = "default_smtp_timeout")]
-    pub timeout_secs: u64,
-    /// As `imap.ca_file`: extra trusted certificates (PEM). Default none.
-    pub ca_file: Option<String>,
-}
-
-fn default_ack_window() -> String {
-    "10m".into()
-}
-fn default_undeliverable_for() -> String {
-    "7d".into()
-}
-fn default_max_attachment_bytes() -> usize {
-    10 * 1024 * 1024
-}
-fn default_max_message_bytes() -> u32 {
-    50 * 1024 * 1024
-}
-fn default_acks_per_hour() -> u32 {
-    5
-}
-fn default_security() -> String {
-    "tls".into()
-}
-fn default_folder() -> String {
-    "INBOX".into()
-}
-fn default_true() -> bool {
-    true
-}
-fn default_poll_secs() -> u64 {
-    60
-}
-fn default_imap_batch() -> u32 {
-    200
-}
-fn default_smtp_timeout() -> u64 {
-    30
 }
 
 #[derive(Debug, Deserialize)]
@@ -393,18 +250,6 @@ fn default_timeout_secs() -> u64 {
 }
 fn default_max_attempts() -> u32 {
     12
-}
-fn default_max_body_bytes() -> usize {
-    65536
-}
-fn default_callback_timeout_secs() -> u64 {
-    10
-}
-fn default_rate() -> u32 {
-    50
-}
-fn default_burst() -> u32 {
-    100
 }
 fn default_max_batch() -> usize {
     256

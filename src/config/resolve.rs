@@ -3,27 +3,15 @@
 //! A problem message never contains a secret's value: only the key path and what is wrong with it.
 
 use std::net::SocketAddr;
-use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use earshot_channel::webhooks::{SigningKey, SigningKeys};
+use earshot_channel::config::Checker;
+pub use earshot_channel::config::Problem;
+use earshot_channel::webhooks::SigningKeys;
 use secrecy::SecretString;
 
 use super::Config;
-
-/// One problem in a config file, e.g. `channels.web.sources[0].secret: missing`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Problem {
-    pub key: String,
-    pub message: String,
-}
-
-impl std::fmt::Display for Problem {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}", self.key, self.message)
-    }
-}
 
 /// A downstream ticket-store endpoint, checked.
 #[derive(Debug, Clone)]
@@ -93,109 +81,9 @@ pub struct Settings {
     pub notify: Vec<crate::schema::CaseStatus>,
 }
 
-struct Checker {
-    problems: Vec<Problem>,
-}
-
-impl Checker {
-    fn problem(&mut self, key: impl Into<String>, message: impl Into<String>) {
-        self.problems.push(Problem { key: key.into(), message: message.into() });
-    }
-
-    fn required<'a>(&mut self, key: &str, value: Option<&'a str>) -> Option<&'a str> {
-        match value.map(str::trim) {
-            Some(v) if !v.is_empty() => Some(v),
-            _ => {
-                self.problem(key, "missing");
-                None
-            }
-        }
-    }
-
-    /// `env:NAME` is read from the environment; anything else is the secret itself.
-    fn secret(&mut self, key: &str, value: &str) -> Option<String> {
-        match value.strip_prefix("env:") {
-            Some(name) => match std::env::var(name) {
-                Ok(v) if !v.is_empty() => Some(v),
-                _ => {
-                    self.problem(key, format!("environment variable {name} is not set"));
-                    None
-                }
-            },
-            None => Some(value.to_owned()),
-        }
-    }
-
-    fn whsec(&mut self, key: &str, value: Option<&str>) -> Option<SigningKey> {
-        let raw = self.required(key, value)?;
-        let secret = self.secret(key, raw)?;
-        match SigningKey::from_whsec(&secret) {
-            Ok(k) => Some(k),
-            Err(e) => {
-                self.problem(key, e.to_string());
-                None
-            }
-        }
-    }
-
-    /// `secret = "whsec_…"` or, during a rotation, `secrets = ["whsec_new", "whsec_old"]` under
-    /// `prefix`; every problem with its key path.
-    fn whsec_keys(&mut self, prefix: &str, secret: Option<&str>, secrets: Option<&[String]>) -> Option<SigningKeys> {
-        match (secret, secrets) {
-            (Some(_), Some(_)) => {
-                self.problem(format!("{prefix}.secrets"), "set either secret or secrets, not both");
-                None
-            }
-            (_, Some([])) => {
-                self.problem(format!("{prefix}.secrets"), "list at least one secret");
-                None
-            }
-            (_, Some(list)) => {
-                let keys: Vec<Option<SigningKey>> = list
-                    .iter()
-                    .enumerate()
-                    .map(|(i, s)| self.whsec(&format!("{prefix}.secrets[{i}]"), Some(s)))
-                    .collect();
-                keys.into_iter().collect::<Option<Vec<_>>>().and_then(SigningKeys::new)
-            }
-            (secret, None) => self.whsec(&format!("{prefix}.secret"), secret).map(SigningKeys::from),
-        }
-    }
-
-    fn duration(&mut self, key: &str, value: &str) -> Option<Duration> {
-        match humantime::parse_duration(value) {
-            Ok(d) => Some(d),
-            Err(e) => {
-                self.problem(key, format!("{value:?} is not a duration like \"30s\" or \"5m\" ({e})"));
-                None
-            }
-        }
-    }
-
-    fn http_url(&mut self, key: &str, value: &str) -> Option<String> {
-        match reqwest::Url::parse(value) {
-            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Some(value.to_owned()),
-            Ok(_) => {
-                self.problem(key, format!("{value:?} is not an http(s) URL"));
-                None
-            }
-            Err(e) => {
-                self.problem(key, format!("{value:?} is not a URL ({e})"));
-                None
-            }
-        }
-    }
-
-    fn positive(&mut self, key: &str, value: u64) {
-        if value == 0 {
-            self.problem(key, "must be greater than 0");
-        }
-    }
-}
-
 /// Checks `cfg`; `base` is the folder of the config file, against which `templates` is resolved.
 pub fn resolve(cfg: &Config, base: &Path) -> Result<Settings, Vec<Problem>> {
-    let mut c = Checker { problems: Vec::new() };
+    let mut c = Checker::default();
 
     let listen = match cfg.server.listen.parse::<SocketAddr>() {
         Ok(a) => Some(a),
@@ -264,20 +152,35 @@ pub fn resolve(cfg: &Config, base: &Path) -> Result<Settings, Vec<Problem>> {
         }
     }
 
-    let web = cfg
-        .channels
-        .web
-        .as_ref()
-        .and_then(|w| resolve_web(&mut c, w, body_read_timeout.unwrap_or(Duration::from_secs(30))));
-    let email = cfg.channels.email.as_ref().and_then(|e| resolve_email(&mut c, e));
-    let ack_window = cfg
-        .channels
-        .email
-        .as_ref()
-        .map_or(Some(Duration::from_secs(600)), |e| c.duration("channels.email.ack_window", &e.ack_window));
-    let undeliverable_for = cfg.channels.email.as_ref().map_or(Some(Duration::from_secs(7 * 86400)), |e| {
-        c.duration("channels.email.undeliverable_for", &e.undeliverable_for)
+    #[cfg(feature = "web")]
+    let web =
+        cfg.channels.web.as_ref().and_then(|w| w.resolve(&mut c, body_read_timeout.unwrap_or(Duration::from_secs(30))));
+    #[cfg(not(feature = "web"))]
+    let web: Option<WebOut> = cfg.channels.web.as_ref().and_then(|_| {
+        c.problem("channels.web", "this build has no web channel (cargo feature `web`)");
+        None
     });
+    // Host and pid say where a lease holder runs; the random part keeps two gateways in one
+    // process (or a pid reused after a restart) from passing for the same holder.
+    let instance = format!("{}-{}-{}", hostname(), std::process::id(), &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    #[cfg(feature = "email")]
+    let email = cfg.channels.email.as_ref().and_then(|e| e.resolve(&mut c, instance));
+    #[cfg(not(feature = "email"))]
+    let email: Option<EmailOut> = cfg.channels.email.as_ref().and_then(|_| {
+        let _ = instance;
+        c.problem("channels.email", "this build has no email channel (cargo feature `email`)");
+        None
+    });
+    // The per-recipient rules work for every channel; their keys live in the email section, where
+    // they were first documented.
+    #[cfg_attr(not(feature = "email"), allow(unused_mut))]
+    let (mut ack_window, mut undeliverable_for) =
+        (Some(Duration::from_secs(600)), Some(Duration::from_secs(7 * 86400)));
+    #[cfg(feature = "email")]
+    if let Some(e) = &cfg.channels.email {
+        ack_window = c.duration("channels.email.ack_window", &e.ack_window);
+        undeliverable_for = c.duration("channels.email.undeliverable_for", &e.undeliverable_for);
+    }
     for (key, section) in [("channels.telegram", &cfg.channels.telegram), ("channels.phone", &cfg.channels.phone)] {
         if section.is_some() {
             c.problem(key, "this version of Earshot has no such channel yet; remove the section");
@@ -403,11 +306,13 @@ fn longest_send_deadline(cfg: &Config) -> Option<(String, Duration)> {
     for (i, d) in cfg.downstream.iter().enumerate() {
         all.push((format!("downstream[{i}].timeout_secs"), d.timeout_secs));
     }
+    #[cfg(feature = "web")]
     if let Some(w) = &cfg.channels.web
         && w.sources.iter().any(|s| s.callback_url.is_some())
     {
         all.push(("channels.web.callback_timeout_secs".into(), w.callback_timeout_secs));
     }
+    #[cfg(feature = "email")]
     if let Some(e) = &cfg.channels.email {
         for (i, m) in e.mailboxes.iter().enumerate() {
             if let Some(smtp) = &m.smtp {
@@ -425,220 +330,17 @@ fn longest_send_deadline(cfg: &Config) -> Option<(String, Duration)> {
     best.map(|(k, v)| (k, Duration::from_secs(v)))
 }
 
-/// The web channel's settings, or nothing when the channel is not compiled in.
-#[cfg(feature = "web")]
-pub type WebOut = earshot_channel_web::WebSettings;
-#[cfg(not(feature = "web"))]
-pub type WebOut = std::convert::Infallible;
-
-fn resolve_web(c: &mut Checker, w: &super::WebConfig, body_read_timeout: Duration) -> Option<WebOut> {
-    if w.max_body_bytes < 256 {
-        c.problem("channels.web.max_body_bytes", "must be at least 256");
-    }
-    c.positive("channels.web.callback_timeout_secs", w.callback_timeout_secs);
-    let mut sources = Vec::new();
-    let mut names = std::collections::HashSet::new();
-    for (i, s) in w.sources.iter().enumerate() {
-        let p = format!("channels.web.sources[{i}]");
-        let name = c.required(&format!("{p}.name"), s.name.as_deref()).map(str::to_owned);
-        if let Some(n) = &name {
-            if !n.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_') {
-                c.problem(format!("{p}.name"), "use letters, digits, - and _ only (it is part of a URL)");
-            } else if !names.insert(n.clone()) {
-                c.problem(format!("{p}.name"), format!("{n:?} is used by another source"));
-            }
-        }
-        let keys = c.whsec_keys(&p, s.secret.as_deref(), s.secrets.as_deref());
-        let callback = s.callback_url.as_deref().and_then(|u| c.http_url(&format!("{p}.callback_url"), u));
-        let rate = NonZeroU32::new(s.rate_limit_per_sec);
-        let burst = NonZeroU32::new(s.rate_limit_burst);
-        if rate.is_none() {
-            c.problem(format!("{p}.rate_limit_per_sec"), "must be greater than 0");
-        }
-        if burst.is_none() {
-            c.problem(format!("{p}.rate_limit_burst"), "must be greater than 0");
-        }
-        #[cfg(feature = "web")]
-        if let (Some(name), Some(keys), Some(rate_per_sec), Some(burst)) = (name, keys, rate, burst) {
-            sources.push(earshot_channel_web::SourceSettings {
-                name,
-                keys,
-                callback_url: callback,
-                rate_per_sec,
-                burst,
-            });
-        }
-        #[cfg(not(feature = "web"))]
-        let _ = (name, keys, callback, rate, burst, &mut sources);
-    }
-    #[cfg(feature = "web")]
-    {
-        Some(earshot_channel_web::WebSettings {
-            max_body_bytes: w.max_body_bytes,
-            body_read_timeout,
-            callback_timeout: Duration::from_secs(w.callback_timeout_secs),
-            sources,
-        })
-    }
-    #[cfg(not(feature = "web"))]
-    {
-        let _ = (sources, body_read_timeout);
-        c.problem("channels.web", "this build has no web channel (cargo feature `web`)");
-        None
-    }
-}
-
 /// The email channel's settings, or nothing when the channel is not compiled in.
 #[cfg(feature = "email")]
 pub type EmailOut = earshot_channel_email::settings::EmailSettings;
 #[cfg(not(feature = "email"))]
 pub type EmailOut = std::convert::Infallible;
 
-#[cfg(feature = "email")]
-fn security(c: &mut Checker, key: &str, v: &str) -> Option<earshot_channel_email::settings::Security> {
-    use earshot_channel_email::settings::Security;
-    match v {
-        "tls" => Some(Security::Tls),
-        "starttls" => Some(Security::Starttls),
-        "plain" => Some(Security::Plain),
-        _ => {
-            c.problem(key, format!("{v:?} is not one of tls, starttls, plain"));
-            None
-        }
-    }
-}
-
-/// Reads and checks a `ca_file`: `Some(None)` when unset, `Some(Some(pem))` when it holds
-/// certificates, `None` (with the problem reported) when it cannot be used.
-#[cfg(feature = "email")]
-fn ca_file(c: &mut Checker, key: &str, path: Option<&str>) -> Option<Option<Vec<u8>>> {
-    let Some(path) = path else { return Some(None) };
-    let pem = match std::fs::read(path) {
-        Ok(pem) => pem,
-        Err(e) => {
-            c.problem(key, format!("cannot read {path}: {e}"));
-            return None;
-        }
-    };
-    match earshot_channel_email::tls::pem_certificates(&pem) {
-        Ok(_) => Some(Some(pem)),
-        Err(e) => {
-            c.problem(key, format!("{path}: {e}"));
-            None
-        }
-    }
-}
-
-#[cfg(feature = "email")]
-fn resolve_email(c: &mut Checker, e: &super::EmailConfig) -> Option<EmailOut> {
-    use earshot_channel_email::settings::{EmailSettings, ImapSettings, MailboxSettings, Security, SmtpSettings};
-    let mut mailboxes = Vec::new();
-    let mut names = std::collections::HashSet::new();
-    if e.mailboxes.is_empty() {
-        c.problem("channels.email.mailboxes", "configure at least one [[channels.email.mailboxes]]");
-    }
-    for (i, m) in e.mailboxes.iter().enumerate() {
-        let p = format!("channels.email.mailboxes[{i}]");
-        let name = c.required(&format!("{p}.name"), m.name.as_deref()).map(str::to_owned);
-        if let Some(n) = &name
-            && !names.insert(n.clone())
-        {
-            c.problem(format!("{p}.name"), format!("{n:?} is used by another mailbox"));
-        }
-        let address = c.required(&format!("{p}.address"), m.address.as_deref()).map(str::to_lowercase);
-        if let Some(a) = &address
-            && !a.contains('@')
-        {
-            c.problem(format!("{p}.address"), format!("{a:?} is not an email address"));
-        }
-        let imap = match &m.imap {
-            None => {
-                c.problem(format!("{p}.imap"), "missing");
-                None
-            }
-            Some(im) => {
-                let k = format!("{p}.imap");
-                let host = c.required(&format!("{k}.host"), im.host.as_deref()).map(str::to_owned);
-                let sec = security(c, &format!("{k}.security"), &im.security);
-                let user = c.required(&format!("{k}.username"), im.username.as_deref()).map(str::to_owned);
-                let pass = c
-                    .required(&format!("{k}.password"), im.password.as_deref())
-                    .and_then(|v| c.secret(&format!("{k}.password"), v));
-                c.positive(&format!("{k}.poll_secs"), im.poll_secs);
-                c.positive(&format!("{k}.batch"), u64::from(im.batch));
-                let ca_pem = ca_file(c, &format!("{k}.ca_file"), im.ca_file.as_deref());
-                match (host, sec, user, pass, ca_pem) {
-                    (Some(host), Some(security), Some(username), Some(password), Some(ca_pem)) => Some(ImapSettings {
-                        port: im.port.unwrap_or(if security == Security::Tls { 993 } else { 143 }),
-                        host,
-                        security,
-                        username,
-                        password: password.into(),
-                        folder: im.folder.clone(),
-                        idle: im.idle,
-                        poll: Duration::from_secs(im.poll_secs.max(1)),
-                        move_to: im.move_to.clone(),
-                        batch: im.batch.max(1),
-                        ca_pem,
-                    }),
-                    _ => None,
-                }
-            }
-        };
-        let smtp = match &m.smtp {
-            None => {
-                c.problem(format!("{p}.smtp"), "missing");
-                None
-            }
-            Some(sm) => {
-                let k = format!("{p}.smtp");
-                let host = c.required(&format!("{k}.host"), sm.host.as_deref()).map(str::to_owned);
-                let sec = security(c, &format!("{k}.security"), &sm.security);
-                let pass = sm.password.as_deref().and_then(|v| c.secret(&format!("{k}.password"), v));
-                if sm.username.is_some() != sm.password.is_some() {
-                    c.problem(format!("{k}.password"), "username and password go together");
-                }
-                c.positive(&format!("{k}.timeout_secs"), sm.timeout_secs);
-                let ca_pem = ca_file(c, &format!("{k}.ca_file"), sm.ca_file.as_deref());
-                match (host, sec, ca_pem) {
-                    (Some(host), Some(security), Some(ca_pem)) => Some(SmtpSettings {
-                        port: sm.port.unwrap_or(match security {
-                            Security::Tls => 465,
-                            Security::Starttls => 587,
-                            Security::Plain => 25,
-                        }),
-                        host,
-                        security,
-                        username: sm.username.clone(),
-                        password: pass.map(Into::into),
-                        timeout: Duration::from_secs(sm.timeout_secs.max(1)),
-                        ca_pem,
-                    }),
-                    _ => None,
-                }
-            }
-        };
-        if let (Some(name), Some(address), Some(imap), Some(smtp)) = (name, address, imap, smtp) {
-            mailboxes.push(MailboxSettings { name, address, display_name: m.display_name.clone(), imap, smtp });
-        }
-    }
-    c.positive("channels.email.max_acks_per_recipient_per_hour", u64::from(e.max_acks_per_recipient_per_hour));
-    Some(EmailSettings {
-        mailboxes,
-        max_attachment_bytes: e.max_attachment_bytes,
-        max_message_bytes: e.max_message_bytes.max(1024),
-        max_acks_per_recipient_per_hour: e.max_acks_per_recipient_per_hour,
-        // Host and pid say where a lease holder runs; the random part keeps two gateways in one
-        // process (or a pid reused after a restart) from passing for the same holder.
-        instance: format!("{}-{}-{}", hostname(), std::process::id(), &uuid::Uuid::new_v4().simple().to_string()[..8]),
-    })
-}
-
-#[cfg(not(feature = "email"))]
-fn resolve_email(c: &mut Checker, _: &super::EmailConfig) -> Option<EmailOut> {
-    c.problem("channels.email", "this build has no email channel (cargo feature `email`)");
-    None
-}
+/// The web channel's settings, or nothing when the channel is not compiled in.
+#[cfg(feature = "web")]
+pub type WebOut = earshot_channel_web::WebSettings;
+#[cfg(not(feature = "web"))]
+pub type WebOut = std::convert::Infallible;
 
 /// This machine's name, for lease holders in logs (`/etc/hostname`, else "earshot").
 fn hostname() -> String {

@@ -7,6 +7,7 @@
 
 mod api_error;
 mod case_ref;
+pub mod config;
 mod lang;
 mod types;
 pub mod webhooks;

@@ -7,6 +7,7 @@
 //! The IMAP/SMTP side builds on these functions; nothing here touches a socket or the store.
 
 pub mod auto;
+pub mod config;
 mod headers;
 pub mod parse;
 pub mod quote;

@@ -4,6 +4,7 @@
 //! signature, rate and shape — in that order, and before anything reaches intake, so a refused request
 //! changes nothing. Acknowledgements go back to the source's `callback_url`, signed with its secret.
 
+pub mod config;
 mod payload;
 
 use std::collections::HashMap;
@@ -24,6 +25,7 @@ use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use serde::Serialize;
 
+pub use config::{WebConfig, WebSourceConfig};
 pub use payload::{Complaint, parse_complaint};
 
 /// One configured source, with its secret already resolved and decoded.
