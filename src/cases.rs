@@ -40,7 +40,7 @@ pub async fn with_timeline(store: &dyn Store, id: &str) -> Result<Option<serde_j
     }
     for job in store.case_jobs(id).await? {
         let rfc = crate::lifecycle::life::at(job.created_at);
-        let entry = if job.destination.starts_with("channel:") {
+        let entry = if crate::outbox::Destination::parse(&job.destination).is_some_and(|d| d.is_channel()) {
             let out: Option<earshot_channel::Outbound> = serde_json::from_str(&job.payload).ok();
             json!({
                 "at": rfc, "kind": "message_out", "actor": "gateway", "message": job.kind, "job": job.id,

@@ -9,6 +9,7 @@ use time::OffsetDateTime;
 
 use crate::config::Endpoint;
 use crate::notify::{AckContext, Templates, spell_duration};
+use crate::outbox::Destination;
 use crate::schema::{
     Case, CaseEvent, CaseEventData, CaseId, CaseRef, CaseStatus, Customer, CustomerId, Direction, EventId, EventType,
     Message, MessageId, SCHEMA_VERSION, Sla,
@@ -27,17 +28,6 @@ pub struct Builder {
     pub channel_max_attempts: i64,
     pub sla_first_response: Duration,
     pub sla_resolution: Duration,
-}
-
-/// Outbox destination of a downstream endpoint.
-pub fn downstream_destination(name: &str) -> String {
-    format!("downstream:{name}")
-}
-
-/// Outbox destination of a channel's sends from one sender (mailbox, web source): each has its
-/// own in-flight budget and breaker.
-pub fn channel_destination(kind: earshot_channel::ChannelKind, sender: &str) -> String {
-    format!("channel:{}:{sender}", kind.as_str())
 }
 
 fn ms(t: OffsetDateTime) -> i64 {
@@ -122,7 +112,7 @@ impl Builder {
                 jobs.push(NewJob {
                     event_id: EventId::generate().0,
                     kind: "case.message_added",
-                    destination: downstream_destination(&ep.name),
+                    destination: Destination::downstream(&ep.name).to_string(),
                     payload: payload.clone(),
                     max_attempts: i64::from(ep.max_attempts),
                 });
@@ -250,7 +240,8 @@ impl Builder {
             jobs.push(NewJob {
                 event_id: id.0,
                 kind: "ack",
-                destination: channel_destination(inbound.reply_route.channel(), inbound.reply_route.sender()),
+                destination: Destination::channel(inbound.reply_route.channel(), inbound.reply_route.sender())
+                    .to_string(),
                 payload: serde_json::to_string(&outbound)?,
                 max_attempts: self.channel_max_attempts,
             });
@@ -262,7 +253,7 @@ impl Builder {
                 jobs.push(NewJob {
                     event_id: EventId::generate().0,
                     kind: "case.created",
-                    destination: downstream_destination(&ep.name),
+                    destination: Destination::downstream(&ep.name).to_string(),
                     payload: payload.clone(),
                     max_attempts: i64::from(ep.max_attempts),
                 });

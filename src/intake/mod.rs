@@ -16,7 +16,7 @@ use earshot_channel::{AutoKind, ChannelEvent, ChannelKind, Inbound, Intake, Inta
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-pub use build::{Builder, channel_destination, downstream_destination};
+pub use build::Builder;
 
 use crate::store::Store;
 

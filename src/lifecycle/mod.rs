@@ -22,8 +22,8 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Endpoint;
-use crate::intake::{channel_destination, downstream_destination};
 use crate::notify::Templates;
+use crate::outbox::Destination;
 use crate::schema::{Case, CaseEvent, CaseEventData, CaseStatus, EventId, EventType, Feedback};
 use crate::store::{CaseChange, ChangeOutcome, InboxKey, NewJob, Store, StoreError};
 use life::{Life, SurveyState, Target};
@@ -185,7 +185,7 @@ impl<'a> Draft<'a> {
         self.jobs.push(NewJob {
             event_id: id.0,
             kind: kind.name(),
-            destination: channel_destination(route.channel(), route.sender()),
+            destination: Destination::channel(route.channel(), route.sender()).to_string(),
             payload,
             max_attempts: self.lc.settings.channel_max_attempts,
         });
@@ -283,7 +283,7 @@ impl<'a> Draft<'a> {
                 self.jobs.push(NewJob {
                     event_id: EventId::generate().0,
                     kind: kind.as_str(),
-                    destination: downstream_destination(&ep.name),
+                    destination: Destination::downstream(&ep.name).to_string(),
                     payload: payload.clone(),
                     max_attempts: i64::from(ep.max_attempts),
                 });

@@ -13,12 +13,14 @@
 //! `outbox.keep_done` (`retention.rs`).
 
 mod breaker;
+mod dest;
 mod destination;
 mod recorder;
 mod retention;
 mod retry;
 mod worker;
 
+pub use dest::Destination;
 pub use retention::sweep as retention_sweep;
 pub use retry::next_delay;
 pub use worker::{Deliverer, run_workers};

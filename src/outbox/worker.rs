@@ -9,6 +9,7 @@ use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use super::Destination;
 use super::destination::{self, Shared, Spec};
 use crate::channels::Channels;
 use crate::config::{Endpoint, OutboxSettings};
@@ -33,37 +34,19 @@ pub struct Delivered {
     pub provider_id: Option<String>,
 }
 
-/// Where a job goes, from its stored destination.
-enum Target<'a> {
-    Downstream(&'a str),
-    /// A channel, and the sender within it (absent on jobs stored before senders were named).
-    Channel(&'a str, Option<&'a str>),
-}
-
-fn target(destination: &str) -> Option<Target<'_>> {
-    if let Some(name) = destination.strip_prefix("downstream:") {
-        return Some(Target::Downstream(name));
-    }
-    let rest = destination.strip_prefix("channel:")?;
-    Some(match rest.split_once(':') {
-        Some((kind, sender)) => Target::Channel(kind, Some(sender)),
-        None => Target::Channel(rest, None),
-    })
-}
-
 impl Deliverer {
     /// Delivers one job.
     pub async fn deliver(&self, job: &Job) -> Result<Delivered, SendError> {
-        match target(&job.destination) {
-            Some(Target::Downstream(name)) => {
-                let ep = self.endpoints.get(name).ok_or_else(|| SendError::Permanent {
+        match Destination::parse(&job.destination) {
+            Some(Destination::Downstream(name)) => {
+                let ep = self.endpoints.get(&name).ok_or_else(|| SendError::Permanent {
                     reason: format!("downstream {name:?} is no longer configured"),
                 })?;
                 let ticket_id = downstream::deliver(&self.client, ep, &job.event_id, job.payload.clone()).await?;
                 Ok(Delivered { ticket_id, provider_id: None })
             }
-            Some(Target::Channel(kind, _)) => {
-                let channel = ChannelKind::parse(kind)
+            Some(Destination::Channel { kind, .. }) => {
+                let channel = ChannelKind::parse(&kind)
                     .and_then(|k| self.channels.get(k))
                     .ok_or_else(|| SendError::Permanent { reason: format!("channel {kind:?} is not enabled") })?;
                 let outbound: Outbound = serde_json::from_str(&job.payload).map_err(|e| SendError::Permanent {
@@ -82,7 +65,7 @@ impl Deliverer {
             .endpoints
             .values()
             .map(|ep| Spec {
-                destination: crate::intake::downstream_destination(&ep.name),
+                destination: Destination::downstream(&ep.name).to_string(),
                 deadline: ep.timeout,
                 max_in_flight: ep.max_in_flight,
                 breaker_failures: ep.breaker_failures,
@@ -100,7 +83,7 @@ impl Deliverer {
                     deadline = cap;
                 }
                 specs.push(Spec {
-                    destination: crate::intake::channel_destination(kind, &sender),
+                    destination: Destination::channel(kind, &sender).to_string(),
                     deadline,
                     max_in_flight: settings.max_in_flight,
                     breaker_failures: settings.breaker_failures,
@@ -114,10 +97,10 @@ impl Deliverer {
     /// Limits for a destination found in the store but not in the config (an endpoint removed
     /// since, or a job stored before channel senders were named).
     fn unconfigured(&self, destination: &str, settings: &OutboxSettings) -> Spec {
-        let deadline = match target(destination) {
-            Some(Target::Channel(kind, sender)) => ChannelKind::parse(kind)
+        let deadline = match Destination::parse(destination) {
+            Some(Destination::Channel { kind, sender }) => ChannelKind::parse(&kind)
                 .and_then(|k| self.channels.get(k))
-                .map(|c| c.send_deadline(sender.unwrap_or_default())),
+                .map(|c| c.send_deadline(sender.as_deref().unwrap_or_default())),
             _ => None,
         };
         // Within the lease whatever happens (config only checks the deadlines it knows).
@@ -195,7 +178,7 @@ pub async fn run_workers(
 /// The recipient of a channel job when it has been suppressed since the job was queued (a bounce, an
 /// unsubscribe): sending on would only earn another bounce (and could feed a mail loop).
 pub(super) async fn suppressed_recipient(store: &dyn Store, job: &Job) -> Option<String> {
-    if !matches!(target(&job.destination), Some(Target::Channel(..))) {
+    if !Destination::parse(&job.destination).is_some_and(|d| d.is_channel()) {
         return None;
     }
     let recipient = serde_json::from_str::<Outbound>(&job.payload).ok()?.reply_route.recipient()?;
