@@ -10,19 +10,21 @@ use crate::config::Settings;
 
 pub struct Channels {
     map: HashMap<ChannelKind, Arc<dyn Channel>>,
+    /// The web channel itself, for what only it has: its secrets rotated on SIGHUP.
+    #[cfg(feature = "web")]
+    pub web: Option<earshot_channel_web::WebChannel>,
 }
 
 impl Channels {
     /// Builds every channel the settings enable.
     pub fn from_settings(settings: &Settings, client: &reqwest::Client) -> Result<Channels, ChannelError> {
         let mut map: HashMap<ChannelKind, Arc<dyn Channel>> = HashMap::new();
+        #[cfg(feature = "web")]
+        let web = settings.web.as_ref().map(|w| earshot_channel_web::WebChannel::new(w.clone(), client.clone()));
         for kind in ChannelKind::ALL {
             let channel: Option<Arc<dyn Channel>> = match kind {
                 #[cfg(feature = "web")]
-                ChannelKind::Web => settings
-                    .web
-                    .as_ref()
-                    .map(|web| Arc::new(earshot_channel_web::WebChannel::new(web.clone(), client.clone())) as _),
+                ChannelKind::Web => web.clone().map(|w| Arc::new(w) as _),
                 #[cfg(feature = "email")]
                 ChannelKind::Email => match &settings.email {
                     Some(email) => Some(Arc::new(earshot_channel_email::EmailChannel::new(email.clone())?) as _),
@@ -38,7 +40,11 @@ impl Channels {
             }
         }
         let _ = (settings, client);
-        Ok(Channels { map })
+        Ok(Channels {
+            map,
+            #[cfg(feature = "web")]
+            web,
+        })
     }
 
     /// Adds a channel built outside the config (an embedding program's, or a test's). Refused when

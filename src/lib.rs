@@ -11,13 +11,14 @@ pub mod downstream;
 pub mod http;
 pub mod intake;
 pub mod lifecycle;
+pub mod live;
 pub mod notify;
 pub mod outbox;
+pub mod reload;
 pub mod reparse;
 pub mod schema;
 pub mod store;
 
-use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -102,8 +103,20 @@ pub async fn run_with_channels(
     shutdown: CancellationToken,
     extra: Vec<Arc<dyn earshot_channel::Channel>>,
 ) -> Result<(), RunError> {
+    run_full(settings, listener, shutdown, extra, tokio::sync::mpsc::channel(1).1).await
+}
+
+/// [`run_with_channels`], taking new settings from `reloads` while it runs (what `earshot serve`
+/// does on SIGHUP): secrets, the admin token and templates are put in force (see [`reload`]).
+pub async fn run_full(
+    settings: Settings,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+    extra: Vec<Arc<dyn earshot_channel::Channel>>,
+    reloads: tokio::sync::mpsc::Receiver<Settings>,
+) -> Result<(), RunError> {
     let store = store::open(&settings.database.url, settings.database.max_connections).await?;
-    let templates = Arc::new(notify::Templates::load(&settings.templates_dir)?);
+    let templates = Arc::new(live::Live::new(notify::Templates::load(&settings.templates_dir)?));
     let client = reqwest::Client::builder()
         .user_agent(concat!("Earshot/", env!("CARGO_PKG_VERSION")))
         .connect_timeout(Duration::from_secs(10))
@@ -139,7 +152,7 @@ pub async fn run_with_channels(
     ));
     let sla = tokio::spawn(lifecycle.clone().run_sla(shutdown.clone()));
     let builder = Builder {
-        templates,
+        templates: templates.clone(),
         // Every channel's own identities: never acknowledged, so two gateways cannot loop.
         own_identities: channels.all().flat_map(|(_, c)| c.own_identities()).map(|r| r.key()).collect(),
         ack_window: settings.ack_window,
@@ -158,8 +171,19 @@ pub async fn run_with_channels(
         lifecycle: lifecycle.clone(),
     });
 
+    let endpoints = Arc::new(live::Live::new(settings.downstream.clone()));
+    let admin_token = Arc::new(live::Live::new(settings.admin_token.clone()));
+    let reloader = reload::Reloader {
+        running: settings.clone(),
+        templates: templates.clone(),
+        endpoints: endpoints.clone(),
+        admin_token: admin_token.clone(),
+        #[cfg(feature = "web")]
+        web: channels.web.clone(),
+    };
+    let reloading = tokio::spawn(reloader.run(reloads, shutdown.clone()));
     let deliverer = Arc::new(Deliverer {
-        endpoints: settings.downstream.iter().map(|e| (e.name.clone(), e.clone())).collect::<HashMap<_, _>>(),
+        endpoints: endpoints.clone(),
         channels: channels.clone(),
         client,
         lifecycle: lifecycle.clone(),
@@ -184,12 +208,11 @@ pub async fn run_with_channels(
     let state = http::AppState {
         store: store.clone(),
         metrics: metrics_handle(),
-        admin_token: settings.admin_token.clone(),
+        admin_token: admin_token.clone(),
         outbox_wake: wake,
         backlog_destinations: Default::default(),
     };
-    let events =
-        http::events::EventsState { lifecycle: lifecycle.clone(), endpoints: settings.downstream.clone().into() };
+    let events = http::events::EventsState { lifecycle: lifecycle.clone(), endpoints: endpoints.clone() };
     let app = http::router(state, &channels, intake.clone(), events);
     let addr = listener.local_addr()?;
     tracing::info!(
@@ -227,6 +250,7 @@ pub async fn run_with_channels(
     }
     let _ = tokio::time::timeout(grace, workers).await;
     let _ = sla.await;
+    reloading.abort();
     store.close().await;
     tracing::info!("Earshot stopped.");
     match served {

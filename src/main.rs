@@ -244,8 +244,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .await
                 .with_context(|| format!("cannot listen on {}", s.listen))?;
             let shutdown = CancellationToken::new();
-            tokio::spawn(signals(shutdown.clone()));
-            earshot::run(s, listener, shutdown).await?;
+            let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(4);
+            tokio::spawn(signals(shutdown.clone(), cli.config.clone(), reload_tx));
+            earshot::run_full(s, listener, shutdown, Vec::new(), reload_rx).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Migrate => {
@@ -302,15 +303,48 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-async fn signals(token: CancellationToken) {
+/// SIGTERM and SIGINT stop the gateway; SIGHUP reads and checks the config file again and, when
+/// it has no problem, hands it to the running gateway (`earshot::reload`). A file with problems
+/// changes nothing: each problem is logged with its key path.
+async fn signals(token: CancellationToken, config: PathBuf, reload: tokio::sync::mpsc::Sender<Settings>) {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) =
+        (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::hangup()))
+    else {
         tracing::error!("Cannot install signal handlers; stop with SIGKILL.");
         return;
     };
-    let name = tokio::select! { _ = term.recv() => "SIGTERM", _ = int.recv() => "SIGINT" };
+    let name = loop {
+        tokio::select! {
+            _ = term.recv() => break "SIGTERM",
+            _ = int.recv() => break "SIGINT",
+            _ = hup.recv() => match reread(&config) {
+                Ok(s) => {
+                    tracing::info!(config = %config.display(), "SIGHUP: the config file is valid; reloading.");
+                    let _ = reload.send(s).await;
+                }
+                Err(problems) => {
+                    for p in &problems {
+                        tracing::error!(key = %p.key, problem = %p.message, "Config reload refused: the file has a problem; the running config stays.");
+                    }
+                }
+            },
+        }
+    };
     tracing::info!(signal = name, "Shutting down: finishing in-flight requests and deliveries.");
     token.cancel();
+}
+
+/// The config file read and checked again, or its problems.
+fn reread(path: &Path) -> Result<Settings, Vec<earshot::config::Problem>> {
+    let cfg = Config::load(path).map_err(|e| {
+        let (key, message) = match &e {
+            earshot::config::LoadError::Parse { key, message, .. } => (key.clone(), message.clone()),
+            other => ("(file)".to_owned(), other.to_string()),
+        };
+        vec![earshot::config::Problem { key, message }]
+    })?;
+    earshot::config::resolve(&cfg, path.parent().unwrap_or(Path::new(".")))
 }
 
 fn web_sources(s: &Settings) -> Vec<String> {

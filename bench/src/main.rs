@@ -697,7 +697,7 @@ fn seed_builder(templates: &FsPath) -> anyhow::Result<earshot::intake::Builder> 
     let templates = earshot::notify::Templates::load(templates)
         .with_context(|| format!("loading the templates from {}", templates.display()))?;
     Ok(earshot::intake::Builder {
-        templates: Arc::new(templates),
+        templates: Arc::new(earshot::live::Live::new(templates)),
         own_identities: Default::default(),
         ack_window: Duration::from_secs(600),
         downstream: Vec::new().into(),

@@ -29,7 +29,8 @@ fn same(a: &[u8], b: &[u8]) -> bool {
 }
 
 fn authorize(st: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
-    let Some(token) = &st.admin_token else {
+    let token = st.admin_token.get();
+    let Some(token) = token.as_ref() else {
         return Err(ApiError::unauthorized("admin_disabled", "admin routes are disabled: set server.admin_token"));
     };
     let given = headers

@@ -28,7 +28,8 @@ use crate::schema::CaseStatus;
 #[derive(Clone)]
 pub struct EventsState {
     pub lifecycle: Arc<Lifecycle>,
-    pub endpoints: Arc<[Endpoint]>,
+    /// The `[[downstream]]` endpoints whose secrets may sign events; swapped on SIGHUP.
+    pub endpoints: Arc<crate::live::Live<Vec<Endpoint>>>,
 }
 
 /// Largest event body accepted.
@@ -208,7 +209,8 @@ async fn case_event(
             format!("an event body is at most {MAX_EVENT_BYTES} bytes"),
         )
     })?;
-    let ep = signer(&st.endpoints, &headers, &body)?;
+    let endpoints = st.endpoints.get();
+    let ep = signer(&endpoints, &headers, &body)?;
     let webhook_id = headers.get(webhooks::HEADER_ID).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
     let event = parse_event(&body)?;
     // Case ids are ours (`case_` and hex): anything else is no case, and is not looked up.

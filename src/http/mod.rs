@@ -20,7 +20,8 @@ use crate::store::Store;
 pub struct AppState {
     pub store: Arc<dyn Store>,
     pub metrics: Option<PrometheusHandle>,
-    pub admin_token: Option<SecretString>,
+    /// Swapped on SIGHUP.
+    pub admin_token: Arc<crate::live::Live<Option<SecretString>>>,
     pub outbox_wake: Arc<Notify>,
     /// Destinations that had a backlog at the last `/metrics` scrape.
     pub backlog_destinations: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,

@@ -18,7 +18,8 @@ use crate::store::{NewCase, NewJob};
 
 /// Everything needed to turn an [`Inbound`] into a [`NewCase`].
 pub struct Builder {
-    pub templates: Arc<Templates>,
+    /// Swapped on SIGHUP.
+    pub templates: Arc<crate::live::Live<Templates>>,
     /// The gateway's own identities, as recipient keys (`Recipient::key`), that every channel
     /// names (its mailboxes, its bot): never acknowledged.
     pub own_identities: std::collections::HashSet<String>,
@@ -63,12 +64,12 @@ impl Builder {
 
     fn ack_html(&self, inbound: &Inbound, case_ref: &str) -> Option<String> {
         let (lang, ctx) = self.ack_context(inbound, case_ref);
-        self.templates.ack_html(inbound.channel, lang, &ctx)
+        self.templates.get().ack_html(inbound.channel, lang, &ctx)
     }
 
     pub fn ack_text(&self, inbound: &Inbound, case_ref: &str) -> Option<AckText> {
         let (lang, ctx) = self.ack_context(inbound, case_ref);
-        match self.templates.ack(inbound.channel, lang, &ctx) {
+        match self.templates.get().ack(inbound.channel, lang, &ctx) {
             Ok(text) => Some(AckText { lang, text }),
             Err(e) => {
                 // Templates are test-rendered at start, so this is a value the template cannot take;

@@ -80,7 +80,7 @@ pub enum Applied {
 
 pub struct Lifecycle {
     store: Arc<dyn Store>,
-    templates: Arc<Templates>,
+    templates: Arc<crate::live::Live<Templates>>,
     downstream: Arc<[Endpoint]>,
     settings: LifecycleSettings,
     wake: Arc<Notify>,
@@ -166,6 +166,7 @@ impl<'a> Draft<'a> {
         let text = self
             .lc
             .templates
+            .get()
             .message(self.case.channel, kind.name(), lang, &ctx)
             .map_err(|e| LifecycleError::Corrupt(e.to_string()))?;
         let id = EventId::generate();
@@ -309,7 +310,7 @@ impl<'a> Draft<'a> {
 impl Lifecycle {
     pub fn new(
         store: Arc<dyn Store>,
-        templates: Arc<Templates>,
+        templates: Arc<crate::live::Live<Templates>>,
         downstream: Arc<[Endpoint]>,
         settings: LifecycleSettings,
         wake: Arc<Notify>,
@@ -321,8 +322,8 @@ impl Lifecycle {
         &self.store
     }
 
-    pub fn templates(&self) -> &Templates {
-        &self.templates
+    pub fn templates(&self) -> Arc<Templates> {
+        self.templates.get()
     }
 
     /// Reads the case, lets `f` compute a change, and writes it over the version read; a case that

@@ -1,7 +1,6 @@
 //! The outbox's tasks: one delivery loop per destination, the outcome recorder, the retention
 //! sweep, and the fan-out of "new jobs" wake-ups to every loop.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use earshot_channel::{ChannelKind, Outbound, SendError};
@@ -18,7 +17,8 @@ use crate::store::{Job, Store};
 
 /// Sends one job to where it goes: a downstream endpoint or a channel.
 pub struct Deliverer {
-    pub endpoints: HashMap<String, Endpoint>,
+    /// Swapped on SIGHUP (new secrets, URLs and timeouts of the endpoints configured at start).
+    pub endpoints: Arc<crate::live::Live<Vec<Endpoint>>>,
     pub channels: Arc<Channels>,
     pub client: reqwest::Client,
     /// Told when a channel says a customer cannot be reached.
@@ -39,7 +39,8 @@ impl Deliverer {
     pub async fn deliver(&self, job: &Job) -> Result<Delivered, SendError> {
         match Destination::parse(&job.destination) {
             Some(Destination::Downstream(name)) => {
-                let ep = self.endpoints.get(&name).ok_or_else(|| SendError::Permanent {
+                let endpoints = self.endpoints.get();
+                let ep = endpoints.iter().find(|e| e.name == name).ok_or_else(|| SendError::Permanent {
                     reason: format!("downstream {name:?} is no longer configured"),
                 })?;
                 let ticket_id = downstream::deliver(&self.client, ep, &job.event_id, job.payload.clone()).await?;
@@ -63,7 +64,8 @@ impl Deliverer {
     fn configured(&self, settings: &OutboxSettings) -> Vec<Spec> {
         let mut specs: Vec<Spec> = self
             .endpoints
-            .values()
+            .get()
+            .iter()
             .map(|ep| Spec {
                 destination: Destination::downstream(&ep.name).to_string(),
                 deadline: ep.timeout,

@@ -15,9 +15,9 @@ fn builder(settings: &Settings) -> earshot::intake::Builder {
     earshot::intake::Builder {
         own_identities: Default::default(),
         ack_window: Duration::from_secs(600),
-        templates: std::sync::Arc::new(
+        templates: std::sync::Arc::new(earshot::live::Live::new(
             earshot::notify::Templates::load(std::path::Path::new("config/templates")).expect("templates"),
-        ),
+        )),
         downstream: settings.downstream.clone().into(),
         channel_max_attempts: 5,
         sla_first_response: Duration::from_secs(3600),

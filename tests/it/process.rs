@@ -743,3 +743,87 @@ async fn cases_cli_lists_with_filters_and_shows_a_timeline() {
     gw.stop().await;
     db.cleanup().await;
 }
+
+/// SIGHUP rotates secrets end to end: the new secret is added beside the old one (both accepted),
+/// then the old one is removed (refused); a file with a problem changes nothing and the problem is
+/// logged with its key path; a key that takes a restart is named. In-flight work is untouched: the
+/// process keeps serving throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_rotates_secrets_and_keeps_the_running_config_on_a_bad_file() {
+    const NEW_SECRET: &str = "whsec_bmV3LXNvdXJjZS1zZWNyZXQtMDEyMzQ1Njc4OTAx";
+    const NEW_TOKEN: &str = "new-admin-token-0123456789";
+    let db = TestDb::sqlite();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let port = free_port();
+    let cfg = write_config(dir.path(), "earshot.toml", port, &db.url, "");
+    let original = std::fs::read_to_string(&cfg).expect("read config");
+    let mut gw = Proc::start(&cfg, port, "sighup").await;
+    let old = gw.web();
+    let new = WebClient::new(&gw.base, "site", NEW_SECRET);
+    let send =
+        |c: WebClient, text: &'static str| async move { within(10, "complaint", c.send(&complaint(text))).await.0 };
+    assert_eq!(send(old.clone(), "Before the rotation.").await, 202);
+    assert_eq!(send(new.clone(), "Too early.").await, 401);
+
+    let hup = |n: usize| {
+        let pid = gw.pid();
+        let name = gw.name.clone();
+        let log = gw.log.clone();
+        async move {
+            let status = within(10, "kill -HUP", Command::new("kill").arg("-HUP").arg(pid.to_string()).status())
+                .await
+                .expect("run kill(1)");
+            assert!(status.success());
+            eventually(10, &format!("{name}: reload {n} logged"), || {
+                let log = log.clone();
+                async move {
+                    let text = std::fs::read_to_string(&log).unwrap_or_default();
+                    let done = text.matches("Config reloaded").count() + text.matches("Config reload refused").count();
+                    (done >= n).then_some(())
+                }
+            })
+            .await;
+        }
+    };
+
+    // Both secrets, the new one first, and a new admin token.
+    let rotating = original
+        .replacen(
+            &format!("secret = \"{SOURCE_SECRET}\""),
+            &format!("secrets = [\"{NEW_SECRET}\", \"{SOURCE_SECRET}\"]"),
+            1,
+        )
+        .replace(ADMIN_TOKEN, NEW_TOKEN);
+    assert_ne!(rotating, original);
+    std::fs::write(&cfg, &rotating).expect("write");
+    hup(1).await;
+    assert_eq!(send(old.clone(), "Old secret during the rotation.").await, 202);
+    assert_eq!(send(new.clone(), "New secret during the rotation.").await, 202);
+    let token_ok =
+        reqwest::Client::new().get(format!("{}/v1/cases", gw.base)).bearer_auth(NEW_TOKEN).send().await.expect("admin");
+    assert_eq!(token_ok.status(), 200, "the new admin token is in force");
+    assert_eq!(gw.admin_get("/v1/cases").await.0, 401, "the old admin token no longer is");
+
+    // A file with a problem: nothing changes, and the problem is logged with its key path.
+    std::fs::write(&cfg, rotating.replace("rate_limit_per_sec = 1000", "rate_limit_per_sec = \"fast\""))
+        .expect("write");
+    hup(2).await;
+    assert!(gw.log_text().contains("channels.web.sources[0].rate_limit_per_sec"), "{}", gw.log_text());
+    assert_eq!(send(old.clone(), "Still accepted after a refused reload.").await, 202);
+
+    // The old secret removed, and the listen address changed (named, not applied).
+    let done = rotating
+        .replacen(
+            &format!("secrets = [\"{NEW_SECRET}\", \"{SOURCE_SECRET}\"]"),
+            &format!("secret = \"{NEW_SECRET}\""),
+            1,
+        )
+        .replacen(&format!("127.0.0.1:{port}"), "127.0.0.1:1", 1);
+    std::fs::write(&cfg, done).expect("write");
+    hup(3).await;
+    assert_eq!(send(old.clone(), "Old secret after the rotation.").await, 401);
+    assert_eq!(send(new.clone(), "New secret after the rotation.").await, 202);
+    assert!(gw.log_text().contains("server.listen"), "the listen change is named: {}", gw.log_text());
+    gw.stop().await;
+    db.cleanup().await;
+}

@@ -52,7 +52,18 @@ pub struct WebSettings {
 
 struct Source {
     settings: SourceSettings,
+    /// The secrets in force: `settings.keys` until a reload rotates them ([`WebChannel::rotate`]).
+    keys: std::sync::RwLock<SigningKeys>,
     limiter: DefaultDirectRateLimiter,
+}
+
+impl Source {
+    fn keys(&self) -> SigningKeys {
+        match self.keys.read() {
+            Ok(k) => k.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
 }
 
 /// The web channel. Cheap to share: everything is behind one `Arc`.
@@ -76,7 +87,14 @@ impl WebChannel {
             .into_iter()
             .map(|s| {
                 let quota = Quota::per_second(s.rate_per_sec).allow_burst(s.burst);
-                (s.name.clone(), Source { limiter: RateLimiter::direct(quota), settings: s })
+                (
+                    s.name.clone(),
+                    Source {
+                        limiter: RateLimiter::direct(quota),
+                        keys: std::sync::RwLock::new(s.keys.clone()),
+                        settings: s,
+                    },
+                )
             })
             .collect();
         WebChannel {
@@ -88,6 +106,29 @@ impl WebChannel {
                 client,
             }),
         }
+    }
+
+    /// Puts new secrets in force for the configured sources (a reload); a request already being
+    /// checked finishes with the old ones. Returns the names of sources added or removed, which
+    /// take a restart.
+    pub fn rotate(&self, sources: &[SourceSettings]) -> Vec<String> {
+        let mut restart = Vec::new();
+        for s in sources {
+            match self.inner.sources.get(&s.name) {
+                Some(src) => match src.keys.write() {
+                    Ok(mut k) => *k = s.keys.clone(),
+                    Err(poisoned) => *poisoned.into_inner() = s.keys.clone(),
+                },
+                None => restart.push(s.name.clone()),
+            }
+        }
+        for name in self.inner.sources.keys() {
+            if !sources.iter().any(|s| &s.name == name) {
+                restart.push(name.clone());
+            }
+        }
+        restart.sort();
+        restart
     }
 
     pub fn source_names(&self) -> Vec<String> {
@@ -141,15 +182,8 @@ impl Channel for WebChannel {
             survey,
         })
         .map_err(|e| SendError::Permanent { reason: e.to_string() })?;
-        webhooks::post_signed(
-            &self.inner.client,
-            url,
-            &src.settings.keys,
-            &msg.id,
-            body.into(),
-            self.inner.callback_timeout,
-        )
-        .await?;
+        webhooks::post_signed(&self.inner.client, url, &src.keys(), &msg.id, body.into(), self.inner.callback_timeout)
+            .await?;
         Ok(Sent::default())
     }
 
@@ -235,8 +269,7 @@ async fn inbound(
 
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let now = time::OffsetDateTime::now_utc();
-    src.settings
-        .keys
+    src.keys()
         .verify(
             header(webhooks::HEADER_ID),
             header(webhooks::HEADER_TIMESTAMP),
