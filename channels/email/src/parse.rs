@@ -54,6 +54,10 @@ pub enum ParseError {
     NoHeaders,
     #[error("neither a sender nor any text: nothing to take a complaint from")]
     NoSenderNoText,
+    /// The MIME parser gave up in the middle (it panicked): the message is kept, not lost, and
+    /// the mailbox goes on with the next one.
+    #[error("the MIME parser failed on this message: {0}")]
+    ParserFailed(String),
 }
 
 impl ParseError {
@@ -62,6 +66,7 @@ impl ParseError {
         match self {
             ParseError::Empty => "empty",
             ParseError::NoHeaders => "no_headers",
+            ParseError::ParserFailed(_) => "parser_failed",
             ParseError::NoSenderNoText => "no_sender_no_text",
         }
     }
@@ -142,7 +147,25 @@ impl ParsedMail {
 }
 
 /// Normalizes one raw message.
+///
+/// Hostile bytes must not take a mailbox down: fuzzing found messages on which mail-parser stops
+/// at an internal assertion (a `debug_assert!`, so in debug builds a panic). A panic anywhere in
+/// here becomes [`ParseError::ParserFailed`], and the caller quarantines the message.
 pub fn normalize(raw: &[u8], opts: &ParseOptions) -> Result<ParsedMail, ParseError> {
+    match std::panic::catch_unwind(|| normalize_unguarded(raw, opts)) {
+        Ok(r) => r,
+        Err(panic) => {
+            let why = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic".to_owned());
+            Err(ParseError::ParserFailed(why))
+        }
+    }
+}
+
+fn normalize_unguarded(raw: &[u8], opts: &ParseOptions) -> Result<ParsedMail, ParseError> {
     if raw.iter().all(u8::is_ascii_whitespace) {
         return Err(ParseError::Empty);
     }
@@ -765,6 +788,22 @@ const LENIENT_BASE64: base64::engine::GeneralPurpose = base64::engine::GeneralPu
 
 #[cfg(test)]
 mod tests {
+    /// Messages found by fuzzing (bench/fuzz.sh) on which mail-parser stops at an internal assertion:
+    /// refused with a reason (and so quarantined), not a panic that would stop the mailbox.
+    #[test]
+    fn messages_that_stop_the_mime_parser_are_refused_not_panicked() {
+        for raw in [
+            &include_bytes!("../tests/fuzz/mime-parser-assertion-1.eml")[..],
+            &include_bytes!("../tests/fuzz/mime-parser-assertion-2.eml")[..],
+        ] {
+            match normalize(raw, &ParseOptions::default()) {
+                // Release builds (no debug assertions in mail-parser) may parse it; either is fine.
+                Ok(_) => {}
+                Err(ParseError::ParserFailed(why)) => assert!(!why.is_empty()),
+                Err(e) => panic!("refused for another reason: {e}"),
+            }
+        }
+    }
 
     #[test]
     fn a_huge_references_header_keeps_its_first_and_latest_ids() {
