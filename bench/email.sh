@@ -9,6 +9,11 @@ cd "$(dirname "$0")/.."
 MESSAGES=${MESSAGES:-2000}
 BIG_MB=${BIG_MB:-25}
 PARSE_SECS=${PARSE_SECS:-10}
+# BACKLOG=200 adds the hardening figure: peak RSS while a backlog of that many BIG_MB messages is
+# ingested (IMAP fetches are grouped by RFC822.SIZE, at most 64 MiB at once). ONLY_BACKLOG=1 runs
+# that part alone.
+BACKLOG=${BACKLOG:-0}
+ONLY_BACKLOG=${ONLY_BACKLOG:-0}
 say() { echo "[email-bench] $*" >&2; }
 
 command -v dovecot >/dev/null || { say "installing dovecot-imapd"; apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dovecot-imapd >/dev/null; }
@@ -28,6 +33,7 @@ cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 
 trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
+if [ "$ONLY_BACKLOG" != 1 ]; then
 echo "== parse throughput (${PARSE_SECS}s over ../shared/corpus/email) =="
 PARSE=$(target/release/parse-corpus --dir ../shared/corpus/email --seconds "$PARSE_SECS")
 echo "$PARSE"
@@ -164,6 +170,19 @@ write_config "$D/b" "$IMAP" "$SMTP" "$HTTP"
 BIG=$(ingest "$D/b" 1)
 echo "big: $BIG"
 sqlite3 "$D/b/earshot.db" "SELECT name, size, truncated, LENGTH(content) FROM attachments" | sed 's/^/big attachment: /'
+
+fi
+
+if [ "$BACKLOG" -gt 0 ]; then
+    echo "== a backlog of $BACKLOG messages of ${BIG_MB} MB, appended before start =="
+    mkdir -p "$D/c"; IMAP=$(free_port); SMTP=$(free_port); HTTP=$(free_port)
+    start_dovecot "$D/c/dovecot" "$IMAP"; start_sink "$SMTP"
+    append_messages "$IMAP" big "$BACKLOG" "$BIG_MB"
+    write_config "$D/c" "$IMAP" "$SMTP" "$HTTP"
+    BACKLOG_RESULT=$(ingest "$D/c" "$BACKLOG")
+    echo "backlog: $BACKLOG_RESULT"
+fi
+[ "$ONLY_BACKLOG" = 1 ] && exit 0
 
 echo
 echo "== summary =="
