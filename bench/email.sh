@@ -37,6 +37,7 @@ if [ "$ONLY_BACKLOG" != 1 ]; then
 echo "== parse throughput (${PARSE_SECS}s over ../shared/corpus/email) =="
 PARSE=$(target/release/parse-corpus --dir ../shared/corpus/email --seconds "$PARSE_SECS")
 echo "$PARSE"
+fi
 
 start_dovecot() {
     local dir=$1 port=$2
@@ -153,6 +154,7 @@ ingest() {
     echo "cases=$n secs=$(echo "$t1 - $t0" | bc) peak_rss_mib=$((peak / 1024))"
 }
 
+if [ "$ONLY_BACKLOG" != 1 ]; then
 echo "== IMAP ingest: $MESSAGES messages appended before start =="
 mkdir -p "$D/a"; IMAP=$(free_port); SMTP=$(free_port); HTTP=$(free_port)
 start_dovecot "$D/a/dovecot" "$IMAP"; start_sink "$SMTP"
