@@ -32,6 +32,9 @@ SKIP_EMAIL=${SKIP_EMAIL:-0}
 
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "FAILED: $*"; exit 1; }
+say() { log "$@"; }
+# shellcheck source=bench/mailservers.sh
+source bench/mailservers.sh
 
 if [[ -e /tmp/earshot-cargo.lock ]]; then CARGO=(flock /tmp/earshot-cargo.lock cargo); else CARGO=(cargo); fi
 log "building (release)"
@@ -129,42 +132,11 @@ if [[ $SKIP_EMAIL != 1 ]]; then
     VENV=target/test-venv
     [[ -x $VENV/bin/python ]] || die "no $VENV (scripts/test.sh makes it)"
     D=$WORK/mail
-    mkdir -p "$D/run" "$D/state" "$D/home"
+    mkdir -p "$D"
     chmod 755 "$D"
-    chown 65534:65534 "$D/home"
-    echo 'tester:{PLAIN}secret123' >"$D/passwd"
     imap=$(free_port); smtp=$(free_port)
-    cat >"$D/dovecot.conf" <<CONF
-protocols = imap
-listen = 127.0.0.1
-base_dir = $D/run
-state_dir = $D/state
-log_path = $D/dovecot.log
-ssl = no
-disable_plaintext_auth = no
-auth_mechanisms = plain login
-mail_location = maildir:~/Maildir
-passdb {
-  driver = passwd-file
-  args = scheme=PLAIN username_format=%u $D/passwd
-}
-userdb {
-  driver = static
-  args = uid=65534 gid=65534 home=$D/home/%u
-}
-service imap-login {
-  inet_listener imap {
-    address = 127.0.0.1
-    port = $imap
-  }
-  inet_listener imaps {
-    port = 0
-  }
-}
-CONF
-    dovecot -F -c "$D/dovecot.conf" & PIDS+=($!)
+    start_dovecot "$D" "$imap" || die "dovecot did not start"
     "$VENV/bin/python" -m aiosmtpd -n -l "127.0.0.1:$smtp" -c aiosmtpd.handlers.Mailbox "$D/sink" & PIDS+=($!)
-    for _ in $(seq 100); do python3 -c "import socket; socket.create_connection(('127.0.0.1', $imap), 0.2)" 2>/dev/null && break; sleep 0.05; done
     log "email: appending $EMAIL_CASES complaints to Dovecot"
     python3 - "$imap" "$EMAIL_CASES" <<'PY'
 import imaplib, sys, email.utils

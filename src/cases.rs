@@ -3,13 +3,19 @@
 
 use crate::lifecycle::life::Life;
 use crate::schema::{Case, CaseStatus, Message, SCHEMA_VERSION};
-use crate::store::{Store, StoreError};
+use crate::store::{CaseRow, Store, StoreError};
 
 /// The case with its messages and current state, or `None` if there is no such case.
 pub async fn load(store: &dyn Store, id: &str) -> Result<Option<Case>, StoreError> {
-    let Some((row, messages)) = store.get_case(id).await? else {
-        return Ok(None);
-    };
+    match store.get_case(id).await? {
+        Some((row, messages)) => from_row(&row, messages).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// The case of a stored row and its messages' JSON.
+pub fn from_row(row: &CaseRow, messages: Vec<String>) -> Result<Case, StoreError> {
+    let id = &row.id;
     let mut case: Case = serde_json::from_str(&row.data).map_err(|e| StoreError::Corrupt(format!("case {id}: {e}")))?;
     for m in messages {
         let m: Message =
@@ -17,14 +23,14 @@ pub async fn load(store: &dyn Store, id: &str) -> Result<Option<Case>, StoreErro
         case.messages.push(m);
     }
     case.schema_version = SCHEMA_VERSION;
-    case.ticket_id = row.ticket_id;
+    case.ticket_id = row.ticket_id.clone();
     if let Some(status) = CaseStatus::parse(&row.status) {
         case.status = status;
     }
     if let Some(life) = row.lifecycle.as_deref().and_then(|l| serde_json::from_str::<Life>(l).ok()) {
         life.apply_to(&mut case);
     }
-    Ok(Some(case))
+    Ok(case)
 }
 
 /// A case with its whole timeline, oldest first: messages in, messages out (with their delivery

@@ -280,15 +280,8 @@ async fn feedback(
         }
     };
     let case = crate::cases::load(&**st.lifecycle.store(), &case.id.0).await?.unwrap_or(case);
-    let link = |v: &str| format!("?{v}");
-    let choices: Vec<serde_json::Value> = (1..=5)
-        .rev()
-        .map(|n| json!({ "label": n.to_string(), "url": link(&format!("rating={n}")) }))
-        .chain([
-            json!({ "label": if case.lang == earshot_channel::Lang::Zh { "已解决" } else { "Solved" }, "url": link("solved=yes") }),
-            json!({ "label": if case.lang == earshot_channel::Lang::Zh { "未解决" } else { "Not solved" }, "url": link("solved=no") }),
-        ])
-        .collect();
+    // Relative links: the page is the survey's own URL.
+    let choices = survey::choices(case.lang, "");
     let fb = case.feedback.clone();
     let ctx = json!({
         "case_ref": case.case_ref.to_string(),

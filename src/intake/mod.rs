@@ -239,6 +239,12 @@ impl SeqBlocks {
     }
 }
 
+/// The outbox event id of one of our own messages, from a Message-ID that names it: ours are
+/// `<{event id}@{domain}>`, and event ids start with `msg_`.
+pub(crate) fn our_event_id(message_id: &str) -> Option<&str> {
+    message_id.split_once('@').map(|(local, _)| local).filter(|local| local.starts_with("msg_"))
+}
+
 fn unavailable(e: crate::store::StoreError) -> IntakeError {
     IntakeError::Unavailable(e.to_string())
 }
@@ -254,12 +260,7 @@ impl IntakeService {
             return Ok(());
         }
         let Some(answer) = crate::lifecycle::survey::parse_reply(&inbound.text) else { return Ok(()) };
-        // Our own outbound Message-IDs are `<{event id}@{domain}>`.
-        for id in &hint.in_reply_to {
-            let Some((local, _)) = id.0.split_once('@') else { continue };
-            if !local.starts_with("msg_") {
-                continue;
-            }
+        for local in hint.in_reply_to.iter().filter_map(|id| our_event_id(&id.0)) {
             let Some(job) = self.store.job_by_event_id(local).await.map_err(unavailable)? else { continue };
             if job.kind != "survey" {
                 continue;
@@ -281,11 +282,7 @@ impl IntakeService {
     async fn suppress_bounced(&self, ev: &ChannelEvent, now: i64) -> Result<(), IntakeError> {
         let failed: Vec<String> = ev.failed_recipients.iter().map(|a| a.to_lowercase()).collect();
         let mut addresses: Vec<String> = Vec::new();
-        for id in &ev.related_ids {
-            let Some((local, _)) = id.split_once('@') else { continue };
-            if !local.starts_with("msg_") {
-                continue;
-            }
+        for local in ev.related_ids.iter().filter_map(|id| our_event_id(id)) {
             if let Some(job) = self.store.job_by_event_id(local).await.map_err(unavailable)?
                 && let Ok(Outbound { reply_route, .. }) = serde_json::from_str(&job.payload)
                 && let Some(recipient) = reply_route.recipient()

@@ -384,12 +384,7 @@ async fn thread_case(
 ) -> crate::store::Result<Option<crate::schema::Case>> {
     let Some(hint) = &inbound.thread else { return Ok(None) };
     let ids: Vec<String> = hint.in_reply_to.iter().map(|e| e.0.clone()).filter(|s| !s.is_empty()).collect();
-    // Our own outbound Message-IDs are `<{event id}@{domain}>`.
-    let events: Vec<String> = ids
-        .iter()
-        .filter_map(|id| id.split_once('@').map(|(local, _)| local.to_owned()))
-        .filter(|local| local.starts_with("msg_"))
-        .collect();
+    let events: Vec<String> = ids.iter().filter_map(|id| super::our_event_id(id)).map(str::to_owned).collect();
     if ids.is_empty() && hint.case_refs.is_empty() {
         return Ok(None);
     }

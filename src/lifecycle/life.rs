@@ -13,7 +13,7 @@ pub struct SurveyState {
     pub expires_at: i64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Life {
     pub first_response_due: i64,
     pub resolution_due: i64,
@@ -66,14 +66,7 @@ impl Life {
         Life {
             first_response_due: ms(case.sla.first_response_due),
             resolution_due: ms(case.sla.resolution_due),
-            first_response_at: None,
-            resolved_at: None,
-            first_response_breached_at: None,
-            resolution_breached_at: None,
-            paused_at: None,
-            unreachable: None,
-            survey: None,
-            feedback: None,
+            ..Life::default()
         }
     }
 
@@ -171,18 +164,7 @@ mod tests {
     use super::*;
 
     fn life() -> Life {
-        Life {
-            first_response_due: 1_000,
-            resolution_due: 10_000,
-            first_response_at: None,
-            resolved_at: None,
-            first_response_breached_at: None,
-            resolution_breached_at: None,
-            paused_at: None,
-            unreachable: None,
-            survey: None,
-            feedback: None,
-        }
+        Life { first_response_due: 1_000, resolution_due: 10_000, ..Life::default() }
     }
 
     #[test]

@@ -16,7 +16,7 @@ pub mod survey;
 use std::sync::Arc;
 use std::time::Duration;
 
-use earshot_channel::{Lang, Outbound, OutboundKind, ReplyRoute, Survey, SurveyChoice};
+use earshot_channel::{Outbound, OutboundKind, ReplyRoute, Survey};
 use serde_json::json;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -149,19 +149,21 @@ impl<'a> Draft<'a> {
     /// A message to the customer, through the case's channel; recorded instead when there is no
     /// way to send it.
     fn tell_customer(&mut self, kind: OutboundKind, ctx: serde_json::Value) -> Result<(), LifecycleError> {
-        let why_not = match (&self.route, &self.life.unreachable) {
-            (None, _) => Some("the case has no stored reply route (it was made before this version)".to_owned()),
-            (_, Some(reason)) => Some(format!("the customer is unreachable on this channel: {reason}")),
+        let route = match (&self.route, &self.life.unreachable) {
+            (None, _) => Err("the case has no stored reply route (it was made before this version)".to_owned()),
+            (_, Some(reason)) => Err(format!("the customer is unreachable on this channel: {reason}")),
             (Some(ReplyRoute::Web { source, callback_url: None }), _) => {
-                Some(format!("web source {source} has no callback_url: the case has no way back to the customer"))
+                Err(format!("web source {source} has no callback_url: the case has no way back to the customer"))
             }
-            _ => None,
+            (Some(route), None) => Ok(route.clone()),
         };
-        if let Some(reason) = why_not {
-            self.log("not_sent", Some("gateway"), json!({ "kind": kind.name(), "reason": reason }));
-            return Ok(());
-        }
-        let Some(route) = self.route.clone() else { return Ok(()) };
+        let route = match route {
+            Ok(route) => route,
+            Err(reason) => {
+                self.log("not_sent", Some("gateway"), json!({ "kind": kind.name(), "reason": reason }));
+                return Ok(());
+            }
+        };
         let lang = self.case.lang;
         let text = self
             .lc
@@ -223,38 +225,11 @@ impl<'a> Draft<'a> {
         let token = survey::new_token();
         let expires = self.now + self.lc.settings.survey_window.as_millis() as i64;
         let link = format!("{}/v1/feedback/{token}", self.lc.settings.public_url.trim_end_matches('/'));
-        let lang = self.case.lang;
-        let (solved, unsolved, question) = match lang {
-            Lang::Zh => ("已解决", "未解决", "您对我们的处理满意吗（1 = 很不满意，5 = 非常满意）？您的问题解决了吗？"),
-            Lang::En => (
-                "Solved",
-                "Not solved",
-                "How satisfied are you with how we handled your case (1 = poor, 5 = excellent)? Was your problem solved?",
-            ),
-        };
-        let mut choices: Vec<SurveyChoice> = (1..=5)
-            .rev()
-            .map(|n| SurveyChoice {
-                value: format!("rating={n}"),
-                label: n.to_string(),
-                url: format!("{link}?rating={n}"),
-            })
-            .collect();
-        choices.push(SurveyChoice {
-            value: "solved=yes".into(),
-            label: solved.into(),
-            url: format!("{link}?solved=yes"),
-        });
-        choices.push(SurveyChoice {
-            value: "solved=no".into(),
-            label: unsolved.into(),
-            url: format!("{link}?solved=no"),
-        });
+        let question = survey::question(self.case.lang);
+        let choices = survey::choices(self.case.lang, &link);
         let mut ctx = self.context();
         ctx["link"] = json!(link);
-        ctx["choices"] = json!(
-            choices.iter().map(|c| json!({"value": c.value, "label": c.label, "url": c.url})).collect::<Vec<_>>()
-        );
+        ctx["choices"] = json!(choices);
         ctx["expires"] = json!(life::at(expires).date().to_string());
         self.life.survey = Some(SurveyState { token: token.clone(), sent_at: self.now, expires_at: expires });
         self.survey = Some((token.clone(), expires));
@@ -338,11 +313,10 @@ impl Lifecycle {
         F: FnMut(&mut Draft<'_>) -> Result<(), LifecycleError>,
     {
         for _ in 0..16 {
-            let state =
-                self.store.case_state(case_id).await?.ok_or_else(|| LifecycleError::NotFound(case_id.into()))?;
-            let case = crate::cases::load(&*self.store, case_id)
-                .await?
-                .ok_or_else(|| LifecycleError::NotFound(case_id.into()))?;
+            // One read: the row (with the version a change is written over) and its messages.
+            let (state, messages) =
+                self.store.get_case(case_id).await?.ok_or_else(|| LifecycleError::NotFound(case_id.into()))?;
+            let case = crate::cases::from_row(&state, messages)?;
             let status = CaseStatus::parse(&state.status)
                 .ok_or_else(|| LifecycleError::Corrupt(format!("case {case_id} has status {:?}", state.status)))?;
             let life = match &state.lifecycle {

@@ -1,5 +1,7 @@
-//! The satisfaction survey's answers: from a reply's first line or from a feedback link. Pure, apart
-//! from making tokens.
+//! The satisfaction survey: its question and choices, and its answers from a reply's first line or
+//! from a feedback link. Pure, apart from making tokens.
+
+use earshot_channel::{Lang, SurveyChoice};
 
 /// An answer, in part or whole: a link may carry only the rating, another click only "solved".
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -13,6 +15,31 @@ impl Answer {
     pub fn is_empty(&self) -> bool {
         self.rating.is_none() && self.solved.is_none() && self.comment.is_none()
     }
+}
+
+/// The survey's question, in the case's language.
+pub fn question(lang: Lang) -> &'static str {
+    match lang {
+        Lang::Zh => "您对我们的处理满意吗（1 = 很不满意，5 = 非常满意）？您的问题解决了吗？",
+        Lang::En => {
+            "How satisfied are you with how we handled your case (1 = poor, 5 = excellent)? Was your problem solved?"
+        }
+    }
+}
+
+/// The answers a survey offers, each with its one-click link under `link` (the survey's feedback
+/// URL; an empty one gives links relative to the survey page): ratings 5 to 1, then solved, not solved.
+pub fn choices(lang: Lang, link: &str) -> Vec<SurveyChoice> {
+    let (solved, unsolved) = match lang {
+        Lang::Zh => ("已解决", "未解决"),
+        Lang::En => ("Solved", "Not solved"),
+    };
+    let choice =
+        |value: String, label: &str| SurveyChoice { url: format!("{link}?{value}"), value, label: label.to_owned() };
+    let mut all: Vec<SurveyChoice> = (1..=5).rev().map(|n| choice(format!("rating={n}"), &n.to_string())).collect();
+    all.push(choice("solved=yes".into(), solved));
+    all.push(choice("solved=no".into(), unsolved));
+    all
 }
 
 /// Longest comment kept.

@@ -14,12 +14,8 @@ pub(super) const JOB_COLUMNS: &str = "o.id, o.event_id, o.case_id, o.kind, o.des
     o.max_attempts, o.next_attempt_at, o.last_error, o.created_at, COALESCE(p.payload, '') AS payload";
 pub(super) const PAYLOAD_JOIN: &str = "LEFT JOIN outbox_payloads p ON p.job_id = o.id";
 
-pub(super) const CASE_COLUMNS: &str =
-    "id, seq, case_ref, status, channel, source, ticket_id, data, created_at, lifecycle, breached <> 0 AS breached";
-
-/// Every column of a [`super::CaseState`].
-pub(super) const STATE_COLUMNS: &str =
-    "id, case_ref, status, channel, source, ticket_id, data, created_at, reply_route, lifecycle, version";
+pub(super) const CASE_COLUMNS: &str = "id, seq, case_ref, status, channel, source, ticket_id, data, created_at, \
+    lifecycle, breached <> 0 AS breached, reply_route, version";
 
 /// The list filter's pattern for `LIKE … ESCAPE '\'`: the text itself, wildcards taken literally.
 pub(super) fn like_pattern(text: &str) -> String {
@@ -387,13 +383,6 @@ macro_rules! shared_queries {
             .bind(limit)
             .fetch_all(&mut *conn)
             .await?)
-        }
-
-        pub(super) async fn case_state(conn: &mut Conn, id: &str) -> Result<Option<super::CaseState>> {
-            Ok(sqlx::query_as(&format!("SELECT {} FROM cases WHERE id = $1", super::common::STATE_COLUMNS))
-                .bind(id)
-                .fetch_optional(&mut *conn)
-                .await?)
         }
 
         pub(super) async fn inbox_digest(conn: &mut Conn, endpoint: &str, webhook_id: &str) -> Result<Option<String>> {

@@ -236,21 +236,13 @@ pub struct CaseRow {
     pub lifecycle: Option<String>,
     #[sqlx(default)]
     pub breached: bool,
-}
-
-/// A case as the lifecycle reads it: the row, with what a change must be written over.
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct CaseState {
-    pub id: String,
-    pub case_ref: String,
-    pub status: String,
-    pub channel: String,
-    pub source: String,
-    pub ticket_id: Option<String>,
-    pub data: String,
-    pub created_at: i64,
+    /// The reply route as JSON (see `NewCase::reply_route`).
+    #[sqlx(default)]
+    #[serde(skip)]
     pub reply_route: Option<String>,
-    pub lifecycle: Option<String>,
+    /// What a lifecycle change is written over ([`CaseChange::version`]).
+    #[sqlx(default)]
+    #[serde(skip)]
     pub version: i64,
 }
 
@@ -462,9 +454,6 @@ pub trait Store: Send + Sync + 'static {
 
     /// Of these addresses, those acknowledged at or after `since_ms`.
     async fn acked_since(&self, addresses: &[String], since_ms: i64) -> Result<Vec<String>>;
-
-    /// The case as the lifecycle reads it.
-    async fn case_state(&self, id: &str) -> Result<Option<CaseState>>;
 
     /// Writes a lifecycle change, all or nothing (see [`ChangeOutcome`]).
     async fn apply_change(&self, change: CaseChange) -> Result<ChangeOutcome>;

@@ -361,10 +361,6 @@ impl super::Store for PgStore {
         update_message(&mut *self.pool.acquire().await?, message_id, data).await
     }
 
-    async fn case_state(&self, id: &str) -> Result<Option<super::CaseState>> {
-        case_state(&mut *self.pool.acquire().await?, id).await
-    }
-
     async fn apply_change(&self, ch: super::CaseChange) -> Result<super::ChangeOutcome> {
         use super::ChangeOutcome;
         use super::common::sql;

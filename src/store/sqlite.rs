@@ -321,10 +321,6 @@ impl super::Store for SqliteStore {
         self.writer.call(move |c| sqlite_writer::update_message(c, &message_id, &data)).await
     }
 
-    async fn case_state(&self, id: &str) -> Result<Option<super::CaseState>> {
-        case_state(&mut *self.read.acquire().await?, id).await
-    }
-
     async fn apply_change(&self, ch: super::CaseChange) -> Result<super::ChangeOutcome> {
         self.writer.call(move |c| sqlite_writer::apply_change(c, &ch)).await
     }

@@ -1174,7 +1174,7 @@ async fn check_case_changes(store: &dyn Store) {
     let s = seqs(store, 1).await;
     let a = new_case(s[0], T0, &[]);
     commit(store, std::slice::from_ref(&a)).await;
-    let state = store.case_state(&a.case_id).await.expect("case_state").expect("the case");
+    let state = store.get_case(&a.case_id).await.expect("get_case").expect("the case").0;
     assert_eq!((state.status.as_str(), state.version), ("new", 0));
 
     let key = InboxKey { endpoint: "tickets".into(), webhook_id: "evt_1".into(), digest: "d1".into() };
@@ -1182,7 +1182,7 @@ async fn check_case_changes(store: &dyn Store) {
     first.inbox = Some(key.clone());
     first.survey = Some(("sv_token".into(), T0 + 1000));
     assert_eq!(store.apply_change(first.clone()).await.expect("apply"), ChangeOutcome::Applied);
-    let state = store.case_state(&a.case_id).await.expect("case_state").expect("the case");
+    let state = store.get_case(&a.case_id).await.expect("get_case").expect("the case").0;
     assert_eq!((state.status.as_str(), state.version, state.lifecycle.as_deref()), ("in_progress", 1, Some("{}")));
     assert_eq!(store.inbox_digest("tickets", "evt_1").await.expect("inbox"), Some("d1".to_owned()));
     assert_eq!(store.survey("sv_token").await.expect("survey"), Some((a.case_id.clone(), T0 + 1000)));
@@ -1198,11 +1198,11 @@ async fn check_case_changes(store: &dyn Store) {
     stale.inbox = Some(InboxKey { endpoint: "tickets".into(), webhook_id: "evt_2".into(), digest: "d2".into() });
     assert_eq!(store.apply_change(stale).await.expect("apply"), ChangeOutcome::Stale);
     assert_eq!(store.inbox_digest("tickets", "evt_2").await.expect("inbox"), None);
-    let state = store.case_state(&a.case_id).await.expect("case_state").expect("the case");
+    let state = store.get_case(&a.case_id).await.expect("get_case").expect("the case").0;
     assert_eq!((state.status.as_str(), state.version), ("in_progress", 1));
     assert_eq!(store.case_log(&a.case_id).await.expect("log").len(), 1);
     assert_eq!(jobs_of(store, &a.case_id).await.len(), 1);
-    assert!(store.case_state("case_missing").await.expect("case_state").is_none());
+    assert!(store.get_case("case_missing").await.expect("get_case").is_none());
 }
 
 /// A delivered acknowledgement moves a new case to acknowledged (and only a new one); a delivered
@@ -1223,7 +1223,7 @@ async fn check_acknowledged_and_provider_id(store: &dyn Store) {
         },
     };
     assert_eq!(store.record_outcomes(vec![outcome], T0 + 2).await.expect("record"), vec![true]);
-    let state = store.case_state(&a.case_id).await.expect("case_state").expect("the case");
+    let state = store.get_case(&a.case_id).await.expect("get_case").expect("the case").0;
     assert_eq!((state.status.as_str(), state.version), ("acknowledged", 1));
     let hits = store.find_thread("telegram", &["4242:17".to_owned()], &[], &[]).await.expect("find_thread");
     assert_eq!(hits.iter().map(|h| h.case_id.as_str()).collect::<Vec<_>>(), [a.case_id.as_str()]);
