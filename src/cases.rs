@@ -3,10 +3,10 @@
 
 use crate::lifecycle::life::Life;
 use crate::schema::{Case, CaseStatus, Message, SCHEMA_VERSION};
-use crate::store::{CaseRow, Store, StoreError};
+use crate::store::{CaseId, CaseRow, Store, StoreError};
 
 /// The case with its messages and current state, or `None` if there is no such case.
-pub async fn load(store: &dyn Store, id: &str) -> Result<Option<Case>, StoreError> {
+pub async fn load(store: &dyn Store, id: &CaseId) -> Result<Option<Case>, StoreError> {
     match store.get_case(id).await? {
         Some((row, messages)) => from_row(&row, messages).map(Some),
         None => Ok(None),
@@ -36,7 +36,7 @@ pub fn from_row(row: &CaseRow, messages: Vec<String>) -> Result<Case, StoreError
 /// A case with its whole timeline, oldest first: messages in, messages out (with their delivery
 /// state), status changes with who made them, replies, feedback, SLA events. What
 /// `GET /v1/cases/{id}` and `earshot cases show` print.
-pub async fn with_timeline(store: &dyn Store, id: &str) -> Result<Option<serde_json::Value>, StoreError> {
+pub async fn with_timeline(store: &dyn Store, id: &CaseId) -> Result<Option<serde_json::Value>, StoreError> {
     use serde_json::json;
     let Some(case) = load(store, id).await? else { return Ok(None) };
     let mut timeline: Vec<(i64, serde_json::Value)> = Vec::new();
@@ -46,7 +46,7 @@ pub async fn with_timeline(store: &dyn Store, id: &str) -> Result<Option<serde_j
     }
     for job in store.case_jobs(id).await? {
         let rfc = crate::lifecycle::life::at(job.created_at);
-        let entry = if crate::outbox::Destination::parse(&job.destination).is_some_and(|d| d.is_channel()) {
+        let entry = if job.destination.is_channel() {
             let out: Option<earshot_channel::Outbound> = serde_json::from_str(&job.payload).ok();
             json!({
                 "at": rfc, "kind": "message_out", "actor": "gateway", "message": job.kind, "job": job.id,

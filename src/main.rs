@@ -380,7 +380,7 @@ async fn outbox(st: &dyn store::Store, command: OutboxCommand) -> anyhow::Result
             Ok(ExitCode::SUCCESS)
         }
         OutboxCommand::Replay { id: Some(id), .. } => {
-            if st.replay_job(id, earshot::now_ms()).await? {
+            if st.replay_job(earshot::store::JobId(id), earshot::now_ms()).await? {
                 println!("job {id} is pending again");
                 Ok(ExitCode::SUCCESS)
             } else {
@@ -389,7 +389,7 @@ async fn outbox(st: &dyn store::Store, command: OutboxCommand) -> anyhow::Result
             }
         }
         OutboxCommand::Discard { id } => {
-            if st.discard_job(id, earshot::now_ms()).await? {
+            if st.discard_job(earshot::store::JobId(id), earshot::now_ms()).await? {
                 println!("job {id} is discarded; the jobs it held go out");
                 Ok(ExitCode::SUCCESS)
             } else {
@@ -441,16 +441,18 @@ async fn cases(st: &dyn store::Store, command: CasesCommand) -> anyhow::Result<E
             }
             Ok(ExitCode::SUCCESS)
         }
-        CasesCommand::Show { id } => match earshot::cases::with_timeline(st, &id).await? {
-            Some(case) => {
-                println!("{}", serde_json::to_string_pretty(&case)?);
-                Ok(ExitCode::SUCCESS)
+        CasesCommand::Show { id } => {
+            match earshot::cases::with_timeline(st, &earshot::schema::CaseId(id.clone())).await? {
+                Some(case) => {
+                    println!("{}", serde_json::to_string_pretty(&case)?);
+                    Ok(ExitCode::SUCCESS)
+                }
+                None => {
+                    println!("no case {id}");
+                    Ok(ExitCode::FAILURE)
+                }
             }
-            None => {
-                println!("no case {id}");
-                Ok(ExitCode::FAILURE)
-            }
-        },
+        }
     }
 }
 

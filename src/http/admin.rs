@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 
 use super::AppState;
 use super::error::ApiError;
+use crate::store::JobId;
 
 pub fn routes() -> axum::Router<AppState> {
     axum::Router::new()
@@ -72,7 +73,7 @@ async fn list_cases(
 async fn show_case(
     State(st): State<AppState>,
     headers: HeaderMap,
-    id: Result<Path<String>, PathRejection>,
+    id: Result<Path<crate::store::CaseId>, PathRejection>,
 ) -> Result<Json<Value>, ApiError> {
     authorize(&st, &headers)?;
     let Path(id) = id?;
@@ -137,8 +138,8 @@ async fn on_dead_job(
     let Path(id) = id?;
     let now = crate::now_ms();
     let (done, field) = match action {
-        DeadJobAction::Replay => (st.store.replay_job(id, now).await?, "replayed"),
-        DeadJobAction::Discard => (st.store.discard_job(id, now).await?, "discarded"),
+        DeadJobAction::Replay => (st.store.replay_job(JobId(id), now).await?, "replayed"),
+        DeadJobAction::Discard => (st.store.discard_job(JobId(id), now).await?, "discarded"),
     };
     if !done {
         return Err(ApiError::new(StatusCode::CONFLICT, "not_dead", format!("job {id} does not exist or is not dead")));

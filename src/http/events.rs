@@ -22,7 +22,7 @@ use super::error::ApiError;
 use crate::config::Endpoint;
 use crate::lifecycle::survey::{self, Answer};
 use crate::lifecycle::{Applied, Lifecycle, LifecycleError, TicketEvent, status};
-use crate::schema::CaseStatus;
+use crate::schema::{CaseId, CaseStatus};
 
 /// What the way back needs.
 #[derive(Clone)]
@@ -224,7 +224,7 @@ async fn case_event(
     if let Some(stored) = store.inbox_digest(&ep.name, &webhook_id).await? {
         return repeat(&stored, &digest, &case_id);
     }
-    match st.lifecycle.ticket_event(&case_id, &ep.name, &webhook_id, &digest, &event).await? {
+    match st.lifecycle.ticket_event(&CaseId(case_id.clone()), &ep.name, &webhook_id, &digest, &event).await? {
         Applied::Changed { status } => {
             Ok(Json(json!({ "case_id": case_id, "status": status, "changed": true, "duplicate": false }))
                 .into_response())
@@ -273,13 +273,13 @@ async fn feedback(
     let status = if answer.is_empty() {
         StatusCode::OK
     } else {
-        match st.lifecycle.feedback(&case.id.0, &answer, "link").await {
+        match st.lifecycle.feedback(&case.id, &answer, "link").await {
             Ok(_) => StatusCode::OK,
             Err(LifecycleError::SurveyClosed) => StatusCode::GONE,
             Err(e) => return Err(e.into()),
         }
     };
-    let case = crate::cases::load(&**st.lifecycle.store(), &case.id.0).await?.unwrap_or(case);
+    let case = crate::cases::load(&**st.lifecycle.store(), &case.id).await?.unwrap_or(case);
     // Relative links: the page is the survey's own URL.
     let choices = survey::choices(case.lang, "");
     let fb = case.feedback.clone();

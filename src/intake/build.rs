@@ -113,7 +113,7 @@ impl Builder {
                 jobs.push(NewJob {
                     event_id: EventId::generate().0,
                     kind: "case.message_added",
-                    destination: Destination::downstream(&ep.name).to_string(),
+                    destination: Destination::downstream(&ep.name),
                     payload: payload.clone(),
                     max_attempts: i64::from(ep.max_attempts),
                 });
@@ -122,9 +122,9 @@ impl Builder {
         Ok(NewCase {
             channel: inbound.channel.as_str(),
             external_id: inbound.external_id.0.clone(),
-            case_id: case.id.0.clone(),
+            case_id: case.id.clone(),
             seq: 0,
-            case_ref: case.case_ref.to_string(),
+            case_ref: case.case_ref.clone(),
             status: "",
             source: inbound.source.clone(),
             customer_id: case.customer.id.0.clone(),
@@ -241,8 +241,7 @@ impl Builder {
             jobs.push(NewJob {
                 event_id: id.0,
                 kind: "ack",
-                destination: Destination::channel(inbound.reply_route.channel(), inbound.reply_route.sender())
-                    .to_string(),
+                destination: Destination::channel(inbound.reply_route.channel(), inbound.reply_route.sender()),
                 payload: serde_json::to_string(&outbound)?,
                 max_attempts: self.channel_max_attempts,
             });
@@ -254,7 +253,7 @@ impl Builder {
                 jobs.push(NewJob {
                     event_id: EventId::generate().0,
                     kind: "case.created",
-                    destination: Destination::downstream(&ep.name).to_string(),
+                    destination: Destination::downstream(&ep.name),
                     payload: payload.clone(),
                     max_attempts: i64::from(ep.max_attempts),
                 });
@@ -264,9 +263,9 @@ impl Builder {
         let new = NewCase {
             channel: inbound.channel.as_str(),
             external_id: inbound.external_id.0.clone(),
-            case_id: case_id.0,
+            case_id,
             seq,
-            case_ref: case_ref.to_string(),
+            case_ref: case_ref.clone(),
             status: CaseStatus::New.as_str(),
             source: inbound.source.clone(),
             customer_id: customer_id.0,

@@ -137,7 +137,7 @@ impl Intake for IntakeService {
             Ok(None) => return Ok(false),
             Err(e) => return Err(IntakeError::Unavailable(e.to_string())),
         };
-        match self.lifecycle.feedback(&case.id.0, &parsed, "channel").await {
+        match self.lifecycle.feedback(&case.id, &parsed, "channel").await {
             Ok(_) => Ok(true),
             Err(LifecycleError::SurveyClosed | LifecycleError::NotFound(_)) => Ok(false),
             Err(e) => Err(IntakeError::Unavailable(e.to_string())),

@@ -140,8 +140,8 @@ fn answer_all(
                         );
                     }
                     Ok(Receipt {
-                        case_id: item.case_id.clone(),
-                        case_ref: item.case_ref.clone(),
+                        case_id: item.case_id.0.clone(),
+                        case_ref: item.case_ref.to_string(),
                         status: if item.follow_up { "open".to_owned() } else { item.status.to_owned() },
                         duplicate: false,
                         follow_up: item.follow_up,
@@ -158,8 +158,16 @@ fn answer_all(
                 Some((Ok(Committed::Duplicate { case_id, case_ref, status, .. }), item)) => {
                     metrics::counter!("earshot_duplicates_total", "channel" => item.channel).increment(1);
                     tracing::info!(case_id = %case_id, channel = item.channel, external_id = %item.external_id, "Duplicate delivery of a stored message.");
-                    let ack = if item.follow_up { None } else { builder.ack_text(&group.first.inbound, &case_ref) };
-                    Ok(Receipt { case_id, case_ref, status, duplicate: true, follow_up: item.follow_up, ack })
+                    let ack =
+                        if item.follow_up { None } else { builder.ack_text(&group.first.inbound, case_ref.as_str()) };
+                    Ok(Receipt {
+                        case_id: case_id.0,
+                        case_ref: case_ref.to_string(),
+                        status,
+                        duplicate: true,
+                        follow_up: item.follow_up,
+                        ack,
+                    })
                 }
                 Some((Ok(Committed::OtherCustomer { .. }), _)) => {
                     Err(IntakeError::Unavailable("the case could not be rendered for its customer".into()))
@@ -391,8 +399,8 @@ async fn thread_case(
     let hits = ctx.store.find_thread(inbound.channel.as_str(), &ids, &events, &hint.case_refs).await?;
     let chosen = hits
         .iter()
-        .find(|h| h.matched != h.case_ref)
-        .or_else(|| hits.iter().find(|h| h.matched == h.case_ref && customer == Some(h.customer_id.as_str())));
+        .find(|h| h.matched != h.case_ref.as_str())
+        .or_else(|| hits.iter().find(|h| h.matched == h.case_ref.as_str() && customer == Some(h.customer_id.as_str())));
     match chosen {
         Some(hit) => crate::cases::load(&*ctx.store, &hit.case_id).await,
         None => Ok(None),

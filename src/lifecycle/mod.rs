@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Endpoint;
 use crate::notify::Templates;
 use crate::outbox::Destination;
-use crate::schema::{Case, CaseEvent, CaseEventData, CaseStatus, EventId, EventType, Feedback};
+use crate::schema::{Case, CaseEvent, CaseEventData, CaseId, CaseStatus, EventId, EventType, Feedback};
 use crate::store::{CaseChange, ChangeOutcome, InboxKey, NewJob, Store, StoreError};
 use life::{Life, SurveyState, Target};
 use survey::Answer;
@@ -188,7 +188,7 @@ impl<'a> Draft<'a> {
         self.jobs.push(NewJob {
             event_id: id.0,
             kind: kind.name(),
-            destination: Destination::channel(route.channel(), route.sender()).to_string(),
+            destination: Destination::channel(route.channel(), route.sender()),
             payload,
             max_attempts: self.lc.settings.channel_max_attempts,
         });
@@ -259,14 +259,14 @@ impl<'a> Draft<'a> {
                 self.jobs.push(NewJob {
                     event_id: EventId::generate().0,
                     kind: kind.as_str(),
-                    destination: Destination::downstream(&ep.name).to_string(),
+                    destination: Destination::downstream(&ep.name),
                     payload: payload.clone(),
                     max_attempts: i64::from(ep.max_attempts),
                 });
             }
         }
         Ok(CaseChange {
-            case_id: self.case.id.0.clone(),
+            case_id: self.case.id.clone(),
             version: self.version,
             status: self.status.as_str().to_owned(),
             ticket_id: self.ticket_id.clone(),
@@ -305,7 +305,7 @@ impl Lifecycle {
     /// moved on meanwhile is read again.
     async fn change<F>(
         &self,
-        case_id: &str,
+        case_id: &CaseId,
         inbox: Option<InboxKey>,
         mut f: F,
     ) -> Result<(Applied, Vec<Target>), LifecycleError>
@@ -315,7 +315,7 @@ impl Lifecycle {
         for _ in 0..16 {
             // One read: the row (with the version a change is written over) and its messages.
             let (state, messages) =
-                self.store.get_case(case_id).await?.ok_or_else(|| LifecycleError::NotFound(case_id.into()))?;
+                self.store.get_case(case_id).await?.ok_or_else(|| LifecycleError::NotFound(case_id.to_string()))?;
             let case = crate::cases::from_row(&state, messages)?;
             let status = CaseStatus::parse(&state.status)
                 .ok_or_else(|| LifecycleError::Corrupt(format!("case {case_id} has status {:?}", state.status)))?;
@@ -362,13 +362,13 @@ impl Lifecycle {
     /// Applies an event from the ticket store, sent by `endpoint` with `webhook_id`.
     pub async fn ticket_event(
         &self,
-        case_id: &str,
+        case_id: &CaseId,
         endpoint: &str,
         webhook_id: &str,
         digest: &str,
         event: &TicketEvent,
     ) -> Result<Applied, LifecycleError> {
-        let actor = format!("downstream:{endpoint}");
+        let actor = Destination::downstream(endpoint).to_string();
         let inbox =
             InboxKey { endpoint: endpoint.to_owned(), webhook_id: webhook_id.to_owned(), digest: digest.to_owned() };
         let (applied, _) = self
@@ -410,7 +410,7 @@ impl Lifecycle {
             .await?;
         if let Applied::Changed { status } = &applied {
             metrics::counter!("earshot_case_events_total", "type" => event_type(event)).increment(1);
-            tracing::info!(case_id, endpoint, event = event_type(event), status = %status, "Ticket store event applied.");
+            tracing::info!(case_id = %case_id, endpoint, event = event_type(event), status = %status, "Ticket store event applied.");
         }
         Ok(applied)
     }
@@ -418,7 +418,7 @@ impl Lifecycle {
     /// Records the customer's survey answer (`via`: `link`, `reply`, `callback`). An answer within
     /// the survey's window replaces the earlier one and is forwarded again; "not solved" reopens a
     /// resolved (or closed) case. The same answer again changes nothing.
-    pub async fn feedback(&self, case_id: &str, answer: &Answer, via: &str) -> Result<Applied, LifecycleError> {
+    pub async fn feedback(&self, case_id: &CaseId, answer: &Answer, via: &str) -> Result<Applied, LifecycleError> {
         let (applied, _) = self
             .change(case_id, None, |d| {
                 let open = d.life.survey.as_ref().is_some_and(|s| d.now <= s.expires_at);
@@ -467,14 +467,14 @@ impl Lifecycle {
             .await?;
         if let Applied::Changed { status } = &applied {
             metrics::counter!("earshot_feedback_total", "via" => via.to_owned()).increment(1);
-            tracing::info!(case_id, via, rating = ?answer.rating, solved = ?answer.solved, status = %status, "Survey answer recorded.");
+            tracing::info!(case_id = %case_id, via, rating = ?answer.rating, solved = ?answer.solved, status = %status, "Survey answer recorded.");
         }
         Ok(applied)
     }
 
     /// A channel said the customer cannot be reached: recorded on the case (once per reason), and
     /// every endpoint hears `case.updated` with `reachable: false`.
-    pub async fn unreachable(&self, case_id: &str, reason: &str) -> Result<Applied, LifecycleError> {
+    pub async fn unreachable(&self, case_id: &CaseId, reason: &str) -> Result<Applied, LifecycleError> {
         let (applied, _) = self
             .change(case_id, None, |d| {
                 if d.life.unreachable.as_deref() == Some(reason) {
@@ -490,7 +490,7 @@ impl Lifecycle {
             })
             .await?;
         if matches!(applied, Applied::Changed { .. }) {
-            tracing::warn!(case_id, reason, "Customer unreachable on the case's channel; downstream told.");
+            tracing::warn!(case_id = %case_id, reason, "Customer unreachable on the case's channel; downstream told.");
         }
         Ok(applied)
     }

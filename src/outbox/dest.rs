@@ -3,7 +3,7 @@
 
 use earshot_channel::ChannelKind;
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Destination {
     /// A `[[downstream]]` endpoint, by name.
     Downstream(String),
@@ -44,6 +44,22 @@ impl Destination {
             Destination::Channel { kind, .. } => ChannelKind::parse(kind),
             Destination::Downstream(_) => None,
         }
+    }
+}
+
+/// Written as its stored text (job listings, timelines).
+impl serde::Serialize for Destination {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// A stored destination read back; the error names the text.
+impl TryFrom<String> for Destination {
+    type Error = String;
+
+    fn try_from(stored: String) -> Result<Destination, String> {
+        Destination::parse(&stored).ok_or_else(|| format!("not a destination: {stored:?}"))
     }
 }
 

@@ -17,6 +17,7 @@ use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use super::Destination;
 use super::breaker::{Admit, Breaker, Change};
 use super::recorder::Recorded;
 use super::worker::Deliverer;
@@ -26,7 +27,7 @@ use crate::store::{Job, JobOutcome, OutcomeKind, Store};
 /// One destination and its limits.
 #[derive(Debug, Clone)]
 pub struct Spec {
-    pub destination: String,
+    pub destination: Destination,
     /// The longest one send may take.
     pub deadline: Duration,
     pub max_in_flight: usize,
@@ -76,7 +77,8 @@ fn start_margin(lease: Duration, deadline: Duration) -> Duration {
 
 /// Runs until `shutdown`, then hands its queued jobs back and waits for its sends to end.
 pub async fn run(spec: Spec, shared: Arc<Shared>, wake: Arc<Notify>, shutdown: CancellationToken) {
-    let dest = spec.destination.clone();
+    // The metrics' label and the logs' field.
+    let dest = spec.destination.to_string();
     let lease_ms = shared.settings.lease.as_millis() as i64;
     let max = spec.max_in_flight.max(1);
     let must_be_left = spec.deadline + start_margin(shared.settings.lease, spec.deadline);
@@ -131,7 +133,7 @@ pub async fn run(spec: Spec, shared: Arc<Shared>, wake: Arc<Notify>, shutdown: C
         };
         if want > 0 {
             let now_ms = crate::now_ms();
-            match shared.store.lease_jobs(Some(&dest), now_ms, now_ms + lease_ms, want as i64).await {
+            match shared.store.lease_jobs(Some(&spec.destination), now_ms, now_ms + lease_ms, want as i64).await {
                 Ok(jobs) => {
                     lease_failures = 0;
                     drained = jobs.len() < want;
@@ -189,7 +191,7 @@ fn set_breaker_gauge(dest: &str, open: bool) {
 }
 
 fn on_result(breaker: &mut Breaker, spec: &Spec, ok: bool, probe: bool) {
-    let dest = &spec.destination;
+    let dest = &spec.destination.to_string();
     match breaker.record(ok, probe, Instant::now()) {
         Some(Change::Opened { cooldown }) => {
             set_breaker_gauge(dest, true);
@@ -243,7 +245,7 @@ async fn send(shared: &Shared, meters: &Meters, job: Job, deadline: Duration, wa
         Ok(delivered) => {
             meters.delivered.increment(1);
             meters.latency.record((now - job.created_at).max(0) as f64 / 1000.0);
-            tracing::debug!(job = job.id, event_id = %job.event_id, destination = %dest, "Delivered.");
+            tracing::debug!(job = %job.id, event_id = %job.event_id, destination = %dest, "Delivered.");
             let done = OutcomeKind::Done {
                 case_id: job.case_id.clone(),
                 ticket_id: delivered.ticket_id,
@@ -264,7 +266,7 @@ async fn send(shared: &Shared, meters: &Meters, job: Job, deadline: Duration, wa
             let kind = if give_up {
                 meters.dead_letters.increment(1);
                 tracing::warn!(
-                    job = job.id, event_id = %job.event_id, destination = %dest, attempts = job.attempts,
+                    job = %job.id, event_id = %job.event_id, destination = %dest, attempts = job.attempts,
                     error = %e, "Job dead-lettered; replay it with `earshot outbox replay` or give it up with `earshot outbox discard`."
                 );
                 OutcomeKind::Dead { error }
@@ -272,7 +274,7 @@ async fn send(shared: &Shared, meters: &Meters, job: Job, deadline: Duration, wa
                 let delay =
                     super::next_delay(&settings.retry_schedule, job.attempts, retry_after, settings.max_retry_after);
                 tracing::info!(
-                    job = job.id, destination = %dest, attempts = job.attempts, error = %e,
+                    job = %job.id, destination = %dest, attempts = job.attempts, error = %e,
                     retry_in_ms = delay.as_millis() as u64, "Delivery failed; will retry."
                 );
                 OutcomeKind::Retry { at_ms: now + delay.as_millis() as i64, error }
@@ -281,7 +283,7 @@ async fn send(shared: &Shared, meters: &Meters, job: Job, deadline: Duration, wa
                 // Recorded on the case and told downstream; the job itself is dead (replay it
                 // once the customer can be reached again).
                 if let Err(err) = shared.deliverer.lifecycle.unreachable(&job.case_id, reason).await {
-                    tracing::warn!(job = job.id, error = %err, "Could not record an unreachable customer on the case.");
+                    tracing::warn!(job = %job.id, error = %err, "Could not record an unreachable customer on the case.");
                 }
             }
             (kind, !e.is_transient())
@@ -290,7 +292,7 @@ async fn send(shared: &Shared, meters: &Meters, job: Job, deadline: Duration, wa
     let wake = matches!(kind, OutcomeKind::Done { .. }).then_some(wake);
     let outcome = JobOutcome { id: job.id, attempts: job.attempts, kind };
     if shared.recorder.send(Recorded { outcome, wake }).is_err() {
-        tracing::error!(job = job.id, "The outcome recorder is gone; the job will be sent again when its lease ends.");
+        tracing::error!(job = %job.id, "The outcome recorder is gone; the job will be sent again when its lease ends.");
     }
     answered
 }

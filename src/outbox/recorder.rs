@@ -39,7 +39,7 @@ pub async fn run(store: Arc<dyn Store>, mut rx: mpsc::UnboundedReceiver<Recorded
                     for (o, ok) in outcomes.iter().zip(counted) {
                         if !ok {
                             tracing::warn!(
-                                job = o.id,
+                                job = %o.id,
                                 "Lease had expired; another worker owns the job, outcome not recorded."
                             );
                         }

@@ -37,17 +37,17 @@ pub struct Delivered {
 impl Deliverer {
     /// Delivers one job.
     pub async fn deliver(&self, job: &Job) -> Result<Delivered, SendError> {
-        match Destination::parse(&job.destination) {
-            Some(Destination::Downstream(name)) => {
+        match &job.destination {
+            Destination::Downstream(name) => {
                 let endpoints = self.endpoints.get();
-                let ep = endpoints.iter().find(|e| e.name == name).ok_or_else(|| SendError::Permanent {
+                let ep = endpoints.iter().find(|e| &e.name == name).ok_or_else(|| SendError::Permanent {
                     reason: format!("downstream {name:?} is no longer configured"),
                 })?;
                 let ticket_id = downstream::deliver(&self.client, ep, &job.event_id, job.payload.clone()).await?;
                 Ok(Delivered { ticket_id, provider_id: None })
             }
-            Some(Destination::Channel { kind, .. }) => {
-                let channel = ChannelKind::parse(&kind)
+            Destination::Channel { kind, .. } => {
+                let channel = ChannelKind::parse(kind)
                     .and_then(|k| self.channels.get(k))
                     .ok_or_else(|| SendError::Permanent { reason: format!("channel {kind:?} is not enabled") })?;
                 let outbound: Outbound = serde_json::from_str(&job.payload).map_err(|e| SendError::Permanent {
@@ -56,7 +56,6 @@ impl Deliverer {
                 let sent = channel.send(&outbound).await?;
                 Ok(Delivered { ticket_id: None, provider_id: sent.provider_id })
             }
-            None => Err(SendError::Permanent { reason: format!("unknown destination {:?}", job.destination) }),
         }
     }
 
@@ -67,7 +66,7 @@ impl Deliverer {
             .get()
             .iter()
             .map(|ep| Spec {
-                destination: Destination::downstream(&ep.name).to_string(),
+                destination: Destination::downstream(&ep.name),
                 deadline: ep.timeout,
                 max_in_flight: ep.max_in_flight,
                 breaker_failures: ep.breaker_failures,
@@ -85,7 +84,7 @@ impl Deliverer {
                     deadline = cap;
                 }
                 specs.push(Spec {
-                    destination: Destination::channel(kind, &sender).to_string(),
+                    destination: Destination::channel(kind, &sender),
                     deadline,
                     max_in_flight: settings.max_in_flight,
                     breaker_failures: settings.breaker_failures,
@@ -98,9 +97,9 @@ impl Deliverer {
 
     /// Limits for a destination found in the store but not in the config (an endpoint removed
     /// since, or a job stored before channel senders were named).
-    fn unconfigured(&self, destination: &str, settings: &OutboxSettings) -> Spec {
-        let deadline = match Destination::parse(destination) {
-            Some(Destination::Channel { kind, sender }) => ChannelKind::parse(&kind)
+    fn unconfigured(&self, destination: &Destination, settings: &OutboxSettings) -> Spec {
+        let deadline = match destination {
+            Destination::Channel { kind, sender } => ChannelKind::parse(kind)
                 .and_then(|k| self.channels.get(k))
                 .map(|c| c.send_deadline(sender.as_deref().unwrap_or_default())),
             _ => None,
@@ -108,7 +107,7 @@ impl Deliverer {
         // Within the lease whatever happens (config only checks the deadlines it knows).
         let cap = settings.lease.mul_f64(0.8);
         Spec {
-            destination: destination.to_owned(),
+            destination: destination.clone(),
             deadline: deadline.unwrap_or(cap).min(cap),
             max_in_flight: settings.max_in_flight,
             breaker_failures: settings.breaker_failures,
@@ -180,7 +179,7 @@ pub async fn run_workers(
 /// The recipient of a channel job when it has been suppressed since the job was queued (a bounce, an
 /// unsubscribe): sending on would only earn another bounce (and could feed a mail loop).
 pub(super) async fn suppressed_recipient(store: &dyn Store, job: &Job) -> Option<String> {
-    if !Destination::parse(&job.destination).is_some_and(|d| d.is_channel()) {
+    if !job.destination.is_channel() {
         return None;
     }
     let recipient = serde_json::from_str::<Outbound>(&job.payload).ok()?.reply_route.recipient()?;
@@ -188,7 +187,7 @@ pub(super) async fn suppressed_recipient(store: &dyn Store, job: &Job) -> Option
         Ok(hit) if !hit.is_empty() => Some(recipient.address),
         Ok(_) => None,
         Err(e) => {
-            tracing::warn!(job = job.id, error = %e, "Could not check the suppression list; sending anyway.");
+            tracing::warn!(job = %job.id, error = %e, "Could not check the suppression list; sending anyway.");
             None
         }
     }

@@ -18,14 +18,29 @@ pub const SCHEMA_VERSION: u32 = 2;
 macro_rules! id_type {
     ($name:ident, $prefix:literal, $doc:literal) => {
         #[doc = $doc]
-        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+        #[derive(
+            Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema, sqlx::Type,
+        )]
         #[serde(transparent)]
+        #[sqlx(transparent)]
         pub struct $name(pub String);
 
         impl $name {
             /// A new time-ordered id.
             pub fn generate() -> Self {
                 $name(format!(concat!($prefix, "_{}"), uuid::Uuid::now_v7().simple()))
+            }
+        }
+
+        impl $name {
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl From<&str> for $name {
+            fn from(s: &str) -> Self {
+                $name(s.to_owned())
             }
         }
 

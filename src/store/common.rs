@@ -40,6 +40,12 @@ pub(super) const HOLDER: &str = "(SELECT MIN(p.id) FROM outbox p WHERE p.case_id
 /// with the destination, so one destination's lease never walks past another's backlog). A job
 /// waits while an earlier one of its case and destination is pending, leased or dead. `lock` is
 /// `FOR UPDATE SKIP LOCKED` on PostgreSQL and empty on SQLite, where the single writer connection
+/// A stored case reference read back; one that is not valid is corrupt data.
+pub(super) fn stored_ref(text: String) -> super::Result<earshot_channel::CaseRef> {
+    earshot_channel::CaseRef::parse(&text)
+        .map_err(|e| super::StoreError::Corrupt(format!("case reference {text:?}: {e}")))
+}
+
 /// already serialises leasing; with `by_destination`, `$4` is the destination.
 pub(super) fn lease_sql(lock: &str, by_destination: bool) -> String {
     let dest = if by_destination { "o.destination = $4 AND " } else { "" };
@@ -197,12 +203,13 @@ macro_rules! shared_queries {
             Ok(by_dest.into_values().collect())
         }
 
-        pub(super) async fn job_destinations(conn: &mut Conn) -> Result<Vec<String>> {
-            Ok(sqlx::query_scalar(
+        pub(super) async fn job_destinations(conn: &mut Conn) -> Result<Vec<super::Destination>> {
+            let stored: Vec<String> = sqlx::query_scalar(
                 "SELECT DISTINCT destination FROM outbox WHERE state IN ('pending', 'leased') ORDER BY 1",
             )
             .fetch_all(&mut *conn)
-            .await?)
+            .await?;
+            stored.into_iter().map(|d| super::Destination::try_from(d).map_err(super::StoreError::Corrupt)).collect()
         }
 
         /// Up to `limit` jobs after id `after`, in id order: (id, state, created_at, updated_at).
@@ -227,7 +234,7 @@ macro_rules! shared_queries {
                 .await?)
         }
 
-        pub(super) async fn get_case(conn: &mut Conn, id: &str) -> Result<Option<(CaseRow, Vec<String>)>> {
+        pub(super) async fn get_case(conn: &mut Conn, id: &super::CaseId) -> Result<Option<(CaseRow, Vec<String>)>> {
             let row: Option<CaseRow> = sqlx::query_as(&format!("SELECT {CASE_COLUMNS} FROM cases WHERE id = $1"))
                 .bind(id)
                 .fetch_optional(&mut *conn)
@@ -262,13 +269,9 @@ macro_rules! shared_queries {
             refs: &[String],
         ) -> Result<Vec<super::ThreadHit>> {
             let mut hits = Vec::new();
-            type Row = (String, String, String, String, String);
-            let to_hit = |(case_id, case_ref, status, customer_id, matched): Row| super::ThreadHit {
-                case_id,
-                case_ref,
-                status,
-                customer_id,
-                matched,
+            type Row = (super::CaseId, String, String, String, String);
+            let to_hit = |(case_id, case_ref, status, customer_id, matched): Row| -> Result<super::ThreadHit> {
+                Ok(super::ThreadHit { case_id, case_ref: super::common::stored_ref(case_ref)?, status, customer_id, matched })
             };
             if !message_ids.is_empty() {
                 let mut qb = QueryBuilder::<$db>::new(
@@ -278,18 +281,21 @@ macro_rules! shared_queries {
                 qb.push_bind(channel).push(" AND m.external_id IN ");
                 in_list(&mut qb, message_ids);
                 let rows: Vec<Row> = qb.build_query_as().fetch_all(&mut *conn).await?;
-                hits.extend(rows.into_iter().map(to_hit));
+                hits.extend(rows.into_iter().map(to_hit).collect::<Result<Vec<_>>>()?);
                 // A reply that quotes the channel's own id of one of our messages to it
                 // (`Sent::provider_id`: a Telegram message id, an SMS sid).
                 let mut qb = QueryBuilder::<$db>::new(
                     "SELECT c.id, c.case_ref, c.status, c.customer_id, o.provider_id FROM outbox o \
                      JOIN cases c ON c.id = o.case_id WHERE o.destination LIKE ",
                 );
-                qb.push_bind(format!("channel:{channel}:%")).push(" AND o.provider_id IN ");
+                let any_sender = super::Destination::Channel { kind: channel.to_owned(), sender: None };
+                qb.push_bind(format!("{any_sender}:%")).push(" AND o.provider_id IN ");
                 in_list(&mut qb, message_ids);
-                let rows: Vec<(String, String, String, String, Option<String>)> =
+                let rows: Vec<(super::CaseId, String, String, String, Option<String>)> =
                     qb.build_query_as().fetch_all(&mut *conn).await?;
-                hits.extend(rows.into_iter().map(|(a, b, c, d, e)| to_hit((a, b, c, d, e.unwrap_or_default()))));
+                for (a, b, c, d, e) in rows {
+                    hits.push(to_hit((a, b, c, d, e.unwrap_or_default()))?);
+                }
             }
             if !event_ids.is_empty() {
                 let mut qb = QueryBuilder::<$db>::new(
@@ -298,7 +304,7 @@ macro_rules! shared_queries {
                 );
                 in_list(&mut qb, event_ids);
                 let rows: Vec<Row> = qb.build_query_as().fetch_all(&mut *conn).await?;
-                hits.extend(rows.into_iter().map(to_hit));
+                hits.extend(rows.into_iter().map(to_hit).collect::<Result<Vec<_>>>()?);
             }
             // References are looked up through the sequence number they encode (cases.seq is indexed).
             let seqs: Vec<i64> = refs
@@ -316,7 +322,7 @@ macro_rules! shared_queries {
                 }
                 qb.push(")");
                 let rows: Vec<Row> = qb.build_query_as().fetch_all(&mut *conn).await?;
-                hits.extend(rows.into_iter().map(to_hit));
+                hits.extend(rows.into_iter().map(to_hit).collect::<Result<Vec<_>>>()?);
             }
             Ok(hits)
         }
@@ -393,7 +399,7 @@ macro_rules! shared_queries {
                 .await?)
         }
 
-        pub(super) async fn sla_due_cases(conn: &mut Conn, now_ms: i64, limit: i64) -> Result<Vec<String>> {
+        pub(super) async fn sla_due_cases(conn: &mut Conn, now_ms: i64, limit: i64) -> Result<Vec<super::CaseId>> {
             Ok(sqlx::query_scalar(
                 "SELECT id FROM cases WHERE sla_due IS NOT NULL AND sla_due <= $1 ORDER BY sla_due LIMIT $2",
             )
@@ -403,14 +409,14 @@ macro_rules! shared_queries {
             .await?)
         }
 
-        pub(super) async fn survey(conn: &mut Conn, token: &str) -> Result<Option<(String, i64)>> {
+        pub(super) async fn survey(conn: &mut Conn, token: &str) -> Result<Option<(super::CaseId, i64)>> {
             Ok(sqlx::query_as("SELECT case_id, expires_at FROM surveys WHERE token = $1")
                 .bind(token)
                 .fetch_optional(&mut *conn)
                 .await?)
         }
 
-        pub(super) async fn case_log(conn: &mut Conn, case_id: &str) -> Result<Vec<super::LogEntry>> {
+        pub(super) async fn case_log(conn: &mut Conn, case_id: &super::CaseId) -> Result<Vec<super::LogEntry>> {
             Ok(sqlx::query_as(
                 "SELECT id, kind, actor, data, created_at FROM case_log WHERE case_id = $1 ORDER BY id",
             )
@@ -419,7 +425,7 @@ macro_rules! shared_queries {
             .await?)
         }
 
-        pub(super) async fn case_jobs(conn: &mut Conn, case_id: &str) -> Result<Vec<Job>> {
+        pub(super) async fn case_jobs(conn: &mut Conn, case_id: &super::CaseId) -> Result<Vec<Job>> {
             Ok(sqlx::query_as::<_, Job>(&format!(
                 "SELECT {JOB_COLUMNS} FROM outbox o {} WHERE o.case_id = $1 ORDER BY o.id",
                 super::common::PAYLOAD_JOIN
@@ -568,7 +574,7 @@ macro_rules! write_queries {
 
         /// The cases of messages already stored, by (channel, external id).
         async fn existing_cases(conn: &mut Conn, items: &[&NewCase]) -> Result<HashMap<(String, String), Committed>> {
-            let rows: Vec<(String, String, String, String, String, Option<String>)> = sqlx::query_as(
+            let rows: Vec<(String, String, super::CaseId, String, String, Option<String>)> = sqlx::query_as(
                 "SELECT m.channel, m.external_id, c.id, c.case_ref, c.status, m.digest \
                  FROM unnest($1::text[], $2::text[]) AS k(channel, external_id) \
                  JOIN messages m ON m.channel = k.channel AND m.external_id = k.external_id \
@@ -578,12 +584,12 @@ macro_rules! write_queries {
             .bind(items.iter().map(|it| it.external_id.as_str()).collect::<Vec<_>>())
             .fetch_all(&mut *conn)
             .await?;
-            Ok(rows
-                .into_iter()
+            rows.into_iter()
                 .map(|(channel, ext, case_id, case_ref, status, digest)| {
-                    ((channel, ext), Committed::Duplicate { case_id, case_ref, status, digest })
+                    let case_ref = super::common::stored_ref(case_ref)?;
+                    Ok(((channel, ext), Committed::Duplicate { case_id, case_ref, status, digest }))
                 })
-                .collect())
+                .collect()
         }
 
         /// What became of `it`: new if its message was inserted, else the case that has it.
@@ -620,12 +626,12 @@ macro_rules! write_queries {
             Ok(q.fetch_all(&mut *conn).await?)
         }
 
-        pub(super) async fn discard(conn: &mut Conn, id: i64, now_ms: i64) -> Result<bool> {
+        pub(super) async fn discard(conn: &mut Conn, id: super::JobId, now_ms: i64) -> Result<bool> {
             let r = sqlx::query(super::common::sql::DISCARD_DEAD).bind(now_ms).bind(id).execute(&mut *conn).await?;
             Ok(r.rows_affected() == 1)
         }
 
-        pub(super) async fn replay(conn: &mut Conn, id: Option<i64>, now_ms: i64) -> Result<u64> {
+        pub(super) async fn replay(conn: &mut Conn, id: Option<super::JobId>, now_ms: i64) -> Result<u64> {
             let r = match id {
                 Some(id) => {
                     sqlx::query(super::common::sql::REPLAY_DEAD).bind(now_ms).bind(id).execute(&mut *conn).await?

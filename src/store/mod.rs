@@ -14,20 +14,35 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use earshot_channel::Identity;
-use serde::Serialize;
+use earshot_channel::{CaseRef, Identity};
+use serde::{Deserialize, Serialize};
+
+pub use crate::outbox::Destination;
+pub use crate::schema::CaseId;
 
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
+
+/// An outbox job's row id: what `earshot outbox replay|discard` and the admin API name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, sqlx::Type)]
+#[serde(transparent)]
+#[sqlx(transparent)]
+pub struct JobId(pub i64);
+
+impl std::fmt::Display for JobId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
 
 /// A prepared new case: every row is rendered before the transaction starts.
 #[derive(Debug, Clone)]
 pub struct NewCase {
     pub channel: &'static str,
     pub external_id: String,
-    pub case_id: String,
+    pub case_id: CaseId,
     pub seq: i64,
-    pub case_ref: String,
+    pub case_ref: CaseRef,
     pub status: &'static str,
     pub source: String,
     pub customer_id: String,
@@ -60,8 +75,8 @@ pub struct NewCase {
 /// A case that an incoming message's thread hint points at.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ThreadHit {
-    pub case_id: String,
-    pub case_ref: String,
+    pub case_id: CaseId,
+    pub case_ref: CaseRef,
     pub status: String,
     pub customer_id: String,
     /// The message id, event id or case reference that matched.
@@ -98,7 +113,7 @@ pub struct NewEvent {
 pub struct NewJob {
     pub event_id: String,
     pub kind: &'static str,
-    pub destination: String,
+    pub destination: Destination,
     pub payload: String,
     pub max_attempts: i64,
 }
@@ -109,8 +124,8 @@ pub enum Committed {
     Created,
     /// The message was already stored: these are the ids of its case.
     Duplicate {
-        case_id: String,
-        case_ref: String,
+        case_id: CaseId,
+        case_ref: CaseRef,
         status: String,
         /// The digest stored with the first delivery, if any.
         digest: Option<String>,
@@ -125,11 +140,12 @@ pub enum Committed {
 /// An outbox job as leased or listed.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct Job {
-    pub id: i64,
+    pub id: JobId,
     pub event_id: String,
-    pub case_id: String,
+    pub case_id: CaseId,
     pub kind: String,
-    pub destination: String,
+    #[sqlx(try_from = "String")]
+    pub destination: Destination,
     #[serde(skip)]
     pub payload: String,
     pub state: String,
@@ -141,13 +157,13 @@ pub struct Job {
     /// In a listing: the first unfinished (pending, leased or dead) earlier job of the same case and
     /// destination, which this pending job waits for. Such a job is shown as `held`.
     #[sqlx(default)]
-    pub held_by: Option<i64>,
+    pub held_by: Option<JobId>,
 }
 
 /// What became of one leased job; the outbox's recorder writes these in batches.
 #[derive(Debug, Clone)]
 pub struct JobOutcome {
-    pub id: i64,
+    pub id: JobId,
     /// The attempt number the job was leased with: it fences out a worker whose lease has expired.
     pub attempts: i64,
     pub kind: OutcomeKind,
@@ -158,7 +174,7 @@ pub enum OutcomeKind {
     /// Delivered; a ticket id the receiver answered with is stored on the case, the channel's id of
     /// the message on the job. A delivered acknowledgement (`acknowledges`) moves a `new` case to
     /// `acknowledged`.
-    Done { case_id: String, ticket_id: Option<String>, provider_id: Option<String>, acknowledges: bool },
+    Done { case_id: CaseId, ticket_id: Option<String>, provider_id: Option<String>, acknowledges: bool },
     /// Failed; tried again at `at_ms`.
     Retry { at_ms: i64, error: String },
     /// Failed for good (or out of attempts); waits for a replay or a discard.
@@ -220,10 +236,11 @@ pub struct CaseFilter {
 /// A case in a listing.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct CaseRow {
-    pub id: String,
+    pub id: CaseId,
     #[sqlx(default)]
     pub seq: i64,
-    pub case_ref: String,
+    #[sqlx(try_from = "String")]
+    pub case_ref: CaseRef,
     pub status: String,
     pub channel: String,
     pub source: String,
@@ -270,7 +287,7 @@ pub struct InboxKey {
 /// One lifecycle change of a case, written in one transaction over `version`.
 #[derive(Debug, Clone)]
 pub struct CaseChange {
-    pub case_id: String,
+    pub case_id: CaseId,
     /// The version the change was computed from; if the case has moved on, nothing is written.
     pub version: i64,
     pub status: String,
@@ -344,7 +361,7 @@ pub trait Store: Send + Sync + 'static {
     /// case and destination is pending, leased or dead.
     async fn lease_jobs(
         &self,
-        destination: Option<&str>,
+        destination: Option<&Destination>,
         now_ms: i64,
         lease_until_ms: i64,
         limit: i64,
@@ -356,16 +373,20 @@ pub trait Store: Send + Sync + 'static {
     async fn record_outcomes(&self, outcomes: Vec<JobOutcome>, now_ms: i64) -> Result<Vec<bool>>;
 
     /// Marks a leased job done (one outcome; see [`Store::record_outcomes`]).
-    async fn complete_job(&self, id: i64, attempts: i64, now_ms: i64) -> Result<bool> {
-        let done =
-            OutcomeKind::Done { case_id: String::new(), ticket_id: None, provider_id: None, acknowledges: false };
+    async fn complete_job(&self, id: JobId, attempts: i64, now_ms: i64) -> Result<bool> {
+        let done = OutcomeKind::Done {
+            case_id: CaseId(String::new()),
+            ticket_id: None,
+            provider_id: None,
+            acknowledges: false,
+        };
         Ok(self.record_outcomes(vec![JobOutcome { id, attempts, kind: done }], now_ms).await?.first() == Some(&true))
     }
 
     /// Puts a leased job back for a later attempt, or to `dead` when `next_attempt_ms` is `None`.
     async fn fail_job(
         &self,
-        id: i64,
+        id: JobId,
         attempts: i64,
         next_attempt_ms: Option<i64>,
         error: &str,
@@ -384,11 +405,11 @@ pub trait Store: Send + Sync + 'static {
     async fn list_jobs(&self, state: Option<&str>, limit: i64) -> Result<Vec<Job>>;
 
     /// Makes a dead job pending again with fresh attempts; false if it is not dead.
-    async fn replay_job(&self, id: i64, now_ms: i64) -> Result<bool>;
+    async fn replay_job(&self, id: JobId, now_ms: i64) -> Result<bool>;
 
     /// Gives up on a dead job on purpose (`discarded`), releasing the later jobs of its case; false if
     /// it is not dead.
-    async fn discard_job(&self, id: i64, now_ms: i64) -> Result<bool>;
+    async fn discard_job(&self, id: JobId, now_ms: i64) -> Result<bool>;
 
     /// One step of the retention sweep: looks at up to `limit` jobs after id `after`, in id order, and
     /// deletes those done or discarded before `cutoff_ms`.
@@ -398,7 +419,7 @@ pub trait Store: Send + Sync + 'static {
     async fn outbox_backlog(&self) -> Result<Vec<Backlog>>;
 
     /// The destinations that have pending or leased jobs.
-    async fn job_destinations(&self) -> Result<Vec<String>>;
+    async fn job_destinations(&self) -> Result<Vec<Destination>>;
 
     /// Replays every dead job; returns how many.
     async fn replay_all_dead(&self, now_ms: i64) -> Result<u64>;
@@ -409,7 +430,7 @@ pub trait Store: Send + Sync + 'static {
     async fn list_cases(&self, limit: i64) -> Result<Vec<CaseRow>>;
 
     /// A case row with the JSON of its messages, oldest first.
-    async fn get_case(&self, id: &str) -> Result<Option<(CaseRow, Vec<String>)>>;
+    async fn get_case(&self, id: &CaseId) -> Result<Option<(CaseRow, Vec<String>)>>;
 
     async fn count_cases(&self) -> Result<i64>;
 
@@ -462,16 +483,16 @@ pub trait Store: Send + Sync + 'static {
     async fn inbox_digest(&self, endpoint: &str, webhook_id: &str) -> Result<Option<String>>;
 
     /// Cases whose earliest running SLA target is due at or before `now_ms`, earliest first.
-    async fn sla_due_cases(&self, now_ms: i64, limit: i64) -> Result<Vec<String>>;
+    async fn sla_due_cases(&self, now_ms: i64, limit: i64) -> Result<Vec<CaseId>>;
 
     /// The case and expiry of a survey token.
-    async fn survey(&self, token: &str) -> Result<Option<(String, i64)>>;
+    async fn survey(&self, token: &str) -> Result<Option<(CaseId, i64)>>;
 
     /// A case's timeline entries, oldest first.
-    async fn case_log(&self, case_id: &str) -> Result<Vec<LogEntry>>;
+    async fn case_log(&self, case_id: &CaseId) -> Result<Vec<LogEntry>>;
 
     /// Every outbox job of a case with its payload, oldest first.
-    async fn case_jobs(&self, case_id: &str) -> Result<Vec<Job>>;
+    async fn case_jobs(&self, case_id: &CaseId) -> Result<Vec<Job>>;
 
     /// Cases for a listing, newest first, after the filters.
     async fn search_cases(&self, filter: &CaseFilter) -> Result<Vec<CaseRow>>;

@@ -218,20 +218,28 @@ impl super::Store for PgStore {
 
     async fn lease_jobs(
         &self,
-        destination: Option<&str>,
+        destination: Option<&super::Destination>,
         now_ms: i64,
         lease_until_ms: i64,
         limit: i64,
     ) -> Result<Vec<Job>> {
-        lease(&mut *self.pool.acquire().await?, "FOR UPDATE SKIP LOCKED", destination, now_ms, lease_until_ms, limit)
-            .await
+        let destination = destination.map(ToString::to_string);
+        lease(
+            &mut *self.pool.acquire().await?,
+            "FOR UPDATE SKIP LOCKED",
+            destination.as_deref(),
+            now_ms,
+            lease_until_ms,
+            limit,
+        )
+        .await
     }
 
     async fn record_outcomes(&self, outcomes: Vec<JobOutcome>, now_ms: i64) -> Result<Vec<bool>> {
         record_outcomes(&mut *self.pool.acquire().await?, &outcomes, now_ms).await
     }
 
-    async fn discard_job(&self, id: i64, now_ms: i64) -> Result<bool> {
+    async fn discard_job(&self, id: super::JobId, now_ms: i64) -> Result<bool> {
         discard(&mut *self.pool.acquire().await?, id, now_ms).await
     }
 
@@ -259,7 +267,7 @@ impl super::Store for PgStore {
         outbox_backlog(&mut *self.pool.acquire().await?).await
     }
 
-    async fn job_destinations(&self) -> Result<Vec<String>> {
+    async fn job_destinations(&self) -> Result<Vec<super::Destination>> {
         job_destinations(&mut *self.pool.acquire().await?).await
     }
 
@@ -267,7 +275,7 @@ impl super::Store for PgStore {
         list_jobs(&mut *self.pool.acquire().await?, state, limit).await
     }
 
-    async fn replay_job(&self, id: i64, now_ms: i64) -> Result<bool> {
+    async fn replay_job(&self, id: super::JobId, now_ms: i64) -> Result<bool> {
         Ok(replay(&mut *self.pool.acquire().await?, Some(id), now_ms).await? == 1)
     }
 
@@ -283,7 +291,7 @@ impl super::Store for PgStore {
         list_cases(&mut *self.pool.acquire().await?, limit).await
     }
 
-    async fn get_case(&self, id: &str) -> Result<Option<(CaseRow, Vec<String>)>> {
+    async fn get_case(&self, id: &super::CaseId) -> Result<Option<(CaseRow, Vec<String>)>> {
         get_case(&mut *self.pool.acquire().await?, id).await
     }
 
@@ -425,7 +433,7 @@ impl super::Store for PgStore {
                 .bind(&j.event_id)
                 .bind(&ch.case_id)
                 .bind(j.kind)
-                .bind(&j.destination)
+                .bind(j.destination.to_string())
                 .bind(j.max_attempts)
                 .bind(ch.now_ms)
                 .fetch_one(&mut *tx)
@@ -440,19 +448,19 @@ impl super::Store for PgStore {
         inbox_digest(&mut *self.pool.acquire().await?, endpoint, webhook_id).await
     }
 
-    async fn sla_due_cases(&self, now_ms: i64, limit: i64) -> Result<Vec<String>> {
+    async fn sla_due_cases(&self, now_ms: i64, limit: i64) -> Result<Vec<super::CaseId>> {
         sla_due_cases(&mut *self.pool.acquire().await?, now_ms, limit).await
     }
 
-    async fn survey(&self, token: &str) -> Result<Option<(String, i64)>> {
+    async fn survey(&self, token: &str) -> Result<Option<(super::CaseId, i64)>> {
         survey(&mut *self.pool.acquire().await?, token).await
     }
 
-    async fn case_log(&self, case_id: &str) -> Result<Vec<super::LogEntry>> {
+    async fn case_log(&self, case_id: &super::CaseId) -> Result<Vec<super::LogEntry>> {
         case_log(&mut *self.pool.acquire().await?, case_id).await
     }
 
-    async fn case_jobs(&self, case_id: &str) -> Result<Vec<Job>> {
+    async fn case_jobs(&self, case_id: &super::CaseId) -> Result<Vec<Job>> {
         case_jobs(&mut *self.pool.acquire().await?, case_id).await
     }
 
@@ -502,19 +510,19 @@ async fn record_outcomes(conn: &mut sqlx::PgConnection, outcomes: &[JobOutcome],
     let mut cases: std::collections::BTreeMap<&str, (Option<&str>, i64, bool)> = std::collections::BTreeMap::new();
     for o in &sorted {
         if let super::OutcomeKind::Done { case_id, ticket_id, acknowledges, .. } = &o.kind
-            && !case_id.is_empty()
+            && !case_id.as_str().is_empty()
             && (ticket_id.is_some() || *acknowledges)
         {
-            let e = cases.entry(case_id.as_str()).or_insert((None, o.id, false));
+            let e = cases.entry(case_id.as_str()).or_insert((None, o.id.0, false));
             if ticket_id.is_some() {
                 e.0 = ticket_id.as_deref();
             }
-            e.1 = o.id;
+            e.1 = o.id.0;
             e.2 |= *acknowledges;
         }
     }
     let updated: Vec<i64> = sqlx::query_scalar(SQL)
-        .bind(sorted.iter().map(|o| o.id).collect::<Vec<_>>())
+        .bind(sorted.iter().map(|o| o.id.0).collect::<Vec<_>>())
         .bind(sorted.iter().map(|o| o.attempts).collect::<Vec<_>>())
         .bind(cols.iter().map(|c| c.0).collect::<Vec<_>>())
         .bind(cols.iter().map(|c| c.1).collect::<Vec<_>>())
@@ -537,7 +545,7 @@ async fn record_outcomes(conn: &mut sqlx::PgConnection, outcomes: &[JobOutcome],
         .fetch_all(&mut *conn)
         .await?;
     let updated: HashSet<i64> = updated.into_iter().collect();
-    Ok(outcomes.iter().map(|o| updated.contains(&o.id)).collect())
+    Ok(outcomes.iter().map(|o| updated.contains(&o.id.0)).collect())
 }
 
 /// Whether a batch has rows only email has (follow-ups, raw messages, attachments, the
@@ -639,7 +647,7 @@ async fn commit_in_one_statement(conn: &mut sqlx::PgConnection, items: &[NewCase
         .bind(jobs.iter().map(|(_, j)| j.event_id.as_str()).collect::<Vec<_>>())
         .bind(jobs.iter().map(|(it, _)| it.message_id.as_str()).collect::<Vec<_>>())
         .bind(jobs.iter().map(|(_, j)| j.kind).collect::<Vec<_>>())
-        .bind(jobs.iter().map(|(_, j)| j.destination.as_str()).collect::<Vec<_>>())
+        .bind(jobs.iter().map(|(_, j)| j.destination.to_string()).collect::<Vec<_>>())
         .bind(jobs.iter().map(|(_, j)| j.payload.as_str()).collect::<Vec<_>>())
         .bind(jobs.iter().map(|(_, j)| j.max_attempts).collect::<Vec<_>>())
         .bind(items.iter().map(|it| it.check_customer).collect::<Vec<_>>())

@@ -178,12 +178,12 @@ impl super::Store for SqliteStore {
 
     async fn lease_jobs(
         &self,
-        destination: Option<&str>,
+        destination: Option<&super::Destination>,
         now_ms: i64,
         lease_until_ms: i64,
         limit: i64,
     ) -> Result<Vec<Job>> {
-        let destination = destination.map(str::to_owned);
+        let destination = destination.map(ToString::to_string);
         self.writer.call(move |c| sqlite_writer::lease(c, destination.as_deref(), now_ms, lease_until_ms, limit)).await
     }
 
@@ -191,7 +191,7 @@ impl super::Store for SqliteStore {
         self.writer.call(move |c| sqlite_writer::record_outcomes(c, &outcomes, now_ms)).await
     }
 
-    async fn discard_job(&self, id: i64, now_ms: i64) -> Result<bool> {
+    async fn discard_job(&self, id: super::JobId, now_ms: i64) -> Result<bool> {
         self.writer.call(move |c| sqlite_writer::discard(c, id, now_ms)).await
     }
 
@@ -210,7 +210,7 @@ impl super::Store for SqliteStore {
         outbox_backlog(&mut *self.read.acquire().await?).await
     }
 
-    async fn job_destinations(&self) -> Result<Vec<String>> {
+    async fn job_destinations(&self) -> Result<Vec<super::Destination>> {
         job_destinations(&mut *self.read.acquire().await?).await
     }
 
@@ -218,7 +218,7 @@ impl super::Store for SqliteStore {
         list_jobs(&mut *self.read.acquire().await?, state, limit).await
     }
 
-    async fn replay_job(&self, id: i64, now_ms: i64) -> Result<bool> {
+    async fn replay_job(&self, id: super::JobId, now_ms: i64) -> Result<bool> {
         Ok(self.writer.call(move |c| sqlite_writer::replay(c, Some(id), now_ms)).await? == 1)
     }
 
@@ -234,7 +234,7 @@ impl super::Store for SqliteStore {
         list_cases(&mut *self.read.acquire().await?, limit).await
     }
 
-    async fn get_case(&self, id: &str) -> Result<Option<(CaseRow, Vec<String>)>> {
+    async fn get_case(&self, id: &super::CaseId) -> Result<Option<(CaseRow, Vec<String>)>> {
         get_case(&mut *self.read.acquire().await?, id).await
     }
 
@@ -329,19 +329,19 @@ impl super::Store for SqliteStore {
         inbox_digest(&mut *self.read.acquire().await?, endpoint, webhook_id).await
     }
 
-    async fn sla_due_cases(&self, now_ms: i64, limit: i64) -> Result<Vec<String>> {
+    async fn sla_due_cases(&self, now_ms: i64, limit: i64) -> Result<Vec<super::CaseId>> {
         sla_due_cases(&mut *self.read.acquire().await?, now_ms, limit).await
     }
 
-    async fn survey(&self, token: &str) -> Result<Option<(String, i64)>> {
+    async fn survey(&self, token: &str) -> Result<Option<(super::CaseId, i64)>> {
         survey(&mut *self.read.acquire().await?, token).await
     }
 
-    async fn case_log(&self, case_id: &str) -> Result<Vec<super::LogEntry>> {
+    async fn case_log(&self, case_id: &super::CaseId) -> Result<Vec<super::LogEntry>> {
         case_log(&mut *self.read.acquire().await?, case_id).await
     }
 
-    async fn case_jobs(&self, case_id: &str) -> Result<Vec<Job>> {
+    async fn case_jobs(&self, case_id: &super::CaseId) -> Result<Vec<Job>> {
         case_jobs(&mut *self.read.acquire().await?, case_id).await
     }
 

@@ -26,7 +26,52 @@ use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::oneshot;
 
 use super::common::{lease_sql, numbered, sql};
-use super::{Committed, Job, JobOutcome, NewCase, NewEvent, OutcomeKind, Result, StoreError};
+use super::{
+    CaseId, Committed, Destination, Job, JobId, JobOutcome, NewCase, NewEvent, OutcomeKind, Result, StoreError,
+};
+
+// The typed ids as rusqlite values: stored as the text and integers they wrap.
+impl rusqlite::ToSql for CaseId {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        self.0.to_sql()
+    }
+}
+
+impl rusqlite::types::FromSql for CaseId {
+    fn column_result(v: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
+        String::column_result(v).map(CaseId)
+    }
+}
+
+impl rusqlite::ToSql for JobId {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        self.0.to_sql()
+    }
+}
+
+impl rusqlite::types::FromSql for JobId {
+    fn column_result(v: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
+        i64::column_result(v).map(JobId)
+    }
+}
+
+impl rusqlite::ToSql for Destination {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        Ok(rusqlite::types::ToSqlOutput::from(self.to_string()))
+    }
+}
+
+impl rusqlite::types::FromSql for Destination {
+    fn column_result(v: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
+        Destination::try_from(String::column_result(v)?).map_err(|e| rusqlite::types::FromSqlError::Other(e.into()))
+    }
+}
+
+/// A stored case reference read back.
+fn stored_ref(i: usize, text: String) -> rusqlite::Result<earshot_channel::CaseRef> {
+    earshot_channel::CaseRef::parse(&text)
+        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(e)))
+}
 
 /// Answers a call once the transaction that holds its writes has committed (`None`) or failed.
 type Answer = Box<dyn FnOnce(Option<&str>) + Send>;
@@ -313,7 +358,7 @@ fn commit_items(conn: &Connection, items: &[NewCase]) -> Result<Vec<Committed>> 
                 .query_row(params![it.channel, it.external_id], |r| {
                     Ok(Committed::Duplicate {
                         case_id: r.get(0)?,
-                        case_ref: r.get(1)?,
+                        case_ref: stored_ref(1, r.get(1)?)?,
                         status: r.get(2)?,
                         digest: r.get(3)?,
                     })
@@ -350,7 +395,7 @@ fn commit_items(conn: &Connection, items: &[NewCase]) -> Result<Vec<Committed>> 
             stmt.execute(params![
                 it.case_id,
                 it.seq,
-                it.case_ref,
+                it.case_ref.as_str(),
                 it.status,
                 it.channel,
                 it.source,
@@ -504,7 +549,7 @@ pub(super) fn record_outcomes(conn: &mut Connection, outcomes: &[JobOutcome], no
             let n = stmt.execute(params![o.id, o.attempts, state, next, error, delta, now_ms, provider])?;
             counted.push(n == 1);
             let OutcomeKind::Done { case_id, ticket_id, acknowledges, .. } = &o.kind else { continue };
-            if n != 1 || case_id.is_empty() {
+            if n != 1 || case_id.as_str().is_empty() {
                 continue;
             }
             if let Some(t) = ticket_id {
@@ -519,7 +564,7 @@ pub(super) fn record_outcomes(conn: &mut Connection, outcomes: &[JobOutcome], no
     Ok(counted)
 }
 
-pub(super) fn discard(conn: &Connection, id: i64, now_ms: i64) -> Result<bool> {
+pub(super) fn discard(conn: &Connection, id: JobId, now_ms: i64) -> Result<bool> {
     Ok(prepared(conn, sql::DISCARD_DEAD)?.execute(params![now_ms, id])? == 1)
 }
 
@@ -543,7 +588,7 @@ pub(super) fn delete_done(conn: &mut Connection, ids: &[i64], cutoff_ms: i64) ->
     Ok(n)
 }
 
-pub(super) fn replay(conn: &Connection, id: Option<i64>, now_ms: i64) -> Result<u64> {
+pub(super) fn replay(conn: &Connection, id: Option<JobId>, now_ms: i64) -> Result<u64> {
     let n = match id {
         Some(id) => prepared(conn, sql::REPLAY_DEAD)?.execute(params![now_ms, id])?,
         None => prepared(conn, sql::REPLAY_ALL_DEAD)?.execute(params![now_ms])?,

@@ -607,7 +607,8 @@ async fn sigterm_finishes_in_flight_work() {
     assert!(!accepted.is_empty(), "some requests were accepted before or during shutdown");
 
     let store = db.store().await;
-    let stored: HashSet<String> = store.list_cases(1000).await.expect("list cases").into_iter().map(|c| c.id).collect();
+    let stored: HashSet<String> =
+        store.list_cases(1000).await.expect("list cases").into_iter().map(|c| c.id.0).collect();
     let lost: Vec<_> = accepted.difference(&stored).collect();
     assert!(lost.is_empty(), "202 answered but no case stored: {lost:?}");
     let unanswered: Vec<_> = stored.difference(&accepted).collect();

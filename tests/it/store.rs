@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use earshot::schema::{CaseId, CaseRef, EventId, MessageId};
-use earshot::store::{Committed, Job, JobOutcome, NewCase, NewJob, OutcomeKind, Store};
+use earshot::store::{Committed, Destination, Job, JobId, JobOutcome, NewCase, NewJob, OutcomeKind, Store};
 use earshot_channel::{Identity, IdentityKind};
 use serde_json::json;
 
@@ -213,7 +213,7 @@ fn uid() -> String {
 /// external id are fresh, so cases of one test never collide by accident.
 fn new_case(seq: i64, now_ms: i64, destinations: &[&str]) -> NewCase {
     let u = uid();
-    let case_id = CaseId::generate().0;
+    let case_id = CaseId::generate();
     let message_id = MessageId::generate().0;
     let external_id = format!("ext_{u}");
     NewCase {
@@ -221,7 +221,7 @@ fn new_case(seq: i64, now_ms: i64, destinations: &[&str]) -> NewCase {
         external_id: external_id.clone(),
         case_id: case_id.clone(),
         seq,
-        case_ref: CaseRef::from_seq(u64::try_from(seq).expect("sequence numbers are positive")).to_string(),
+        case_ref: CaseRef::from_seq(u64::try_from(seq).expect("sequence numbers are positive")),
         status: "new",
         source: "site".to_owned(),
         customer_id: format!("cus_{u}"),
@@ -236,7 +236,7 @@ fn new_case(seq: i64, now_ms: i64, destinations: &[&str]) -> NewCase {
             .map(|d| NewJob {
                 event_id: EventId::generate().0,
                 kind: "case.created",
-                destination: (*d).to_owned(),
+                destination: dest(d),
                 payload: json!({ "case_id": case_id, "destination": d }).to_string(),
                 max_attempts: 5,
             })
@@ -292,13 +292,13 @@ async fn all_jobs(store: &dyn Store) -> Vec<Job> {
     jobs
 }
 
-async fn job(store: &dyn Store, id: i64) -> Job {
+async fn job(store: &dyn Store, id: JobId) -> Job {
     all_jobs(store).await.into_iter().find(|j| j.id == id).unwrap_or_else(|| panic!("job {id} exists"))
 }
 
 /// The jobs of one case, oldest first.
-async fn jobs_of(store: &dyn Store, case_id: &str) -> Vec<Job> {
-    all_jobs(store).await.into_iter().filter(|j| j.case_id == case_id).collect()
+async fn jobs_of(store: &dyn Store, case_id: &CaseId) -> Vec<Job> {
+    all_jobs(store).await.into_iter().filter(|j| &j.case_id == case_id).collect()
 }
 
 /// Leases until `now_ms + LEASE_MS`. The result is sorted by id: "oldest first" is about which jobs
@@ -310,7 +310,11 @@ async fn lease(store: &dyn Store, now_ms: i64, limit: i64) -> Vec<Job> {
     jobs
 }
 
-fn ids(jobs: &[Job]) -> Vec<i64> {
+fn dest(stored: &str) -> Destination {
+    Destination::parse(stored).expect("a destination")
+}
+
+fn ids(jobs: &[Job]) -> Vec<JobId> {
     jobs.iter().map(|j| j.id).collect()
 }
 
@@ -380,12 +384,12 @@ async fn check_commit_creates_everything(store: &dyn Store) {
     assert_eq!(messages, vec![a.message_json.clone()]);
     let (_, messages) = store.get_case(&c.case_id).await.expect("get_case").expect("case c is stored");
     assert_eq!(messages, vec![c.message_json.clone()], "a case without jobs still has its message");
-    assert!(store.get_case("case_unknown").await.expect("get_case").is_none());
+    assert!(store.get_case(&CaseId::from("case_unknown")).await.expect("get_case").is_none());
 
     // Newest first, whatever batch they came in.
-    let listed: Vec<String> = store.list_cases(10).await.expect("list_cases").into_iter().map(|r| r.id).collect();
+    let listed: Vec<CaseId> = store.list_cases(10).await.expect("list_cases").into_iter().map(|r| r.id).collect();
     assert_eq!(listed, vec![c.case_id.clone(), b.case_id.clone(), a.case_id.clone()]);
-    let listed: Vec<String> = store.list_cases(2).await.expect("list_cases").into_iter().map(|r| r.id).collect();
+    let listed: Vec<CaseId> = store.list_cases(2).await.expect("list_cases").into_iter().map(|r| r.id).collect();
     assert_eq!(listed, vec![c.case_id.clone(), b.case_id.clone()], "the limit keeps the newest");
 
     let newest_first = ids(&store.list_jobs(None, 10).await.expect("list_jobs"));
@@ -729,7 +733,7 @@ async fn check_dead_and_replay(store: &dyn Store) {
 
     // Only dead jobs can be replayed.
     assert!(!store.replay_job(a2, T0 + 20).await.expect("replay"), "a done job is not replayed");
-    assert!(!store.replay_job(i64::MAX, T0 + 20).await.expect("replay"), "no such job");
+    assert!(!store.replay_job(JobId(i64::MAX), T0 + 20).await.expect("replay"), "no such job");
     assert_eq!(job(store, a2).await.state, "done");
 
     let replay_at = T0 + 200 * LEASE_MS;
@@ -905,16 +909,16 @@ async fn check_lease_by_destination(store: &dyn Store) {
     let s = seqs(store, 3).await;
     let items: Vec<NewCase> = s.iter().map(|q| new_case(*q, T0, &[TICKETS, WEB])).collect();
     commit(store, &items).await;
-    assert_eq!(store.job_destinations().await.expect("destinations"), vec![WEB.to_owned(), TICKETS.to_owned()]);
-    let web = store.lease_jobs(Some(WEB), T0 + 1, T0 + 1 + LEASE_MS, 2).await.expect("lease web");
+    assert_eq!(store.job_destinations().await.expect("destinations"), vec![dest(WEB), dest(TICKETS)]);
+    let web = store.lease_jobs(Some(&dest(WEB)), T0 + 1, T0 + 1 + LEASE_MS, 2).await.expect("lease web");
     assert_eq!(web.len(), 2);
-    assert!(web.iter().all(|j| j.destination == WEB));
-    let tickets = store.lease_jobs(Some(TICKETS), T0 + 1, T0 + 1 + LEASE_MS, 10).await.expect("lease tickets");
+    assert!(web.iter().all(|j| j.destination == dest(WEB)));
+    let tickets = store.lease_jobs(Some(&dest(TICKETS)), T0 + 1, T0 + 1 + LEASE_MS, 10).await.expect("lease tickets");
     assert_eq!(tickets.len(), 3);
-    assert!(tickets.iter().all(|j| j.destination == TICKETS));
-    let none = store.lease_jobs(Some("downstream:nobody"), T0 + 1, T0 + 1 + LEASE_MS, 10).await.expect("lease");
+    assert!(tickets.iter().all(|j| j.destination == dest(TICKETS)));
+    let none = store.lease_jobs(Some(&dest("downstream:nobody")), T0 + 1, T0 + 1 + LEASE_MS, 10).await.expect("lease");
     assert!(none.is_empty());
-    assert_eq!(store.job_destinations().await.expect("destinations"), vec![WEB.to_owned(), TICKETS.to_owned()]);
+    assert_eq!(store.job_destinations().await.expect("destinations"), vec![dest(WEB), dest(TICKETS)]);
 }
 
 /// Done and discarded jobs older than the cut-off are deleted; dead, pending and newer ones stay.
@@ -949,7 +953,7 @@ async fn check_retention(store: &dyn Store) {
     let token = tokio_util::sync::CancellationToken::new();
     let deleted = earshot::outbox::retention_sweep(store, T0 + 500, &token).await.expect("sweep");
     assert_eq!(deleted, 2, "the old done job and the discarded one");
-    let left: Vec<i64> = ids(&all_jobs(store).await);
+    let left: Vec<JobId> = ids(&all_jobs(store).await);
     assert_eq!(left, vec![b.id, n[0].id], "the dead job and the newer done one stay");
     assert_eq!(earshot::outbox::retention_sweep(store, T0 + 500, &token).await.expect("sweep"), 0);
     assert_eq!(earshot::outbox::retention_sweep(store, T0 + 2_000, &token).await.expect("sweep"), 1);
@@ -1069,7 +1073,7 @@ async fn check_concurrent_leasing(stores: &[Arc<dyn Store>]) {
     // whatever is left must still be leasable exactly once.
     leased.extend(ids(&lease(store, now, 1_000).await));
 
-    let distinct: HashSet<i64> = leased.iter().copied().collect();
+    let distinct: HashSet<JobId> = leased.iter().copied().collect();
     assert_eq!(distinct.len(), leased.len(), "{} leases for {} distinct jobs", leased.len(), distinct.len());
     assert_eq!(distinct.len(), 200, "every job was leased");
     let jobs = all_jobs(store).await;
@@ -1144,9 +1148,9 @@ async fn sqlite_in_memory_is_refused_with_a_clear_error() {
 // ---------------------------------------------------------------------------------------------------
 // The lifecycle's store API
 
-fn change(case_id: &str, version: i64, status: &str, now_ms: i64) -> earshot::store::CaseChange {
+fn change(case_id: &CaseId, version: i64, status: &str, now_ms: i64) -> earshot::store::CaseChange {
     earshot::store::CaseChange {
-        case_id: case_id.to_owned(),
+        case_id: case_id.clone(),
         version,
         status: status.to_owned(),
         ticket_id: None,
@@ -1159,7 +1163,7 @@ fn change(case_id: &str, version: i64, status: &str, now_ms: i64) -> earshot::st
         jobs: vec![NewJob {
             event_id: EventId::generate().0,
             kind: "status_update",
-            destination: WEB.to_owned(),
+            destination: dest(WEB),
             payload: "{}".to_owned(),
             max_attempts: 5,
         }],
@@ -1202,7 +1206,7 @@ async fn check_case_changes(store: &dyn Store) {
     assert_eq!((state.status.as_str(), state.version), ("in_progress", 1));
     assert_eq!(store.case_log(&a.case_id).await.expect("log").len(), 1);
     assert_eq!(jobs_of(store, &a.case_id).await.len(), 1);
-    assert!(store.get_case("case_missing").await.expect("get_case").is_none());
+    assert!(store.get_case(&CaseId::from("case_missing")).await.expect("get_case").is_none());
 }
 
 /// A delivered acknowledgement moves a new case to acknowledged (and only a new one); a delivered

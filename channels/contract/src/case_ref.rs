@@ -105,6 +105,15 @@ fn inverse_mult() -> u64 {
     acc as u64
 }
 
+/// A stored reference read back (the store keeps them as text).
+impl TryFrom<String> for CaseRef {
+    type Error = CaseRefError;
+
+    fn try_from(s: String) -> Result<CaseRef, CaseRefError> {
+        CaseRef::parse(&s)
+    }
+}
+
 impl fmt::Display for CaseRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)

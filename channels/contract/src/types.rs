@@ -274,6 +274,7 @@ pub struct AckText {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Receipt {
     pub case_id: String,
+    /// Empty when no case was made (an automatic message kept as an event).
     pub case_ref: String,
     pub status: String,
     /// True when this exact message was already stored; the ids are those of the original.
