@@ -30,8 +30,13 @@ impl Channels {
                     Some(email) => Some(Arc::new(earshot_channel_email::EmailChannel::new(email.clone())?) as _),
                     None => None,
                 },
-                // Not in this version: their config sections are refused by `check-config`.
-                ChannelKind::Telegram | ChannelKind::Phone => None,
+                #[cfg(feature = "telegram")]
+                ChannelKind::Telegram => match &settings.telegram {
+                    Some(t) => Some(Arc::new(earshot_channel_telegram::TelegramChannel::new(t.clone())?) as _),
+                    None => None,
+                },
+                // Not in this version: its config section is refused by `check-config`.
+                ChannelKind::Phone => None,
                 #[allow(unreachable_patterns)]
                 _ => None,
             };

@@ -74,11 +74,33 @@ enum Command {
     },
     /// Normalize stored raw messages again (after an upgrade of the parser).
     Reparse,
+    /// Talk to the Telegram Bot API for the configured bot.
+    #[cfg(feature = "telegram")]
+    Telegram {
+        #[command(subcommand)]
+        command: TelegramCommand,
+    },
     /// Print a published JSON Schema.
     Schema {
         #[arg(value_enum, default_value_t = SchemaName::Case)]
         name: SchemaName,
     },
+}
+
+#[cfg(feature = "telegram")]
+#[derive(Subcommand)]
+enum TelegramCommand {
+    /// Check the token (`getMe`) and print the bot's name.
+    Me,
+    /// Register the webhook (`setWebhook`) with the configured secret and the updates Earshot uses.
+    SetWebhook {
+        /// The public URL (default: channels.telegram.webhook_url, else server.public_url +
+        /// /v1/inbound/telegram).
+        #[arg(long)]
+        url: Option<String>,
+    },
+    /// Remove the webhook (`deleteWebhook`), for long polling.
+    DeleteWebhook,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -292,6 +314,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             st.close().await;
             Ok(ExitCode::SUCCESS)
         }
+        #[cfg(feature = "telegram")]
+        Command::Telegram { command } => telegram(&settings(&cli.config)?, command).await,
         Command::Schema { name } => {
             let schema = match name {
                 SchemaName::Case => earshot::schema::case_json_schema(),
@@ -514,4 +538,38 @@ async fn send_test(
     _: Option<String>,
 ) -> anyhow::Result<ExitCode> {
     bail!("this build has no web channel")
+}
+
+#[cfg(feature = "telegram")]
+async fn telegram(s: &earshot::config::Settings, command: TelegramCommand) -> anyhow::Result<ExitCode> {
+    let Some(t) = &s.telegram else {
+        println!("no [channels.telegram] section in the configuration");
+        return Ok(ExitCode::FAILURE);
+    };
+    let bot = earshot_channel_telegram::TelegramChannel::new(t.clone()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    // The outcome's text never holds the token (see the channel crate).
+    let outcome = match command {
+        TelegramCommand::Me => bot.me().await.map(|name| format!("the token works: the bot is @{name}")),
+        TelegramCommand::SetWebhook { url } => {
+            let url = url
+                .or_else(|| t.webhook_url.clone())
+                .unwrap_or_else(|| format!("{}/v1/inbound/telegram", s.public_url.trim_end_matches('/')));
+            if t.webhook_secret.is_none() {
+                println!("channels.telegram.webhook_secret is not set: the webhook would take updates from anyone");
+                return Ok(ExitCode::FAILURE);
+            }
+            bot.set_webhook(&url).await.map(|()| format!("webhook set to {url}"))
+        }
+        TelegramCommand::DeleteWebhook => bot.delete_webhook().await.map(|()| "webhook deleted".to_owned()),
+    };
+    match outcome {
+        Ok(text) => {
+            println!("{text}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            println!("Telegram refused: {e}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
 }

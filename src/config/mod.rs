@@ -148,7 +148,10 @@ pub struct ChannelsConfig {
     pub email: Option<earshot_channel_email::config::EmailConfig>,
     #[cfg(not(feature = "email"))]
     pub email: Option<toml::Value>,
-    /// Reserved for the Telegram channel; this version refuses a config that sets it.
+    /// `[channels.telegram]`, owned by the Telegram channel's crate.
+    #[cfg(feature = "telegram")]
+    pub telegram: Option<earshot_channel_telegram::TelegramConfig>,
+    #[cfg(not(feature = "telegram"))]
     pub telegram: Option<toml::Value>,
     /// Reserved for the phone channel; this version refuses a config that sets it.
     pub phone: Option<toml::Value>,

@@ -65,6 +65,7 @@ pub struct Settings {
     pub downstream: Vec<Endpoint>,
     pub web: Option<WebOut>,
     pub email: Option<EmailOut>,
+    pub telegram: Option<TelegramOut>,
     /// At most one email acknowledgement per address within this window.
     pub ack_window: Duration,
     /// How long a bounced address is suppressed.
@@ -164,10 +165,10 @@ pub fn resolve(cfg: &Config, base: &Path) -> Result<Settings, Vec<Problem>> {
     // process (or a pid reused after a restart) from passing for the same holder.
     let instance = format!("{}-{}-{}", hostname(), std::process::id(), &uuid::Uuid::new_v4().simple().to_string()[..8]);
     #[cfg(feature = "email")]
-    let email = cfg.channels.email.as_ref().and_then(|e| e.resolve(&mut c, instance));
+    let email = cfg.channels.email.as_ref().and_then(|e| e.resolve(&mut c, instance.clone()));
     #[cfg(not(feature = "email"))]
     let email: Option<EmailOut> = cfg.channels.email.as_ref().and_then(|_| {
-        let _ = instance;
+        let _ = &instance;
         c.problem("channels.email", "this build has no email channel (cargo feature `email`)");
         None
     });
@@ -181,10 +182,15 @@ pub fn resolve(cfg: &Config, base: &Path) -> Result<Settings, Vec<Problem>> {
         ack_window = c.duration("channels.email.ack_window", &e.ack_window);
         undeliverable_for = c.duration("channels.email.undeliverable_for", &e.undeliverable_for);
     }
-    for (key, section) in [("channels.telegram", &cfg.channels.telegram), ("channels.phone", &cfg.channels.phone)] {
-        if section.is_some() {
-            c.problem(key, "this version of Earshot has no such channel yet; remove the section");
-        }
+    #[cfg(feature = "telegram")]
+    let telegram = cfg.channels.telegram.as_ref().and_then(|t| t.resolve(&mut c, instance.clone()));
+    #[cfg(not(feature = "telegram"))]
+    let telegram: Option<TelegramOut> = cfg.channels.telegram.as_ref().and_then(|_| {
+        c.problem("channels.telegram", "this build has no Telegram channel (cargo feature `telegram`)");
+        None
+    });
+    if cfg.channels.phone.is_some() {
+        c.problem("channels.phone", "this version of Earshot has no such channel yet; remove the section");
     }
 
     // Each batch is one multi-row statement per table; past ~1000 items SQLite's bind-parameter limit
@@ -275,6 +281,7 @@ pub fn resolve(cfg: &Config, base: &Path) -> Result<Settings, Vec<Problem>> {
         downstream,
         web,
         email,
+        telegram,
         ack_window: ack_window.ok_or_else(missing)?,
         undeliverable_for: undeliverable_for.ok_or_else(missing)?,
         max_batch: cfg.intake.max_batch,
@@ -320,6 +327,10 @@ fn longest_send_deadline(cfg: &Config) -> Option<(String, Duration)> {
             }
         }
     }
+    #[cfg(feature = "telegram")]
+    if let Some(t) = &cfg.channels.telegram {
+        all.push(("channels.telegram.send_timeout_secs".into(), t.send_timeout_secs));
+    }
     // The first of the longest, so the message names a key the operator can find.
     let mut best: Option<(String, u64)> = None;
     for (k, v) in all {
@@ -335,6 +346,12 @@ fn longest_send_deadline(cfg: &Config) -> Option<(String, Duration)> {
 pub type EmailOut = earshot_channel_email::settings::EmailSettings;
 #[cfg(not(feature = "email"))]
 pub type EmailOut = std::convert::Infallible;
+
+/// The Telegram channel's settings, or nothing when the channel is not compiled in.
+#[cfg(feature = "telegram")]
+pub type TelegramOut = earshot_channel_telegram::TelegramSettings;
+#[cfg(not(feature = "telegram"))]
+pub type TelegramOut = std::convert::Infallible;
 
 /// The web channel's settings, or nothing when the channel is not compiled in.
 #[cfg(feature = "web")]

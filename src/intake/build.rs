@@ -158,6 +158,7 @@ impl Builder {
             lang,
             attachments: inbound.attachments.clone(),
             automatic: inbound.automatic,
+            metadata: inbound.metadata.clone(),
             received_at: inbound.received_at,
         }
     }

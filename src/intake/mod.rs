@@ -114,6 +114,39 @@ impl Intake for IntakeService {
         // The writer always answers; a dropped sender means it died, and nothing was committed.
         answer.await.unwrap_or_else(|_| Err(IntakeError::Unavailable("the intake writer stopped".into())))
     }
+    async fn cases_of(
+        &self,
+        channel: ChannelKind,
+        identity: &earshot_channel::Identity,
+        case_ref: Option<&earshot_channel::CaseRef>,
+        limit: usize,
+    ) -> Result<Vec<earshot_channel::CaseSummary>, IntakeError> {
+        let unavailable = |e: crate::store::StoreError| IntakeError::Unavailable(e.to_string());
+        let known = self.store.customers_for(std::slice::from_ref(identity)).await.map_err(unavailable)?;
+        let Some(customer) = known.get(identity) else { return Ok(Vec::new()) };
+        let seq = case_ref.and_then(|r| i64::try_from(r.seq()).ok());
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = self.store.customer_cases(customer, channel.as_str(), seq, limit).await.map_err(unavailable)?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let case = crate::cases::load(&*self.store, &row.id).await.map_err(unavailable)?;
+            let Some(case) = case else { continue };
+            // The first words of the complaint, to tell a customer's cases apart.
+            let first = case.messages.first().map(|m| m.text.as_str()).unwrap_or_default();
+            let mut text: String = first.chars().take(60).collect();
+            if text.len() < first.len() {
+                text.push('…');
+            }
+            out.push(earshot_channel::CaseSummary {
+                case_ref: row.case_ref.to_string(),
+                status: case.status.as_str().to_owned(),
+                created_at: case.created_at,
+                text,
+            });
+        }
+        Ok(out)
+    }
+
     async fn answer_survey(&self, token: &str, answer: &str) -> Result<bool, IntakeError> {
         use crate::lifecycle::LifecycleError;
         let mut parts: std::collections::HashMap<&str, &str> = std::collections::HashMap::new();

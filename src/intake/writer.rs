@@ -393,18 +393,23 @@ async fn thread_case(
     let Some(hint) = &inbound.thread else { return Ok(None) };
     let ids: Vec<String> = hint.in_reply_to.iter().map(|e| e.0.clone()).filter(|s| !s.is_empty()).collect();
     let events: Vec<String> = ids.iter().filter_map(|id| super::our_event_id(id)).map(str::to_owned).collect();
-    if ids.is_empty() && hint.case_refs.is_empty() {
-        return Ok(None);
+    if !ids.is_empty() || !hint.case_refs.is_empty() {
+        let hits = ctx.store.find_thread(inbound.channel.as_str(), &ids, &events, &hint.case_refs).await?;
+        let chosen = hits.iter().find(|h| h.matched != h.case_ref.as_str()).or_else(|| {
+            hits.iter().find(|h| h.matched == h.case_ref.as_str() && customer == Some(h.customer_id.as_str()))
+        });
+        if let Some(hit) = chosen {
+            return crate::cases::load(&*ctx.store, &hit.case_id).await;
+        }
     }
-    let hits = ctx.store.find_thread(inbound.channel.as_str(), &ids, &events, &hint.case_refs).await?;
-    let chosen = hits
-        .iter()
-        .find(|h| h.matched != h.case_ref.as_str())
-        .or_else(|| hits.iter().find(|h| h.matched == h.case_ref.as_str() && customer == Some(h.customer_id.as_str())));
-    match chosen {
-        Some(hit) => crate::cases::load(&*ctx.store, &hit.case_id).await,
-        None => Ok(None),
+    // A chat: the sender's open case takes the message, if it moved within the window.
+    if let (Some(window), Some(customer)) = (hint.open_case_within_secs, customer) {
+        let since = crate::now_ms() - i64::try_from(window.saturating_mul(1000)).unwrap_or(i64::MAX);
+        if let Some(id) = ctx.store.open_case_of(customer, inbound.channel.as_str(), since).await? {
+            return crate::cases::load(&*ctx.store, &id).await;
+        }
     }
+    Ok(None)
 }
 
 async fn record_unthreaded(

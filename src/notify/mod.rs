@@ -32,6 +32,14 @@ const BUILT_IN: &[(&str, &str)] = &[
     ("email/agent_reply.zh.j2", include_str!("../../config/templates/email/agent_reply.zh.j2")),
     ("email/survey.en.j2", include_str!("../../config/templates/email/survey.en.j2")),
     ("email/survey.zh.j2", include_str!("../../config/templates/email/survey.zh.j2")),
+    ("telegram/ack.en.j2", include_str!("../../config/templates/telegram/ack.en.j2")),
+    ("telegram/ack.zh.j2", include_str!("../../config/templates/telegram/ack.zh.j2")),
+    ("telegram/status_update.en.j2", include_str!("../../config/templates/telegram/status_update.en.j2")),
+    ("telegram/status_update.zh.j2", include_str!("../../config/templates/telegram/status_update.zh.j2")),
+    ("telegram/agent_reply.en.j2", include_str!("../../config/templates/telegram/agent_reply.en.j2")),
+    ("telegram/agent_reply.zh.j2", include_str!("../../config/templates/telegram/agent_reply.zh.j2")),
+    ("telegram/survey.en.j2", include_str!("../../config/templates/telegram/survey.en.j2")),
+    ("telegram/survey.zh.j2", include_str!("../../config/templates/telegram/survey.zh.j2")),
     ("feedback/thanks.en.html.j2", include_str!("../../config/templates/feedback/thanks.en.html.j2")),
     ("feedback/thanks.zh.html.j2", include_str!("../../config/templates/feedback/thanks.zh.html.j2")),
 ];
@@ -87,8 +95,9 @@ impl Templates {
             };
             t.ack(ChannelKind::Web, lang, &ctx)?;
             t.ack(ChannelKind::Email, lang, &ctx)?;
+            t.ack(ChannelKind::Telegram, lang, &ctx)?;
             let sample = sample_context();
-            for channel in [ChannelKind::Web, ChannelKind::Email] {
+            for channel in [ChannelKind::Web, ChannelKind::Email, ChannelKind::Telegram] {
                 for kind in KINDS {
                     t.message(channel, kind, lang, &sample)?;
                 }

@@ -162,6 +162,9 @@ pub struct Message {
     pub attachments: Vec<AttachmentMeta>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub automatic: Option<AutoKind>,
+    /// What the channel knows of this message (Telegram file ids, `edited: true` on an edit, …).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata: BTreeMap<String, serde_json::Value>,
     #[serde(with = "time::serde::rfc3339")]
     #[schemars(with = "String", extend("format" = "date-time"))]
     pub received_at: OffsetDateTime,

@@ -234,6 +234,45 @@ macro_rules! shared_queries {
                 .await?)
         }
 
+        pub(super) async fn customer_cases(
+            conn: &mut Conn,
+            customer_id: &str,
+            channel: &str,
+            seq: Option<i64>,
+            limit: i64,
+        ) -> Result<Vec<CaseRow>> {
+            let seq_filter = if seq.is_some() { "AND seq = $4 " } else { "" };
+            let sql = format!(
+                "SELECT {CASE_COLUMNS} FROM cases WHERE customer_id = $1 AND channel = $2 {seq_filter}\
+                 ORDER BY seq DESC LIMIT $3"
+            );
+            let mut q = sqlx::query_as(&sql)
+            .bind(customer_id)
+            .bind(channel)
+            .bind(limit);
+            if let Some(s) = seq {
+                q = q.bind(s);
+            }
+            Ok(q.fetch_all(&mut *conn).await?)
+        }
+
+        pub(super) async fn open_case_of(
+            conn: &mut Conn,
+            customer_id: &str,
+            channel: &str,
+            since_ms: i64,
+        ) -> Result<Option<super::CaseId>> {
+            Ok(sqlx::query_scalar(
+                "SELECT id FROM cases WHERE customer_id = $1 AND channel = $2 AND updated_at >= $3 \
+                 AND status NOT IN ('resolved', 'closed') ORDER BY seq DESC LIMIT 1",
+            )
+            .bind(customer_id)
+            .bind(channel)
+            .bind(since_ms)
+            .fetch_optional(&mut *conn)
+            .await?)
+        }
+
         pub(super) async fn get_case(conn: &mut Conn, id: &super::CaseId) -> Result<Option<(CaseRow, Vec<String>)>> {
             let row: Option<CaseRow> = sqlx::query_as(&format!("SELECT {CASE_COLUMNS} FROM cases WHERE id = $1"))
                 .bind(id)

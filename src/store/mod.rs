@@ -434,6 +434,20 @@ pub trait Store: Send + Sync + 'static {
 
     async fn count_cases(&self) -> Result<i64>;
 
+    /// A customer's cases on one channel, newest first: up to `limit`, or only the one with
+    /// sequence number `seq` (a chat's `/status`).
+    async fn customer_cases(
+        &self,
+        customer_id: &str,
+        channel: &str,
+        seq: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<CaseRow>>;
+
+    /// The customer's newest case on `channel` that is still open (not resolved or closed) and was
+    /// changed at or after `since_ms`: where a chat's next message goes.
+    async fn open_case_of(&self, customer_id: &str, channel: &str, since_ms: i64) -> Result<Option<CaseId>>;
+
     /// Cases that messages with these ids (channel messages), outbox event ids (our own outbound
     /// messages) or case references belong to.
     async fn find_thread(

@@ -295,6 +295,20 @@ impl super::Store for PgStore {
         get_case(&mut *self.pool.acquire().await?, id).await
     }
 
+    async fn customer_cases(
+        &self,
+        customer_id: &str,
+        channel: &str,
+        seq: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<CaseRow>> {
+        customer_cases(&mut *self.pool.acquire().await?, customer_id, channel, seq, limit).await
+    }
+
+    async fn open_case_of(&self, customer_id: &str, channel: &str, since_ms: i64) -> Result<Option<super::CaseId>> {
+        open_case_of(&mut *self.pool.acquire().await?, customer_id, channel, since_ms).await
+    }
+
     async fn count_cases(&self) -> Result<i64> {
         count_cases(&mut *self.pool.acquire().await?).await
     }

@@ -38,8 +38,11 @@ struct Routes {
 async fn inbound(State(st): State<Routes>, Json(v): Json<Value>) -> (StatusCode, Json<Value>) {
     let chat = v["chat"].as_str().unwrap_or_default().to_owned();
     let message_id = v["message_id"].as_str().unwrap_or_default().to_owned();
-    let thread =
-        v["reply_to"].as_str().map(|r| ThreadHint { in_reply_to: vec![ExternalId(r.to_owned())], case_refs: vec![] });
+    let thread = v["reply_to"].as_str().map(|r| ThreadHint {
+        in_reply_to: vec![ExternalId(r.to_owned())],
+        case_refs: vec![],
+        open_case_within_secs: None,
+    });
     let msg = Inbound {
         channel: ChannelKind::Telegram,
         source: BOT.into(),

@@ -2,6 +2,8 @@
 
 mod support;
 
+mod botapi;
+
 mod contract;
 mod email;
 mod intake;
@@ -10,4 +12,5 @@ mod mailsrv;
 mod outbox;
 mod process;
 mod store;
+mod telegram;
 mod web;

@@ -828,3 +828,142 @@ async fn sighup_rotates_secrets_and_keeps_the_running_config_on_a_bad_file() {
     gw.stop().await;
     db.cleanup().await;
 }
+
+// --- Telegram ----------------------------------------------------------------------------------------
+
+fn telegram_section(api_url: &str, extra: &str) -> String {
+    format!(
+        "[channels.telegram]\ntoken = \"{}\"\napi_url = \"{api_url}\"\npoll_timeout_secs = 1\nsend_timeout_secs = 3\n{extra}\n",
+        crate::botapi::TOKEN
+    )
+}
+
+/// The gateway dies (SIGKILL) after `getUpdates` handed it two complaints and before it could commit
+/// them: the commit is held back by a lock on `messages` the test holds. After the restart, Telegram
+/// (the local Bot API) hands the same updates out again, because the offset never moved: each makes
+/// one case and one acknowledgement.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn telegram_crash_between_get_updates_and_commit_loses_and_repeats_nothing() {
+    use crate::botapi::{self, BotApi};
+    use sqlx::Connection;
+    let Some(db) = TestDb::postgres().await else { return };
+    let bot = BotApi::start().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let port = free_port();
+    let cfg = write_config(dir.path(), "tg.toml", port, &db.url, &telegram_section(&bot.base, ""));
+    let mut p = Proc::start(&cfg, port, "tg-1").await;
+
+    let mut lock = sqlx::PgConnection::connect(&db.url).await.expect("connect");
+    sqlx::query("BEGIN").execute(&mut lock).await.expect("begin");
+    sqlx::query("LOCK TABLE messages IN EXCLUSIVE MODE").execute(&mut lock).await.expect("lock");
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    bot.on_batch(move || {
+        let _ = tx.send(());
+    });
+    let first = bot.push(botapi::text(1301, 1, "en", "First complaint."));
+    bot.push(botapi::text(1302, 1, "en", "Second complaint."));
+    within(20, "the updates handed out", rx.recv()).await.expect("a batch");
+    // The gateway now waits on the lock inside its commit.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(bot.sent().is_empty(), "nothing is acknowledged before it is committed");
+    p.sigkill().await;
+    drop(lock);
+    bot.on_batch(|| {});
+
+    // The dead instance's polling lease runs out first (poll_timeout_secs + 15 s).
+    let mut p = Proc::start(&cfg, port, "tg-2").await;
+    bot.wait_sent(45, "both acknowledged after the restart", |s| s.len() >= 2).await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(bot.sent().len(), 2, "one acknowledgement each, none repeated: {:#?}", bot.sent());
+    let (_, listing) = p.admin_get("/v1/cases?channel=telegram").await;
+    assert_eq!(listing["cases"].as_array().map(Vec::len), Some(2), "one case each: {listing}");
+    let offsets = bot.offsets();
+    assert!(offsets.iter().filter(|o| **o <= first).count() >= 2, "handed out again after the crash: {offsets:?}");
+    assert!(offsets.iter().any(|o| *o > first + 1), "then confirmed: {offsets:?}");
+    p.stop().await;
+    db.cleanup().await;
+}
+
+/// The bot token is in every Bot API URL: it must not reach the logs at debug level, whatever
+/// happens (a refused send, a blocked chat, an unreachable Bot API), nor the CLI's output.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn telegram_token_never_appears_in_logs_or_cli_output() {
+    use crate::botapi::{self, BotApi, TOKEN};
+    let db = TestDb::sqlite();
+    let bot = BotApi::start().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let port = free_port();
+    let secret = "hook-Secret_7";
+    let cfg = write_config(
+        dir.path(),
+        "tg.toml",
+        port,
+        &db.url,
+        &telegram_section(&bot.base, &format!("webhook_secret = \"{secret}\"")),
+    );
+    let mut outputs = Vec::new();
+
+    // The CLI: getMe, setWebhook (with the secret and the updates used), deleteWebhook.
+    let (code, out, err) = cli(&cfg, &["telegram", "me"]).await;
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("@earshot_test_bot"), "{out}");
+    outputs.push(out + &err);
+    let (code, out, err) =
+        cli(&cfg, &["telegram", "set-webhook", "--url", "https://gw.example.com/v1/inbound/telegram"]).await;
+    assert_eq!(code, Some(0), "{out}{err}");
+    let call = bot.calls("setWebhook").pop().expect("setWebhook was called");
+    assert!(call.contains("https://gw.example.com/v1/inbound/telegram") && call.contains(secret), "{call}");
+    assert!(call.contains("callback_query") && call.contains("edited_message"), "allowed_updates: {call}");
+    outputs.push(out + &err);
+    let (code, out, err) = cli(&cfg, &["telegram", "delete-webhook"]).await;
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert_eq!(bot.calls("deleteWebhook").len(), 1);
+    outputs.push(out + &err);
+    let (code, out, err) = cli(&cfg, &["check-config"]).await;
+    assert_eq!(code, Some(0), "{out}{err}");
+    outputs.push(out + &err);
+
+    // Serving at debug: a 429, a blocked chat.
+    let mut p = Proc::start_logging(&cfg, port, "tg-log", "debug").await;
+    bot.script_send(vec![BotApi::too_many_requests(1)]);
+    bot.block(1402);
+    bot.push(botapi::text(1401, 1, "en", "Refund please."));
+    bot.push(botapi::text(1402, 1, "en", "Blocked you."));
+    bot.wait_sent(20, "the acknowledgement after the 429", |s| s.len() == 1).await;
+    eventually(20, "the blocked chat's job is dead", || async {
+        let (_, dead) = p.admin_get("/v1/outbox?state=dead").await;
+        dead.to_string().contains("blocked").then_some(())
+    })
+    .await;
+    p.stop().await;
+    let log = p.log_text();
+    assert!(log.contains("DEBUG"), "debug logging was on");
+    outputs.push(log);
+
+    // The Bot API unreachable (nothing listens on its port): network errors, logged at debug.
+    let gone = format!("http://127.0.0.1:{}", free_port());
+    let cfg_gone = write_config(dir.path(), "gone.toml", port, &db.url, &telegram_section(&gone, ""));
+    let mut p = Proc::start_logging(&cfg_gone, port, "tg-gone", "debug").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    p.stop().await;
+    let log = p.log_text();
+    assert!(log.contains("Telegram polling failed"), "the outage is logged: {log}");
+    outputs.push(log);
+
+    // A token that Telegram refuses, for the CLI's error path.
+    let wrong = cfg.with_file_name("wrong.toml");
+    let text = std::fs::read_to_string(&cfg)
+        .expect("read")
+        .replace(TOKEN, "7000000001:AAH-wrong_Secret-Part0123456789abcdefgh");
+    std::fs::write(&wrong, text).expect("write");
+    let (code, out, err) = cli(&wrong, &["telegram", "me"]).await;
+    assert_ne!(code, Some(0));
+    outputs.push(out + &err);
+
+    let secret_part = TOKEN.split_once(':').map(|(_, s)| s).expect("token");
+    for (i, text) in outputs.iter().enumerate() {
+        assert!(!text.contains(secret_part), "output {i} shows the bot token:\n{text}");
+        assert!(!text.contains("AAH-wrong_Secret"), "output {i} shows the refused token:\n{text}");
+    }
+    db.cleanup().await;
+}

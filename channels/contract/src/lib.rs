@@ -49,6 +49,17 @@ pub trait Intake: Send + Sync {
     /// `solved=no`) or several joined by `&`. Returns false when the survey is unknown or closed.
     async fn answer_survey(&self, token: &str, answer: &str) -> Result<bool, IntakeError>;
 
+    /// The cases of the customer known by `identity` on `channel`, newest first, at most `limit`;
+    /// only the one with reference `case_ref` when it is given. A case of another customer is never
+    /// among them.
+    async fn cases_of(
+        &self,
+        channel: ChannelKind,
+        identity: &Identity,
+        case_ref: Option<&CaseRef>,
+        limit: usize,
+    ) -> Result<Vec<CaseSummary>, IntakeError>;
+
     /// Stores a bounce or report; returns once it is durable.
     async fn record_event(&self, event: ChannelEvent) -> Result<(), IntakeError>;
 

@@ -202,6 +202,22 @@ pub struct ThreadHint {
     /// Case references seen in the subject or text.
     #[serde(default)]
     pub case_refs: Vec<String>,
+    /// A chat's follow-up rule: with nothing else to thread on, the message joins the sender's
+    /// newest case on this channel that is still open (not resolved or closed) and was last
+    /// changed within this window (seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub open_case_within_secs: Option<u64>,
+}
+
+/// One of a customer's cases as a chat shows it (`/status`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CaseSummary {
+    pub case_ref: String,
+    pub status: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    /// The first words of the complaint.
+    pub text: String,
 }
 
 /// An attachment's description; content is not part of the schema.
