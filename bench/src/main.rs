@@ -6,13 +6,15 @@
 //!   a slow server cannot hide its queueing by slowing the generator down (coordinated omission);
 //! - `seed`: fills a store with N realistic cases through the store API (no HTTP), for the figures
 //!   that need a large database;
-//! - `startup`: time from spawning `earshot serve` to its first `GET /readyz` 200.
+//! - `startup`: time from spawning `earshot serve` to its first `GET /readyz` 200;
+//! - `telegram`: the Telegram channel's intake and acknowledgement figures (`telegram.rs`).
 //!
 //! Every summary is printed on stdout as `key=value` pairs after a fixed prefix, so that scripts can
 //! grep one line and split it; notes for humans (first error seen and so on) go to stderr.
 
 mod delivery;
 mod lifecycle;
+mod telegram;
 
 use std::collections::BTreeMap;
 use std::path::{Path as FsPath, PathBuf};
@@ -108,6 +110,9 @@ enum Command {
     /// The ticket store's status events: accepted/s (closed loop) and event → customer update
     /// received (open loop), for web callbacks or email through an SMTP sink.
     Events(lifecycle::EventsArgs),
+    /// The Telegram channel: a local Bot API server with queued updates (polling) or a webhook
+    /// client; updates/s committed and commit → sendMessage latency.
+    Telegram(telegram::TelegramArgs),
     /// Spawn `BIN serve --config FILE`, poll BASE/readyz every 2 ms, print the time to the first 200,
     /// then kill the child.
     Startup {
@@ -189,6 +194,7 @@ fn main() -> anyhow::Result<()> {
             Command::Seed { db, cases, batch, source, templates } => seed(&db, cases, batch, &source, &templates).await,
             Command::Startup { bin, config, url, timeout } => startup(&bin, &config, &url, timeout).await,
             Command::Events(args) => lifecycle::run(args).await,
+            Command::Telegram(args) => telegram::run(args).await,
         }
     })
 }

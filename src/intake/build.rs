@@ -231,7 +231,7 @@ impl Builder {
                 id: id.0.clone(),
                 kind: OutboundKind::Ack,
                 case_id: case_id.0.clone(),
-                case_ref: case_ref.to_string(),
+                case_ref: case_ref.clone(),
                 status: Some(CaseStatus::New.as_str().to_owned()),
                 lang: ack.lang,
                 subject: inbound.subject.clone(),

@@ -176,7 +176,7 @@ impl<'a> Draft<'a> {
             id: id.0.clone(),
             kind: kind.clone(),
             case_id: self.case.id.0.clone(),
-            case_ref: self.case.case_ref.to_string(),
+            case_ref: self.case.case_ref.clone(),
             status: Some(self.status.as_str().to_owned()),
             lang,
             subject: self.case.subject.clone(),

@@ -360,7 +360,7 @@ pub struct Outbound {
     pub id: String,
     pub kind: OutboundKind,
     pub case_id: String,
-    pub case_ref: String,
+    pub case_ref: crate::CaseRef,
     /// The case's status when the message was made.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<String>,

@@ -246,7 +246,7 @@ fn build(
     Message::builder()
         .from(out.from.clone())
         .to(to)
-        .subject(reply_subject(subject, &msg.case_ref))
+        .subject(reply_subject(subject, msg.case_ref.as_str()))
         .message_id(Some(format!("<{}@{}>", msg.id, out.domain)))
         .in_reply_to(format!("<{message_id}>"))
         .references(refs)
@@ -310,7 +310,7 @@ mod tests {
             id: format!("msg_{n}"),
             kind: earshot_channel::OutboundKind::Ack,
             case_id: "case_1".into(),
-            case_ref: "4827-1936-5".into(),
+            case_ref: earshot_channel::CaseRef::from_seq(1),
             status: None,
             lang: earshot_channel::Lang::En,
             subject: None,

@@ -174,7 +174,7 @@ impl Channel for WebChannel {
         let body = serde_json::to_vec(&CallbackBody {
             kind,
             case_id: &msg.case_id,
-            case_ref: &msg.case_ref,
+            case_ref: msg.case_ref.as_str(),
             status: msg.status.as_deref(),
             lang: msg.lang.as_str(),
             text: &msg.text,
