@@ -17,7 +17,12 @@ pub struct Channels {
 
 impl Channels {
     /// Builds every channel the settings enable.
-    pub fn from_settings(settings: &Settings, client: &reqwest::Client) -> Result<Channels, ChannelError> {
+    /// `public_url` is where the gateway is reached (the configured one, else the bound address).
+    pub fn from_settings(
+        settings: &Settings,
+        client: &reqwest::Client,
+        public_url: &str,
+    ) -> Result<Channels, ChannelError> {
         let mut map: HashMap<ChannelKind, Arc<dyn Channel>> = HashMap::new();
         #[cfg(feature = "web")]
         let web = settings.web.as_ref().map(|w| earshot_channel_web::WebChannel::new(w.clone(), client.clone()));
@@ -35,8 +40,14 @@ impl Channels {
                     Some(t) => Some(Arc::new(earshot_channel_telegram::TelegramChannel::new(t.clone())?) as _),
                     None => None,
                 },
-                // Not in this version: its config section is refused by `check-config`.
-                ChannelKind::Phone => None,
+                #[cfg(feature = "phone")]
+                ChannelKind::Phone => settings.phone.as_ref().map(|p| {
+                    let mut p = p.clone();
+                    if !p.public_url_set {
+                        p.public_url = public_url.trim_end_matches('/').to_owned();
+                    }
+                    Arc::new(earshot_channel_phone::PhoneChannel::new(p, client.clone())) as _
+                }),
                 #[allow(unreachable_patterns)]
                 _ => None,
             };
@@ -44,7 +55,7 @@ impl Channels {
                 map.insert(kind, c);
             }
         }
-        let _ = (settings, client);
+        let _ = (settings, client, public_url);
         Ok(Channels {
             map,
             #[cfg(feature = "web")]

@@ -124,19 +124,18 @@ pub async fn run_full(
         // a 200 from wherever it leads would count as delivered.
         .redirect(reqwest::redirect::Policy::none())
         .build()?;
-    let mut channels = channels::Channels::from_settings(&settings, &client)?;
+    // Survey links and the phone provider's callbacks point here: the configured public URL, else
+    // the address actually bound (which differs from `server.listen` when that asks for port 0).
+    let public_url = match (settings.public_url_set, listener.local_addr()) {
+        (false, Ok(addr)) => format!("http://{addr}"),
+        _ => settings.public_url.clone(),
+    };
+    let mut channels = channels::Channels::from_settings(&settings, &client, &public_url)?;
     for c in extra {
         channels = channels.with(c)?;
     }
     let channels = Arc::new(channels);
     let wake = Arc::new(Notify::new());
-
-    // Survey links point here: the configured public URL, else the address actually bound (which
-    // differs from `server.listen` when that asks for port 0).
-    let public_url = match (settings.public_url_set, listener.local_addr()) {
-        (false, Ok(addr)) => format!("http://{addr}"),
-        _ => settings.public_url.clone(),
-    };
     let lifecycle = Arc::new(lifecycle::Lifecycle::new(
         store.clone(),
         templates.clone(),
@@ -156,6 +155,7 @@ pub async fn run_full(
         // Every channel's own identities: never acknowledged, so two gateways cannot loop.
         own_identities: channels.all().flat_map(|(_, c)| c.own_identities()).map(|r| r.key()).collect(),
         ack_window: settings.ack_window,
+        loop_free: channels.all().filter(|(_, c)| c.loop_free()).map(|(k, _)| k).collect(),
         downstream: settings.downstream.clone().into(),
         channel_max_attempts: i64::from(settings.outbox.max_attempts),
         sla_first_response: settings.sla_first_response,

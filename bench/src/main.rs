@@ -706,6 +706,7 @@ fn seed_builder(templates: &FsPath) -> anyhow::Result<earshot::intake::Builder> 
         templates: Arc::new(earshot::live::Live::new(templates)),
         own_identities: Default::default(),
         ack_window: Duration::from_secs(600),
+        loop_free: Default::default(),
         downstream: Vec::new().into(),
         channel_max_attempts: 12,
         sla_first_response: Duration::from_secs(3600),

@@ -153,7 +153,10 @@ pub struct ChannelsConfig {
     pub telegram: Option<earshot_channel_telegram::TelegramConfig>,
     #[cfg(not(feature = "telegram"))]
     pub telegram: Option<toml::Value>,
-    /// Reserved for the phone channel; this version refuses a config that sets it.
+    /// `[channels.phone]`, owned by the phone channel's crate.
+    #[cfg(feature = "phone")]
+    pub phone: Option<earshot_channel_phone::PhoneConfig>,
+    #[cfg(not(feature = "phone"))]
     pub phone: Option<toml::Value>,
 }
 

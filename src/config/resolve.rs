@@ -66,6 +66,7 @@ pub struct Settings {
     pub web: Option<WebOut>,
     pub email: Option<EmailOut>,
     pub telegram: Option<TelegramOut>,
+    pub phone: Option<PhoneOut>,
     /// At most one email acknowledgement per address within this window.
     pub ack_window: Duration,
     /// How long a bounced address is suppressed.
@@ -189,9 +190,16 @@ pub fn resolve(cfg: &Config, base: &Path) -> Result<Settings, Vec<Problem>> {
         c.problem("channels.telegram", "this build has no Telegram channel (cargo feature `telegram`)");
         None
     });
-    if cfg.channels.phone.is_some() {
-        c.problem("channels.phone", "this version of Earshot has no such channel yet; remove the section");
-    }
+    #[cfg(feature = "phone")]
+    let phone = cfg.channels.phone.as_ref().and_then(|p| {
+        let public = public_url.clone().unwrap_or_else(|| format!("http://{}", cfg.server.listen));
+        p.resolve(&mut c, &public, cfg.server.public_url.is_some())
+    });
+    #[cfg(not(feature = "phone"))]
+    let phone: Option<PhoneOut> = cfg.channels.phone.as_ref().and_then(|_| {
+        c.problem("channels.phone", "this build has no phone channel (cargo feature `phone`)");
+        None
+    });
 
     // Each batch is one multi-row statement per table; past ~1000 items SQLite's bind-parameter limit
     // (32,766) comes into reach once outbox jobs are counted.
@@ -282,6 +290,7 @@ pub fn resolve(cfg: &Config, base: &Path) -> Result<Settings, Vec<Problem>> {
         web,
         email,
         telegram,
+        phone,
         ack_window: ack_window.ok_or_else(missing)?,
         undeliverable_for: undeliverable_for.ok_or_else(missing)?,
         max_batch: cfg.intake.max_batch,
@@ -327,6 +336,10 @@ fn longest_send_deadline(cfg: &Config) -> Option<(String, Duration)> {
             }
         }
     }
+    #[cfg(feature = "phone")]
+    if let Some(p) = &cfg.channels.phone {
+        all.push(("channels.phone.send_timeout_secs".into(), p.send_timeout_secs));
+    }
     #[cfg(feature = "telegram")]
     if let Some(t) = &cfg.channels.telegram {
         all.push(("channels.telegram.send_timeout_secs".into(), t.send_timeout_secs));
@@ -346,6 +359,12 @@ fn longest_send_deadline(cfg: &Config) -> Option<(String, Duration)> {
 pub type EmailOut = earshot_channel_email::settings::EmailSettings;
 #[cfg(not(feature = "email"))]
 pub type EmailOut = std::convert::Infallible;
+
+/// The phone channel's settings, or nothing when the channel is not compiled in.
+#[cfg(feature = "phone")]
+pub type PhoneOut = earshot_channel_phone::PhoneSettings;
+#[cfg(not(feature = "phone"))]
+pub type PhoneOut = std::convert::Infallible;
 
 /// The Telegram channel's settings, or nothing when the channel is not compiled in.
 #[cfg(feature = "telegram")]

@@ -25,6 +25,9 @@ pub struct Builder {
     pub own_identities: std::collections::HashSet<String>,
     /// At most one acknowledgement per recipient within this window.
     pub ack_window: Duration,
+    /// Channels on which no loop with another automatic responder can form (`Channel::loop_free`):
+    /// every new case there is acknowledged, without the window.
+    pub loop_free: std::collections::HashSet<earshot_channel::ChannelKind>,
     pub downstream: Arc<[Endpoint]>,
     pub channel_max_attempts: i64,
     pub sla_first_response: Duration,
@@ -102,6 +105,14 @@ impl Builder {
     ) -> Result<NewCase, serde_json::Error> {
         let message = self.message(inbound, case.lang);
         let message_json = serde_json::to_string(&message)?;
+        // An edit: the earlier message shows the new text from now on (also in this event).
+        let mut edit = None;
+        if let Some(edits) = inbound.thread.as_ref().and_then(|t| t.edits.as_ref())
+            && let Some(earlier) = case.messages.iter_mut().find(|m| m.external_id == edits.0)
+        {
+            earlier.text = inbound.text.clone();
+            edit = Some((edits.0.clone(), inbound.text.clone()));
+        }
         case.messages.push(message.clone());
         case.updated_at = now;
         let mut jobs = Vec::new();
@@ -135,6 +146,7 @@ impl Builder {
             now_ms: ms(now),
             jobs,
             follow_up: true,
+            edit,
             raw: inbound.raw.clone(),
             attachments: inbound.attachments.clone(),
             ack_address: None,
@@ -284,6 +296,7 @@ impl Builder {
             digest: inbound.content_digest.clone(),
             reply_route: Some(serde_json::to_string(&inbound.reply_route)?),
             sla_due: Some(ms(now + self.sla_first_response.min(self.sla_resolution))),
+            edit: None,
         };
         Ok((new, ack))
     }

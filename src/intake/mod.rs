@@ -147,6 +147,14 @@ impl Intake for IntakeService {
         Ok(out)
     }
 
+    async fn opt_out(&self, recipient: &earshot_channel::Recipient, reason: &str) -> Result<(), IntakeError> {
+        // For good (a hundred years): only the operator lifts an opt-out.
+        let until = crate::now_ms().saturating_add(100 * 365 * 86_400_000);
+        self.store.suppress(&recipient.key(), reason, until).await.map_err(unavailable)?;
+        tracing::info!(recipient = %recipient.key(), reason, "Recipient opted out; nothing more is sent to them on this channel.");
+        Ok(())
+    }
+
     async fn answer_survey(&self, token: &str, answer: &str) -> Result<bool, IntakeError> {
         use crate::lifecycle::LifecycleError;
         let mut parts: std::collections::HashMap<&str, &str> = std::collections::HashMap::new();
@@ -303,6 +311,21 @@ impl IntakeService {
                 Ok(_) | Err(LifecycleError::SurveyClosed | LifecycleError::NotFound(_)) => Ok(()),
                 Err(e) => Err(IntakeError::Unavailable(e.to_string())),
             };
+        }
+        // A channel without threads (SMS): a digit answers the survey of the sender's newest case
+        // on this channel, if that survey is open.
+        if hint.in_reply_to.is_empty() && hint.open_case_within_secs.is_some() {
+            let known = self.store.customers_for(&inbound.identities).await.map_err(unavailable)?;
+            let Some(customer) = inbound.identities.iter().find_map(|i| known.get(i)) else { return Ok(()) };
+            let newest =
+                self.store.customer_cases(customer, inbound.channel.as_str(), None, 1).await.map_err(unavailable)?;
+            if let Some(case) = newest.first() {
+                use crate::lifecycle::LifecycleError;
+                return match self.lifecycle.feedback(&case.id, &answer, "reply").await {
+                    Ok(_) | Err(LifecycleError::SurveyClosed | LifecycleError::NotFound(_)) => Ok(()),
+                    Err(e) => Err(IntakeError::Unavailable(e.to_string())),
+                };
+            }
         }
         Ok(())
     }

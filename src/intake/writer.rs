@@ -313,11 +313,18 @@ async fn prepare(ctx: &WriterContext, groups: &mut [Group]) -> crate::store::Res
     // Recipients (on any channel) that must not get an acknowledgement now: suppressed after a
     // bounce or an unsubscribe, or acknowledged within the window.
     let recipients: Vec<String> = groups.iter().filter_map(|g| Builder::recipient_key(&g.first.inbound)).collect();
+    let windowed: Vec<String> = groups
+        .iter()
+        .filter(|g| !ctx.builder.loop_free.contains(&g.first.inbound.channel))
+        .filter_map(|g| Builder::recipient_key(&g.first.inbound))
+        .collect();
     let mut silent: HashSet<String> = HashSet::new();
     if !recipients.is_empty() {
         silent.extend(ctx.store.suppressed(&recipients, now_ms).await?);
+    }
+    if !windowed.is_empty() {
         let since = now_ms - ctx.builder.ack_window.as_millis() as i64;
-        silent.extend(ctx.store.acked_since(&recipients, since).await?);
+        silent.extend(ctx.store.acked_since(&windowed, since).await?);
     }
 
     let mut rows: Vec<NewCase> = Vec::with_capacity(groups.len());
@@ -371,7 +378,7 @@ async fn prepare(ctx: &WriterContext, groups: &mut [Group]) -> crate::store::Res
             tracing::info!(recipient = ?recipient, "No acknowledgement: own address, suppressed, or acknowledged within the window.");
         }
         // Later messages of this batch from the same address wait for the window too.
-        if let Some(r) = recipient.filter(|_| send_ack) {
+        if let Some(r) = recipient.filter(|_| send_ack && !ctx.builder.loop_free.contains(&inbound.channel)) {
             silent.insert(r);
         }
         out.push(match ctx.builder.build(inbound, seq, customer, now, send_ack) {

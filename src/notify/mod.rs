@@ -40,6 +40,14 @@ const BUILT_IN: &[(&str, &str)] = &[
     ("telegram/agent_reply.zh.j2", include_str!("../../config/templates/telegram/agent_reply.zh.j2")),
     ("telegram/survey.en.j2", include_str!("../../config/templates/telegram/survey.en.j2")),
     ("telegram/survey.zh.j2", include_str!("../../config/templates/telegram/survey.zh.j2")),
+    ("phone/ack.en.j2", include_str!("../../config/templates/phone/ack.en.j2")),
+    ("phone/ack.zh.j2", include_str!("../../config/templates/phone/ack.zh.j2")),
+    ("phone/status_update.en.j2", include_str!("../../config/templates/phone/status_update.en.j2")),
+    ("phone/status_update.zh.j2", include_str!("../../config/templates/phone/status_update.zh.j2")),
+    ("phone/agent_reply.en.j2", include_str!("../../config/templates/phone/agent_reply.en.j2")),
+    ("phone/agent_reply.zh.j2", include_str!("../../config/templates/phone/agent_reply.zh.j2")),
+    ("phone/survey.en.j2", include_str!("../../config/templates/phone/survey.en.j2")),
+    ("phone/survey.zh.j2", include_str!("../../config/templates/phone/survey.zh.j2")),
     ("feedback/thanks.en.html.j2", include_str!("../../config/templates/feedback/thanks.en.html.j2")),
     ("feedback/thanks.zh.html.j2", include_str!("../../config/templates/feedback/thanks.zh.html.j2")),
 ];
@@ -96,8 +104,9 @@ impl Templates {
             t.ack(ChannelKind::Web, lang, &ctx)?;
             t.ack(ChannelKind::Email, lang, &ctx)?;
             t.ack(ChannelKind::Telegram, lang, &ctx)?;
+            t.ack(ChannelKind::Phone, lang, &ctx)?;
             let sample = sample_context();
-            for channel in [ChannelKind::Web, ChannelKind::Email, ChannelKind::Telegram] {
+            for channel in ChannelKind::ALL {
                 for kind in KINDS {
                     t.message(channel, kind, lang, &sample)?;
                 }

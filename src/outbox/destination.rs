@@ -229,7 +229,7 @@ async fn send(shared: &Shared, meters: &Meters, job: Job, deadline: Duration, wa
     let settings = &shared.settings;
     let result = match super::worker::suppressed_recipient(&*shared.store, &job).await {
         Some(address) => Err(SendError::Unreachable {
-            reason: format!("{address} bounced one of our messages and is suppressed for now"),
+            reason: format!("{address} is suppressed (it bounced one of our messages, or opted out)"),
         }),
         None => match tokio::time::timeout(deadline, shared.deliverer.deliver(&job)).await {
             Ok(r) => r,

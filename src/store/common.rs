@@ -563,6 +563,18 @@ macro_rules! write_queries {
                     .bind(it.now_ms)
                     .execute(&mut *conn)
                     .await?;
+                if let Some((external_id, text)) = &it.edit {
+                    sqlx::query(
+                        "UPDATE messages SET data = jsonb_set(data::jsonb, '{text}', to_jsonb($4::text))::text \
+                         WHERE channel = $1 AND external_id = $2 AND case_id = $3",
+                    )
+                    .bind(it.channel)
+                    .bind(external_id)
+                    .bind(&it.case_id)
+                    .bind(text)
+                    .execute(&mut *conn)
+                    .await?;
+                }
             }
 
             let raws: Vec<&NewCase> = new.iter().copied().filter(|it| it.raw.is_some()).collect();

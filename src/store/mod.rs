@@ -70,6 +70,9 @@ pub struct NewCase {
     pub reply_route: Option<String>,
     /// The first SLA due time of a new case (the breach scan's key).
     pub sla_due: Option<i64>,
+    /// A follow-up that edits an earlier message of its case: that message's external id and new
+    /// text, written over the stored one in the same transaction.
+    pub edit: Option<(String, String)>,
 }
 
 /// A case that an incoming message's thread hint points at.

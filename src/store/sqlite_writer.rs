@@ -411,8 +411,14 @@ fn commit_items(conn: &Connection, items: &[NewCase]) -> Result<Vec<Committed>> 
     follow_ups.sort_unstable_by(|a, b| a.case_id.cmp(&b.case_id));
     if !follow_ups.is_empty() {
         let mut stmt = conn.prepare_cached("UPDATE cases SET updated_at = ?2 WHERE id = ?1")?;
+        let mut edit = conn.prepare_cached(
+            "UPDATE messages SET data = json_set(data, '$.text', ?4) WHERE channel = ?1 AND external_id = ?2 AND case_id = ?3",
+        )?;
         for it in follow_ups {
             stmt.execute(params![it.case_id, it.now_ms])?;
+            if let Some((external_id, text)) = &it.edit {
+                edit.execute(params![it.channel, external_id, it.case_id, text])?;
+            }
         }
     }
 

@@ -42,6 +42,7 @@ async fn inbound(State(st): State<Routes>, Json(v): Json<Value>) -> (StatusCode,
         in_reply_to: vec![ExternalId(r.to_owned())],
         case_refs: vec![],
         open_case_within_secs: None,
+        edits: None,
     });
     let msg = Inbound {
         channel: ChannelKind::Telegram,

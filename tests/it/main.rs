@@ -10,6 +10,7 @@ mod intake;
 mod lifecycle;
 mod mailsrv;
 mod outbox;
+mod phone;
 mod process;
 mod store;
 mod telegram;

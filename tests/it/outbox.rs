@@ -15,6 +15,7 @@ fn builder(settings: &Settings) -> earshot::intake::Builder {
     earshot::intake::Builder {
         own_identities: Default::default(),
         ack_window: Duration::from_secs(600),
+        loop_free: Default::default(),
         templates: std::sync::Arc::new(earshot::live::Live::new(
             earshot::notify::Templates::load(std::path::Path::new("config/templates")).expect("templates"),
         )),

@@ -249,6 +249,7 @@ fn new_case(seq: i64, now_ms: i64, destinations: &[&str]) -> NewCase {
         reply_route: None,
         sla_due: None,
         digest: None,
+        edit: None,
     }
 }
 

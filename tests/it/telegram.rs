@@ -158,6 +158,12 @@ async fn follow_ups_new_cases_and_status_commands() {
     let got = tickets.wait_until(20, "a second case", |g| created(g).len() == 2).await;
     let second = created(&got).into_iter().find(|c| c["id"] != first["id"]).expect("second").clone();
     assert_eq!(second["messages"][0]["text"], "The second order is late as well.");
+    let sent = bot.wait_sent(20, "the second case acknowledged too", |s| s.iter().any(|m| m.reply_to == Some(4))).await;
+    let ack = &sent.iter().find(|m| m.reply_to == Some(4)).expect("ack").text;
+    assert!(
+        ack.contains(second["case_ref"].as_str().expect("ref")),
+        "a chat is not held to the acknowledgement window: {ack}"
+    );
 
     // `/status` lists both, newest first; `/status REF` shows one.
     bot.push(botapi::text(chat, 5, "en", "/status"));
@@ -216,6 +222,9 @@ async fn duplicates_edits_groups_and_unknown_updates() {
     assert_eq!(last["text"], "The heater is broken and smells of smoke.");
     assert_eq!(last["metadata"]["edited"], true, "{last}");
     assert_eq!(last["metadata"]["edit_of"], "801:1");
+    assert_eq!(edit["messages"][0]["text"], "The heater is broken and smells of smoke.", "the stored text is updated");
+    let stored = case(&gw, edit["id"].as_str().expect("id")).await;
+    assert_eq!(stored["messages"][0]["text"], "The heater is broken and smells of smoke.", "{stored}");
 
     // Everything was taken (the offset moved past it all), and only one case was made.
     bot.wait_confirmed(10).await;

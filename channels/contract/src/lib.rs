@@ -60,6 +60,10 @@ pub trait Intake: Send + Sync {
         limit: usize,
     ) -> Result<Vec<CaseSummary>, IntakeError>;
 
+    /// The recipient asked for no more messages on this channel (an SMS `STOP`): later messages to
+    /// them are not sent (the contract's `Unreachable`). Durable on return.
+    async fn opt_out(&self, recipient: &Recipient, reason: &str) -> Result<(), IntakeError>;
+
     /// Stores a bounce or report; returns once it is durable.
     async fn record_event(&self, event: ChannelEvent) -> Result<(), IntakeError>;
 
@@ -114,6 +118,13 @@ pub trait Channel: Send + Sync + 'static {
     /// acknowledges a message from one of them, so that two gateways cannot answer each other.
     fn own_identities(&self) -> Vec<Recipient> {
         Vec::new()
+    }
+
+    /// True when no loop with another automatic responder can form on this channel (a chat bot:
+    /// Telegram bots cannot write to each other in private chats). Then every new case is
+    /// acknowledged, without the core's per-recipient acknowledgement window.
+    fn loop_free(&self) -> bool {
+        false
     }
 
     /// The longest one send from `sender` may take: connect, TLS, every command and the whole

@@ -207,6 +207,10 @@ pub struct ThreadHint {
     /// changed within this window (seconds).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub open_case_within_secs: Option<u64>,
+    /// The message is an edit of this earlier one (a Telegram edited message): it is added to that
+    /// message's case, and the earlier message's stored text becomes its text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edits: Option<ExternalId>,
 }
 
 /// One of a customer's cases as a chat shows it (`/status`).

@@ -116,6 +116,7 @@ fn to_inbound(mb: &MailboxSettings, mail: ParsedMail, sender: String, raw: &[u8]
             in_reply_to: thread_ids.into_iter().map(ExternalId).collect(),
             case_refs: mail.case_refs.iter().map(|r| r.to_string()).collect(),
             open_case_within_secs: None,
+            edits: None,
         }),
         subject: mail.subject,
         text,

@@ -228,12 +228,14 @@ fn message(update_id: u32, m: &Message, edited: bool, ctx: &ParseContext) -> Par
     }
     let mut external_id = message_key(chat_id, m.id.0);
     let mut in_reply_to = Vec::new();
+    let mut edits = None;
     if edited {
         // Each edit is its own message (its edit time makes the id), threaded to the original.
         let at = common.edit_date.map(|d| d.timestamp()).unwrap_or_default();
         metadata.insert("edited".to_owned(), json!(true));
         metadata.insert("edit_of".to_owned(), json!(external_id));
         in_reply_to.push(ExternalId(external_id.clone()));
+        edits = Some(ExternalId(external_id.clone()));
         external_id = format!("{external_id}:edit:{at}");
     }
     if let Some(r) = m.reply_to_message() {
@@ -258,6 +260,7 @@ fn message(update_id: u32, m: &Message, edited: bool, ctx: &ParseContext) -> Par
             in_reply_to,
             case_refs: Vec::new(),
             open_case_within_secs: (!separate_case).then_some(ctx.follow_up_secs),
+            edits,
         }),
         subject: None,
         text: shown.clone(),
@@ -335,6 +338,20 @@ mod tests {
         assert_eq!(m.thread.as_ref().and_then(|t| t.open_case_within_secs), None, "/new never joins the open case");
         let Parsed::Message(m) = parse(&update(&with("/etc/hosts is wrong")), &ctx()) else { panic!("text") };
         assert_eq!(m.text, "/etc/hosts is wrong");
+    }
+
+    #[test]
+    fn a_voice_note_and_an_edit() {
+        let voice = r#"{"update_id":892252937,"message":{"message_id":6560,"from":{"id":218485655,"is_bot":false,"first_name":"Waffle"},"chat":{"id":218485655,"first_name":"Waffle","type":"private"},"date":1569518520,"voice":{"duration":3,"mime_type":"audio/ogg","file_id":"AwACAgIAAxkBAAIBdWVvoice","file_unique_id":"AgADvoice1","file_size":5120}}}"#;
+        let Parsed::Message(m) = parse(&update(voice), &ctx()) else { panic!("a message") };
+        assert_eq!(m.text, "[voice]");
+        assert_eq!(m.metadata["telegram_files"][0]["file_id"], "AwACAgIAAxkBAAIBdWVvoice");
+        assert_eq!(m.attachments[0].media_type, "audio/ogg");
+        let edit = r#"{"update_id":892252938,"edited_message":{"message_id":6557,"from":{"id":218485655,"is_bot":false,"first_name":"Waffle"},"chat":{"id":218485655,"first_name":"Waffle","type":"private"},"date":1569518342,"edit_date":1569518600,"text":"hello there (edited)"}}"#;
+        let Parsed::Message(m) = parse(&update(edit), &ctx()) else { panic!("a message") };
+        assert_eq!(m.external_id.0, "218485655:6557:edit:1569518600");
+        assert_eq!(m.thread.as_ref().and_then(|t| t.edits.clone()), Some(ExternalId("218485655:6557".into())));
+        assert_eq!(m.metadata["edited"], true);
     }
 
     #[test]

@@ -144,4 +144,22 @@ mod tests {
         assert!(parts.iter().all(|p| p.chars().count() <= crate::MAX_TEXT_CHARS));
         assert_eq!(parts.concat(), zh, "nothing lost");
     }
+
+    #[test]
+    fn bot_api_errors_become_send_outcomes() {
+        use std::time::Duration;
+        use teloxide_core::types::Seconds;
+        let blocked = error(RequestError::Api(ApiError::BotBlocked));
+        assert!(matches!(blocked, SendError::Unreachable { .. }), "{blocked:?}");
+        let forbidden = error(RequestError::Api(ApiError::Unknown("Forbidden: user is not allowed".into())));
+        assert!(matches!(forbidden, SendError::Unreachable { .. }), "{forbidden:?}");
+        match error(RequestError::RetryAfter(Seconds::from_seconds(7))) {
+            SendError::Transient { retry_after, .. } => assert_eq!(retry_after, Some(Duration::from_secs(7))),
+            other => panic!("{other:?}"),
+        }
+        let server = error(RequestError::Api(ApiError::Unknown("Internal Server Error".into())));
+        assert!(server.is_transient(), "5xx is retried: {server:?}");
+        let bad = error(RequestError::Api(ApiError::MessageIsTooLong));
+        assert!(matches!(bad, SendError::Permanent { .. }), "{bad:?}");
+    }
 }

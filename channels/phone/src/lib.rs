@@ -1,0 +1,268 @@
+//! The phone channel: the provider's SMS callbacks (Twilio-compatible, form-encoded and signed with
+//! `X-Twilio-Signature`) become complaints, and answers go back by SMS through its Messages API.
+//!
+//! Every callback is checked before anything is read from it: the signature is computed over the
+//! public URL the provider called (configurable, since a proxy changes what the gateway sees) and
+//! the form's parameters. Voice calls and generic PBX events are not in this version.
+
+pub mod config;
+pub mod number;
+mod send;
+pub mod signature;
+mod texts;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use earshot_channel::{
+    ApiError, AttachmentMeta, Channel, ChannelKind, CustomerInfo, ExternalId, Identity, IdentityKind, Inbound, Intake,
+    Lang, Outbound, Recipient, ReplyRoute, SendError, Sent, ThreadHint,
+};
+use http_body_util::BodyExt as _;
+use secrecy::ExposeSecret;
+
+pub use config::{PhoneConfig, PhoneSettings};
+
+/// The SMS route, as the provider is configured to call it (under the public URL).
+pub const SMS_ROUTE: &str = "/v1/inbound/phone/sms";
+
+#[derive(Clone)]
+pub struct PhoneChannel {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    settings: PhoneSettings,
+    client: reqwest::Client,
+}
+
+impl PhoneChannel {
+    pub fn new(settings: PhoneSettings, client: reqwest::Client) -> PhoneChannel {
+        PhoneChannel { inner: Arc::new(Inner { settings, client }) }
+    }
+
+    pub fn settings(&self) -> &PhoneSettings {
+        &self.inner.settings
+    }
+}
+
+/// A callback's form, checked: its parameters in order, with the signature verified.
+struct Form {
+    params: Vec<(String, String)>,
+}
+
+impl Form {
+    fn get(&self, name: &str) -> Option<&str> {
+        self.params.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str()).filter(|v| !v.is_empty())
+    }
+}
+
+/// Reads and checks a callback: form-encoded (415 otherwise), within the size limit (413), signed
+/// (400 without the header, 403 with a wrong one). Nothing is stored before this passes.
+async fn checked_form(
+    settings: &PhoneSettings,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: axum::body::Body,
+) -> Result<Form, ApiError> {
+    let form_encoded = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/x-www-form-urlencoded"));
+    if !form_encoded {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "not_form_encoded",
+            "the provider's callbacks are application/x-www-form-urlencoded",
+        ));
+    }
+    let limited = http_body_util::Limited::new(body, settings.max_body_bytes);
+    let bytes = match limited.collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                format!("the body is over {} bytes (channels.phone.max_body_bytes)", settings.max_body_bytes),
+            ));
+        }
+        Err(_) => return Err(ApiError::new(StatusCode::BAD_REQUEST, "body_unreadable", "the body could not be read")),
+    };
+    let Some(given) = headers.get("x-twilio-signature").and_then(|v| v.to_str().ok()) else {
+        return Err(ApiError::bad_request("missing_signature", "X-Twilio-Signature is missing", "X-Twilio-Signature"));
+    };
+    let params: Vec<(String, String)> =
+        form_urlencoded::parse(&bytes).map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
+    // The URL the provider requested: the public base, this route, and the query string if any.
+    let query = uri.query().map(|q| format!("?{q}")).unwrap_or_default();
+    let url = format!("{}{}{query}", settings.public_url, uri.path());
+    if !signature::verify(settings.auth_token.expose_secret(), &url, &params, given) {
+        metrics::counter!("earshot_phone_signature_refused_total").increment(1);
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "bad_signature",
+            format!("X-Twilio-Signature does not match the request to {url}"),
+        ));
+    }
+    Ok(Form { params })
+}
+
+fn twiml(message: Option<&str>) -> Response {
+    let body = match message {
+        Some(m) => format!(
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response><Message>{}</Message></Response>",
+            xml_escape(m)
+        ),
+        None => "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response></Response>".to_owned(),
+    };
+    (StatusCode::OK, [(header::CONTENT_TYPE, "text/xml; charset=utf-8")], body).into_response()
+}
+
+fn xml_escape(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;").replace('\'', "&apos;")
+}
+
+#[derive(Clone)]
+struct RouteState {
+    channel: PhoneChannel,
+    intake: Arc<dyn Intake>,
+}
+
+/// `POST /v1/inbound/phone/sms`: a text message to the hotline's number.
+async fn sms(State(st): State<RouteState>, uri: Uri, headers: HeaderMap, body: axum::body::Body) -> Response {
+    match sms_inner(&st, &uri, &headers, body).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn sms_inner(
+    st: &RouteState,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: axum::body::Body,
+) -> Result<Response, ApiError> {
+    let s = &st.channel.inner.settings;
+    let form = checked_form(s, uri, headers, body).await?;
+    let from = form.get("From").ok_or_else(|| ApiError::bad_request("missing_from", "From is missing", "From"))?;
+    let number = number::e164(from, s.region).ok_or_else(|| {
+        ApiError::bad_request("invalid_number", format!("From {from:?} is not a phone number"), "From")
+    })?;
+    let sid = form
+        .get("MessageSid")
+        .or_else(|| form.get("SmsSid"))
+        .ok_or_else(|| ApiError::bad_request("missing_sid", "MessageSid is missing", "MessageSid"))?;
+    let text = form.get("Body").unwrap_or_default().trim().to_owned();
+    let identity = Identity { kind: IdentityKind::Phone, value: number.clone() };
+    let lang = Lang::detect(&text);
+    let recipient = Recipient::new(ChannelKind::Phone, &number);
+
+    // Keywords, answered at once in the callback's answer.
+    match text.to_uppercase().as_str() {
+        "STATUS" | "状态" => {
+            let cases = st.intake.cases_of(ChannelKind::Phone, &identity, None, 5).await.map_err(ApiError::from)?;
+            return Ok(twiml(Some(&texts::status_list(lang, &cases))));
+        }
+        "STOP" | "退订" | "UNSUBSCRIBE" => {
+            st.intake.opt_out(&recipient, "the customer replied STOP").await.map_err(ApiError::from)?;
+            metrics::counter!("earshot_phone_opt_outs_total").increment(1);
+            return Ok(twiml(Some(texts::stopped(lang))));
+        }
+        _ => {}
+    }
+
+    let mut metadata = BTreeMap::new();
+    metadata.insert("sms".to_owned(), serde_json::json!(true));
+    let media: usize = form.get("NumMedia").and_then(|n| n.parse().ok()).unwrap_or(0);
+    let mut attachments = Vec::new();
+    let mut urls = Vec::new();
+    for i in 0..media.min(10) {
+        if let Some(url) = form.get(&format!("MediaUrl{i}")) {
+            let media_type = form.get(&format!("MediaContentType{i}")).unwrap_or("application/octet-stream");
+            urls.push(url.to_owned());
+            attachments.push(AttachmentMeta {
+                name: format!("media{i}"),
+                media_type: media_type.to_owned(),
+                size: 0,
+                sha256: None,
+                url: Some(url.to_owned()),
+                truncated: false,
+                content: None,
+            });
+        }
+    }
+    if !urls.is_empty() {
+        metadata.insert("media_urls".to_owned(), serde_json::json!(urls));
+    }
+    let shown = if text.is_empty() { format!("[{} media]", attachments.len()) } else { text.clone() };
+    let inbound = Inbound {
+        channel: ChannelKind::Phone,
+        source: s.name.clone(),
+        external_id: ExternalId(sid.to_owned()),
+        identities: vec![identity],
+        customer: CustomerInfo::default(),
+        reply_route: ReplyRoute::Direct {
+            via: ChannelKind::Phone,
+            sender: s.name.clone(),
+            recipient: number.clone(),
+            reply_to: None,
+        },
+        thread: Some(ThreadHint {
+            in_reply_to: Vec::new(),
+            case_refs: Vec::new(),
+            open_case_within_secs: Some(s.follow_up_window.as_secs()),
+            edits: None,
+        }),
+        subject: None,
+        text: shown,
+        full_text: None,
+        lang: (!text.is_empty()).then_some(lang),
+        category: None,
+        order_id: None,
+        metadata,
+        attachments,
+        raw: None,
+        received_at: time::OffsetDateTime::now_utc(),
+        automatic: None,
+        content_digest: None,
+    };
+    let receipt = st.intake.submit(inbound).await.map_err(ApiError::from)?;
+    tracing::debug!(case_ref = %receipt.case_ref, duplicate = receipt.duplicate, follow_up = receipt.follow_up, "SMS committed.");
+    // The acknowledgement goes through the outbox (retried, ordered); the callback's answer is empty.
+    Ok(twiml(None))
+}
+
+#[async_trait]
+impl Channel for PhoneChannel {
+    fn kind(&self) -> ChannelKind {
+        ChannelKind::Phone
+    }
+
+    fn routes(&self, intake: Arc<dyn Intake>) -> Option<axum::Router> {
+        let state = RouteState { channel: self.clone(), intake };
+        Some(axum::Router::new().route(SMS_ROUTE, post(sms)).with_state(state))
+    }
+
+    async fn send(&self, msg: &Outbound) -> Result<Sent, SendError> {
+        send::send(&self.inner.client, &self.inner.settings, msg).await
+    }
+
+    fn senders(&self) -> Vec<String> {
+        vec![self.inner.settings.name.clone()]
+    }
+
+    fn own_identities(&self) -> Vec<Recipient> {
+        vec![Recipient::new(ChannelKind::Phone, &self.inner.settings.from_number)]
+    }
+
+    fn send_deadline(&self, _sender: &str) -> Duration {
+        self.inner.settings.send_timeout
+    }
+}
