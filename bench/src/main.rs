@@ -7,13 +7,15 @@
 //! - `seed`: fills a store with N realistic cases through the store API (no HTTP), for the figures
 //!   that need a large database;
 //! - `startup`: time from spawning `earshot serve` to its first `GET /readyz` 200;
-//! - `telegram`: the Telegram channel's intake and acknowledgement figures (`telegram.rs`).
+//! - `telegram`: the Telegram channel's intake and acknowledgement figures (`telegram.rs`);
+//! - `phone`: the phone channel's TwiML answer time and SMS intake (`phone.rs`).
 //!
 //! Every summary is printed on stdout as `key=value` pairs after a fixed prefix, so that scripts can
 //! grep one line and split it; notes for humans (first error seen and so on) go to stderr.
 
 mod delivery;
 mod lifecycle;
+mod phone;
 mod telegram;
 
 use std::collections::BTreeMap;
@@ -113,6 +115,9 @@ enum Command {
     /// The Telegram channel: a local Bot API server with queued updates (polling) or a webhook
     /// client; updates/s committed and commit → sendMessage latency.
     Telegram(telegram::TelegramArgs),
+    /// The phone channel: TwiML answer time of the voice callback (open loop), and signed SMS
+    /// callbacks committed per second (closed loop).
+    Phone(phone::PhoneArgs),
     /// Spawn `BIN serve --config FILE`, poll BASE/readyz every 2 ms, print the time to the first 200,
     /// then kill the child.
     Startup {
@@ -195,6 +200,7 @@ fn main() -> anyhow::Result<()> {
             Command::Startup { bin, config, url, timeout } => startup(&bin, &config, &url, timeout).await,
             Command::Events(args) => lifecycle::run(args).await,
             Command::Telegram(args) => telegram::run(args).await,
+            Command::Phone(args) => phone::run(args).await,
         }
     })
 }

@@ -290,3 +290,136 @@ async fn stop_opts_the_number_out_and_later_sms_are_unreachable() {
     gw.stop().await;
     db.cleanup().await;
 }
+
+async fn post_form(gw: &Gateway, path: &str, params: &[(&str, &str)]) -> (u16, String) {
+    let owned: Vec<(String, String)> = params.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+    let body: String = form_urlencoded::Serializer::new(String::new()).extend_pairs(&owned).finish();
+    let signature = earshot_channel_phone::signature::sign(TOKEN, &format!("{PUBLIC}{path}"), &owned);
+    let r = reqwest::Client::new()
+        .post(format!("{}{path}", gw.base))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("X-Twilio-Signature", signature)
+        .body(body)
+        .send()
+        .await
+        .expect("post");
+    let status = r.status().as_u16();
+    (status, r.text().await.unwrap_or_default())
+}
+
+const CALLER: &str = "+8613900139000";
+
+#[tokio::test]
+async fn a_call_is_recorded_transcribed_read_back_and_acknowledged_by_sms() {
+    let db = TestDb::sqlite();
+    let (provider, tickets) = (Provider::start().await, Receiver::start().await);
+    let gw = Gateway::start(&phone_toml(&db.url, &provider, &tickets)).await;
+    let call = [("CallSid", "CA0001"), ("AccountSid", SID), ("From", CALLER), ("To", FROM), ("CallStatus", "ringing")];
+
+    let (status, twiml) = post_form(&gw, "/v1/inbound/phone/voice", &call).await;
+    assert_eq!(status, 200, "{twiml}");
+    assert!(twiml.contains("<Say language=\"zh-CN\">") && twiml.contains("按 1") && twiml.contains("按 2"), "{twiml}");
+    assert!(
+        twiml.contains(&format!("action=\"{PUBLIC}/v1/inbound/phone/voice/menu\"")),
+        "callbacks point at the public URL: {twiml}"
+    );
+    let mut menu = call.to_vec();
+    menu.push(("Digits", "1"));
+    let (_, twiml) = post_form(&gw, "/v1/inbound/phone/voice/menu", &menu).await;
+    assert!(
+        twiml.contains("<Record ")
+            && twiml.contains(&format!("transcribeCallback=\"{PUBLIC}/v1/inbound/phone/transcription\"")),
+        "{twiml}"
+    );
+
+    let mut recorded = call.to_vec();
+    recorded.extend([("RecordingUrl", "https://api.example.com/Recordings/RE1"), ("RecordingDuration", "14")]);
+    let (status, twiml) = post_form(&gw, "/v1/inbound/phone/voice/recorded", &recorded).await;
+    assert_eq!(status, 200, "{twiml}");
+    let got = tickets.wait_until(20, "case.created", |g| !of_type(g, "case.created").is_empty()).await;
+    let case = of_type(&got, "case.created")[0]["case"].clone();
+    let case_ref = case["case_ref"].as_str().expect("ref").to_owned();
+    let spoken = earshot_channel_phone::voice::spoken_ref(earshot_channel::Lang::Zh, &case_ref);
+    assert!(twiml.contains(&spoken), "the reference is read digit by digit ({spoken}): {twiml}");
+    let sent = provider.wait_sent(1).await;
+    assert_eq!(sent[0].0, CALLER);
+    assert!(sent[0].1.contains(&case_ref), "the SMS acknowledgement carries the reference: {sent:?}");
+
+    // The transcription arrives later: it replaces the placeholder; a retry changes nothing.
+    let mut tr = call.to_vec();
+    tr.extend([
+        ("TranscriptionText", "洗衣机漏水，已经报修两次了"),
+        ("TranscriptionStatus", "completed"),
+        ("RecordingUrl", "https://api.example.com/Recordings/RE1"),
+    ]);
+    assert_eq!(post_form(&gw, "/v1/inbound/phone/transcription", &tr).await.0, 200);
+    assert_eq!(post_form(&gw, "/v1/inbound/phone/transcription", &tr).await.0, 200);
+    tickets.wait_until(20, "the transcription", |g| !of_type(g, "case.message_added").is_empty()).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let got = tickets.received();
+    assert_eq!(of_type(&got, "case.created").len(), 1, "one case");
+    assert_eq!(of_type(&got, "case.message_added").len(), 1, "a retried transcription adds nothing");
+    let (_, stored) = gw.admin_get(&format!("/v1/cases/{}", case["id"].as_str().expect("id"))).await;
+    assert_eq!(stored["messages"][0]["text"], "洗衣机漏水，已经报修两次了", "{stored}");
+    assert_eq!(stored["messages"][0]["metadata"]["recording_url"], "https://api.example.com/Recordings/RE1");
+
+    // Keypad status: one's own case is read back; another number hears nothing of it; a typo is told.
+    let digits: String = case_ref.chars().filter(char::is_ascii_digit).collect();
+    let mut keyed = call.to_vec();
+    keyed.push(("Digits", &digits));
+    let (_, twiml) = post_form(&gw, "/v1/inbound/phone/voice/status", &keyed).await;
+    assert!(twiml.contains(&spoken) && twiml.contains("已受理"), "{twiml}");
+    let other = [("CallSid", "CA0002"), ("From", "+8613700137000"), ("To", FROM), ("Digits", digits.as_str())];
+    let (_, twiml) = post_form(&gw, "/v1/inbound/phone/voice/status", &other).await;
+    assert!(twiml.contains("没有这个案件") && !twiml.contains(&spoken), "{twiml}");
+    let last = digits.chars().last().and_then(|c| c.to_digit(10)).expect("digit");
+    let typo = format!("{}{}", &digits[..8], (last + 1) % 10);
+    let mut wrong = call.to_vec();
+    wrong.push(("Digits", &typo));
+    let (_, twiml) = post_form(&gw, "/v1/inbound/phone/voice/status", &wrong).await;
+    assert!(twiml.contains("校验位"), "{twiml}");
+    gw.stop().await;
+    db.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_failed_transcription_still_makes_a_case_with_the_recording() {
+    let db = TestDb::sqlite();
+    let (provider, tickets) = (Provider::start().await, Receiver::start().await);
+    let gw = Gateway::start(&phone_toml(&db.url, &provider, &tickets)).await;
+    let tr = [
+        ("CallSid", "CA0100"),
+        ("From", CALLER),
+        ("To", FROM),
+        ("TranscriptionStatus", "failed"),
+        ("RecordingUrl", "https://api.example.com/Recordings/RE9"),
+    ];
+    assert_eq!(post_form(&gw, "/v1/inbound/phone/transcription", &tr).await.0, 200);
+    let got = tickets.wait_until(20, "case.created", |g| !of_type(g, "case.created").is_empty()).await;
+    let text = of_type(&got, "case.created")[0]["case"]["messages"][0]["text"].as_str().unwrap_or_default().to_owned();
+    assert!(text.contains("https://api.example.com/Recordings/RE9") && text.contains("无法转写"), "{text}");
+    gw.stop().await;
+    db.cleanup().await;
+}
+
+#[tokio::test]
+async fn one_caller_by_sms_and_by_web_form_is_one_customer() {
+    let db = TestDb::sqlite();
+    let (provider, tickets) = (Provider::start().await, Receiver::start().await);
+    let gw = Gateway::start(&phone_toml(&db.url, &provider, &tickets)).await;
+    let body = json!({ "customer": { "email": "wang@example.com", "phone": "+86 138-0013-8099" }, "text": "网页投诉：配件缺失" });
+    let (status, receipt) = gw.web().send(&body).await;
+    assert_eq!(status, 202, "{receipt}");
+    assert_eq!(
+        post_sms(&gw, &pairs(&sms("SM900", "138 0013 8099", "短信投诉：还是没有配件")), Some(SMS_URL)).await.0,
+        200
+    );
+    let got = tickets.wait_until(20, "two cases", |g| of_type(g, "case.created").len() >= 2).await;
+    let customers: std::collections::HashSet<String> = of_type(&got, "case.created")
+        .iter()
+        .map(|d| d["case"]["customer"]["id"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(customers.len(), 1, "one customer across the web form and SMS: {customers:?}");
+    gw.stop().await;
+    db.cleanup().await;
+}

@@ -38,6 +38,19 @@ pub struct PhoneConfig {
     /// Deadline of one SMS sent through the API. Default 15.
     #[serde(default = "default_send_timeout_secs")]
     pub send_timeout_secs: u64,
+    /// The language calls are answered in: `zh` (default) or `en`.
+    #[serde(default = "default_language")]
+    pub language: String,
+    /// Longest recorded complaint, in seconds. Default 120.
+    #[serde(default = "default_record_max_secs")]
+    pub record_max_secs: u64,
+}
+
+fn default_language() -> String {
+    "zh".into()
+}
+fn default_record_max_secs() -> u64 {
+    120
 }
 
 fn default_api_url() -> String {
@@ -77,6 +90,8 @@ pub struct PhoneSettings {
     pub follow_up_window: Duration,
     pub max_body_bytes: usize,
     pub send_timeout: Duration,
+    pub language: earshot_channel::Lang,
+    pub record_max_secs: u64,
 }
 
 impl PhoneConfig {
@@ -128,6 +143,13 @@ impl PhoneConfig {
             c.problem(format!("{P}.max_body_bytes"), "must be at least 1024");
         }
         c.positive(&format!("{P}.send_timeout_secs"), self.send_timeout_secs);
+        let language = earshot_channel::Lang::from_tag(&self.language);
+        if language.is_none() {
+            c.problem(format!("{P}.language"), format!("{:?} is not one of \"zh\", \"en\"", self.language));
+        }
+        if !(5..=3600).contains(&self.record_max_secs) {
+            c.problem(format!("{P}.record_max_secs"), "must be between 5 and 3600");
+        }
         Some(PhoneSettings {
             auth_token: SecretString::from(token?),
             account_sid: sid?,
@@ -140,6 +162,8 @@ impl PhoneConfig {
             follow_up_window: window?,
             max_body_bytes: self.max_body_bytes,
             send_timeout: Duration::from_secs(self.send_timeout_secs.max(1)),
+            language: language?,
+            record_max_secs: self.record_max_secs,
         })
     }
 }

@@ -3,13 +3,15 @@
 //!
 //! Every callback is checked before anything is read from it: the signature is computed over the
 //! public URL the provider called (configurable, since a proxy changes what the gateway sees) and
-//! the form's parameters. Voice calls and generic PBX events are not in this version.
+//! the form's parameters. Calls are answered with TwiML (`voice.rs`). Generic PBX events are not in
+//! this version.
 
 pub mod config;
 pub mod number;
 mod send;
 pub mod signature;
 mod texts;
+pub mod voice;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -125,6 +127,197 @@ fn twiml(message: Option<&str>) -> Response {
     (StatusCode::OK, [(header::CONTENT_TYPE, "text/xml; charset=utf-8")], body).into_response()
 }
 
+fn twiml_doc(doc: String) -> Response {
+    (StatusCode::OK, [(header::CONTENT_TYPE, "text/xml; charset=utf-8")], doc).into_response()
+}
+
+/// The caller's number, E.164: 400 when `From` is missing or is not a phone number.
+fn caller(s: &PhoneSettings, form: &Form) -> Result<(String, Identity), ApiError> {
+    let from = form.get("From").ok_or_else(|| ApiError::bad_request("missing_from", "From is missing", "From"))?;
+    let number = number::e164(from, s.region).ok_or_else(|| {
+        ApiError::bad_request("invalid_number", format!("From {from:?} is not a phone number"), "From")
+    })?;
+    let identity = Identity { kind: IdentityKind::Phone, value: number.clone() };
+    Ok((number, identity))
+}
+
+fn call_sid(form: &Form) -> Result<String, ApiError> {
+    form.get("CallSid")
+        .map(str::to_owned)
+        .ok_or_else(|| ApiError::bad_request("missing_sid", "CallSid is missing", "CallSid"))
+}
+
+/// A complaint by phone from `number`, answered by SMS (the route), joined to the number's open case.
+fn phone_inbound(s: &PhoneSettings, external_id: String, number: &str, identity: Identity, text: String) -> Inbound {
+    Inbound {
+        channel: ChannelKind::Phone,
+        source: s.name.clone(),
+        external_id: ExternalId(external_id),
+        identities: vec![identity],
+        customer: CustomerInfo::default(),
+        reply_route: ReplyRoute::Direct {
+            via: ChannelKind::Phone,
+            sender: s.name.clone(),
+            recipient: number.to_owned(),
+            reply_to: None,
+        },
+        thread: Some(ThreadHint {
+            in_reply_to: Vec::new(),
+            case_refs: Vec::new(),
+            open_case_within_secs: Some(s.follow_up_window.as_secs()),
+            edits: None,
+        }),
+        subject: None,
+        text,
+        full_text: None,
+        lang: None,
+        category: None,
+        order_id: None,
+        metadata: BTreeMap::new(),
+        attachments: Vec::new(),
+        raw: None,
+        received_at: time::OffsetDateTime::now_utc(),
+        automatic: None,
+        content_digest: None,
+    }
+}
+
+/// Runs a voice handler: its TwiML, or the error as JSON with its status.
+async fn answer<F>(f: F) -> Response
+where
+    F: std::future::Future<Output = Result<String, ApiError>>,
+{
+    match f.await {
+        Ok(doc) => twiml_doc(doc),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// `POST /v1/inbound/phone/voice`: a call comes in.
+async fn voice_in(State(st): State<RouteState>, uri: Uri, headers: HeaderMap, body: axum::body::Body) -> Response {
+    answer(async {
+        let s = &st.channel.inner.settings;
+        let form = checked_form(s, &uri, &headers, body).await?;
+        caller(s, &form)?;
+        metrics::counter!("earshot_phone_calls_total").increment(1);
+        Ok(voice::greeting(s.language, &s.public_url))
+    })
+    .await
+}
+
+/// `POST /v1/inbound/phone/voice/menu`: the key pressed at the menu.
+async fn voice_menu(State(st): State<RouteState>, uri: Uri, headers: HeaderMap, body: axum::body::Body) -> Response {
+    answer(async {
+        let s = &st.channel.inner.settings;
+        let form = checked_form(s, &uri, &headers, body).await?;
+        caller(s, &form)?;
+        Ok(voice::menu(s.language, &s.public_url, form.get("Digits"), s.record_max_secs))
+    })
+    .await
+}
+
+/// `POST /v1/inbound/phone/voice/recorded`: the complaint is recorded; the caller is still on the
+/// line and hears the reference of the case made now.
+async fn voice_recorded(
+    State(st): State<RouteState>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Response {
+    answer(async {
+        let s = &st.channel.inner.settings;
+        let form = checked_form(s, &uri, &headers, body).await?;
+        let (number, identity) = caller(s, &form)?;
+        let sid = call_sid(&form)?;
+        let text = match s.language {
+            Lang::Zh => "[电话投诉录音，文字转写稍后补上]",
+            Lang::En => "[recorded call; the transcription follows]",
+        };
+        let mut inbound = phone_inbound(s, sid.clone(), &number, identity, text.to_owned());
+        inbound.lang = Some(s.language);
+        inbound.metadata.insert("call_sid".into(), serde_json::json!(sid));
+        if let Some(url) = form.get("RecordingUrl") {
+            inbound.metadata.insert("recording_url".into(), serde_json::json!(url));
+            inbound.attachments.push(AttachmentMeta {
+                name: "recording".into(),
+                media_type: "audio/wav".into(),
+                size: 0,
+                sha256: None,
+                url: Some(url.to_owned()),
+                truncated: false,
+                content: None,
+            });
+        }
+        if let Some(d) = form.get("RecordingDuration") {
+            inbound.metadata.insert("recording_duration_secs".into(), serde_json::json!(d));
+        }
+        // A call is its own case: it never joins an earlier one.
+        if let Some(t) = inbound.thread.as_mut() {
+            t.open_case_within_secs = None;
+        }
+        let receipt = st.intake.submit(inbound).await.map_err(ApiError::from)?;
+        Ok(voice::recorded(s.language, &receipt.case_ref))
+    })
+    .await
+}
+
+/// `POST /v1/inbound/phone/transcription`: the recording's text, later. It replaces the call's
+/// placeholder (an edit of the call's message); empty or failed, it says so and keeps the recording.
+async fn transcription(State(st): State<RouteState>, uri: Uri, headers: HeaderMap, body: axum::body::Body) -> Response {
+    answer(async {
+        let s = &st.channel.inner.settings;
+        let form = checked_form(s, &uri, &headers, body).await?;
+        let (number, identity) = caller(s, &form)?;
+        let sid = call_sid(&form)?;
+        let recording = form.get("RecordingUrl").unwrap_or_default().to_owned();
+        let text = match (form.get("TranscriptionText"), form.get("TranscriptionStatus")) {
+            (Some(t), status) if status != Some("failed") && !t.trim().is_empty() => t.trim().to_owned(),
+            _ => match s.language {
+                Lang::Zh => format!("[录音无法转写为文字，请听录音：{recording}]"),
+                Lang::En => format!("[the recording could not be transcribed; listen to it: {recording}]"),
+            },
+        };
+        let mut inbound = phone_inbound(s, format!("{sid}:transcription"), &number, identity, text.clone());
+        inbound.lang = Some(Lang::detect(&text));
+        inbound.metadata.insert("call_sid".into(), serde_json::json!(sid));
+        inbound.metadata.insert("transcription".into(), serde_json::json!(true));
+        if !recording.is_empty() {
+            inbound.metadata.insert("recording_url".into(), serde_json::json!(recording));
+        }
+        if let Some(t) = inbound.thread.as_mut() {
+            t.in_reply_to = vec![ExternalId(sid.clone())];
+            t.edits = Some(ExternalId(sid));
+            t.open_case_within_secs = None;
+        }
+        st.intake.submit(inbound).await.map_err(ApiError::from)?;
+        Ok("<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response></Response>".to_owned())
+    })
+    .await
+}
+
+/// `POST /v1/inbound/phone/voice/status`: a keyed case reference, read back with its status when
+/// the case is the caller's.
+async fn voice_status(State(st): State<RouteState>, uri: Uri, headers: HeaderMap, body: axum::body::Body) -> Response {
+    answer(async {
+        let s = &st.channel.inner.settings;
+        let form = checked_form(s, &uri, &headers, body).await?;
+        let (_, identity) = caller(s, &form)?;
+        let keyed = match voice::parse_keyed(form.get("Digits").unwrap_or_default()) {
+            Err(e) => voice::Keyed::Invalid(e),
+            Ok(r) => {
+                let found =
+                    st.intake.cases_of(ChannelKind::Phone, &identity, Some(&r), 1).await.map_err(ApiError::from)?;
+                match found.into_iter().next() {
+                    Some(c) => voice::Keyed::Found(c),
+                    None => voice::Keyed::NotFound(r),
+                }
+            }
+        };
+        Ok(voice::status(s.language, &keyed))
+    })
+    .await
+}
+
 fn xml_escape(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;").replace('\'', "&apos;")
 }
@@ -151,16 +344,12 @@ async fn sms_inner(
 ) -> Result<Response, ApiError> {
     let s = &st.channel.inner.settings;
     let form = checked_form(s, uri, headers, body).await?;
-    let from = form.get("From").ok_or_else(|| ApiError::bad_request("missing_from", "From is missing", "From"))?;
-    let number = number::e164(from, s.region).ok_or_else(|| {
-        ApiError::bad_request("invalid_number", format!("From {from:?} is not a phone number"), "From")
-    })?;
+    let (number, identity) = caller(s, &form)?;
     let sid = form
         .get("MessageSid")
         .or_else(|| form.get("SmsSid"))
         .ok_or_else(|| ApiError::bad_request("missing_sid", "MessageSid is missing", "MessageSid"))?;
     let text = form.get("Body").unwrap_or_default().trim().to_owned();
-    let identity = Identity { kind: IdentityKind::Phone, value: number.clone() };
     let lang = Lang::detect(&text);
     let recipient = Recipient::new(ChannelKind::Phone, &number);
 
@@ -178,8 +367,6 @@ async fn sms_inner(
         _ => {}
     }
 
-    let mut metadata = BTreeMap::new();
-    metadata.insert("sms".to_owned(), serde_json::json!(true));
     let media: usize = form.get("NumMedia").and_then(|n| n.parse().ok()).unwrap_or(0);
     let mut attachments = Vec::new();
     let mut urls = Vec::new();
@@ -198,41 +385,14 @@ async fn sms_inner(
             });
         }
     }
-    if !urls.is_empty() {
-        metadata.insert("media_urls".to_owned(), serde_json::json!(urls));
-    }
     let shown = if text.is_empty() { format!("[{} media]", attachments.len()) } else { text.clone() };
-    let inbound = Inbound {
-        channel: ChannelKind::Phone,
-        source: s.name.clone(),
-        external_id: ExternalId(sid.to_owned()),
-        identities: vec![identity],
-        customer: CustomerInfo::default(),
-        reply_route: ReplyRoute::Direct {
-            via: ChannelKind::Phone,
-            sender: s.name.clone(),
-            recipient: number.clone(),
-            reply_to: None,
-        },
-        thread: Some(ThreadHint {
-            in_reply_to: Vec::new(),
-            case_refs: Vec::new(),
-            open_case_within_secs: Some(s.follow_up_window.as_secs()),
-            edits: None,
-        }),
-        subject: None,
-        text: shown,
-        full_text: None,
-        lang: (!text.is_empty()).then_some(lang),
-        category: None,
-        order_id: None,
-        metadata,
-        attachments,
-        raw: None,
-        received_at: time::OffsetDateTime::now_utc(),
-        automatic: None,
-        content_digest: None,
-    };
+    let mut inbound = phone_inbound(s, sid.to_owned(), &number, identity, shown);
+    inbound.metadata.insert("sms".to_owned(), serde_json::json!(true));
+    if !urls.is_empty() {
+        inbound.metadata.insert("media_urls".to_owned(), serde_json::json!(urls));
+    }
+    inbound.attachments = attachments;
+    inbound.lang = (!text.is_empty()).then_some(lang);
     let receipt = st.intake.submit(inbound).await.map_err(ApiError::from)?;
     tracing::debug!(case_ref = %receipt.case_ref, duplicate = receipt.duplicate, follow_up = receipt.follow_up, "SMS committed.");
     // The acknowledgement goes through the outbox (retried, ordered); the callback's answer is empty.
@@ -247,7 +407,16 @@ impl Channel for PhoneChannel {
 
     fn routes(&self, intake: Arc<dyn Intake>) -> Option<axum::Router> {
         let state = RouteState { channel: self.clone(), intake };
-        Some(axum::Router::new().route(SMS_ROUTE, post(sms)).with_state(state))
+        Some(
+            axum::Router::new()
+                .route(SMS_ROUTE, post(sms))
+                .route("/v1/inbound/phone/voice", post(voice_in))
+                .route("/v1/inbound/phone/voice/menu", post(voice_menu))
+                .route("/v1/inbound/phone/voice/recorded", post(voice_recorded))
+                .route("/v1/inbound/phone/voice/status", post(voice_status))
+                .route("/v1/inbound/phone/transcription", post(transcription))
+                .with_state(state),
+        )
     }
 
     async fn send(&self, msg: &Outbound) -> Result<Sent, SendError> {

@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# The phone channel, measured (issue: phone). The bench binary plays the provider: it signs its
+# callbacks (X-Twilio-Signature), answers its Messages API (201) and is the ticket store (200).
+#
+#   bench/phone.sh                          # from the repository root
+#
+# Figures, on a gateway run as a user runs it (default config and log level, SQLite, one downstream):
+#   TwiML answer time of the incoming-call callback, open loop at RATE calls/s for SECS s;
+#   signed SMS callbacks committed per second, closed loop with WORKERS senders for SECS s (each SMS
+#   from its own number: a new case and an SMS acknowledgement), and the time until every case
+#   reached the ticket store and every acknowledgement the Messages API;
+#   the web channel's closed loop in the same run (WORKERS workers, whole path): the ratio's baseline.
+#
+# Environment: RATE (200), SECS (20), WORKERS (64).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+ROOT=$PWD
+RATE=${RATE:-200}
+SECS=${SECS:-20}
+WORKERS=${WORKERS:-64}
+
+log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "FAILED: $*"; exit 1; }
+if [[ -e /tmp/earshot-cargo.lock ]]; then CARGO=(flock /tmp/earshot-cargo.lock cargo); else CARGO=(cargo); fi
+log "building (release)"
+"${CARGO[@]}" build --release -q -p earshot -p earshot-bench
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/earshot-phone-bench.XXXXXX")
+mkdir "$WORK/bin"
+cp "$TARGET_DIR/release/earshot" "$TARGET_DIR/release/earshot-bench" "$WORK/bin/"
+EARSHOT=$WORK/bin/earshot
+BENCH=$WORK/bin/earshot-bench
+PIDS=()
+cleanup() {
+    set +e
+    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null; done
+    sleep 0.5
+    for pid in "${PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null; done
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'; }
+TOKEN="bench-phone-auth-token-0123456789"
+PUBLIC="https://hotline.example.com"
+TICKET_SECRET="whsec_$(head -c 24 /dev/urandom | base64 | tr -d '\n')"
+SOURCE_SECRET="whsec_$(head -c 24 /dev/urandom | base64 | tr -d '\n')"
+
+# gateway LABEL -> sets PORT, PROVIDER, GW
+gateway() {
+    local label=$1
+    PORT=$(free_port); PROVIDER=$(free_port)
+    cat >"$WORK/$label.toml" <<EOF
+[server]
+listen = "127.0.0.1:$PORT"
+
+[database]
+url = "sqlite://$WORK/$label.db"
+
+[channels.web]
+[[channels.web.sources]]
+name = "bench"
+secret = "$SOURCE_SECRET"
+rate_limit_per_sec = 1000000
+rate_limit_burst = 1000000
+
+[[downstream]]
+name = "tickets"
+url = "http://127.0.0.1:$PROVIDER/events"
+secret = "$TICKET_SECRET"
+
+[channels.phone]
+auth_token = "$TOKEN"
+account_sid = "AC0123456789abcdef0123456789abcdef"
+from_number = "+8610085000000"
+api_url = "http://127.0.0.1:$PROVIDER"
+public_url = "$PUBLIC"
+EOF
+    "$EARSHOT" serve --config "$WORK/$label.toml" >"$WORK/$label.log" 2>&1 & GW=$!
+    PIDS+=("$GW")
+    for _ in $(seq 300); do curl -fsS -o /dev/null --max-time 1 "http://127.0.0.1:$PORT/readyz" 2>/dev/null && return 0; sleep 0.1; done
+    die "$label not ready"
+}
+
+echo "== phone bench $(date -u +%FT%TZ), $(nproc) cores, commit $(git rev-parse --short HEAD 2>/dev/null || echo '?') =="
+gateway voice
+"$BENCH" phone --figure voice --url "http://127.0.0.1:$PORT" --public-url "$PUBLIC" --token "$TOKEN" \
+    --listen "127.0.0.1:$PROVIDER" --rate "$RATE" --duration "$SECS" --label phone-voice | grep '^phone-voice:'
+kill -TERM "$GW"; wait "$GW" 2>/dev/null || true
+
+gateway sms
+"$BENCH" phone --figure sms --url "http://127.0.0.1:$PORT" --public-url "$PUBLIC" --token "$TOKEN" \
+    --listen "127.0.0.1:$PROVIDER" --concurrency "$WORKERS" --duration "$SECS" --label phone-sms | grep '^phone-sms:'
+kill -TERM "$GW"; wait "$GW" 2>/dev/null || true
+
+gateway web
+# The load generator's own receiver is the ticket store here (on the port the config names).
+EARSHOT_BENCH_SECRET=$SOURCE_SECRET "$BENCH" closed --url "http://127.0.0.1:$PORT" --source bench --concurrency "$WORKERS" \
+    --duration "$SECS" --receiver "127.0.0.1:$PROVIDER" --drain 5 2>/dev/null | grep -E '^closed(-delivery)?:' | sed 's/^/web-baseline /'
+kill -TERM "$GW"; wait "$GW" 2>/dev/null || true
