@@ -423,3 +423,63 @@ async fn one_caller_by_sms_and_by_web_form_is_one_customer() {
     gw.stop().await;
     db.cleanup().await;
 }
+
+const PBX_SECRET: &str = "whsec_cGJ4LXNvdXJjZS1zZWNyZXQtMDEyMzQ1Njc4OWFi";
+
+#[tokio::test]
+async fn generic_pbx_events_are_signed_complaints() {
+    use earshot_channel::webhooks::SigningKey;
+    let db = TestDb::sqlite();
+    let (provider, tickets) = (Provider::start().await, Receiver::start().await);
+    let mut toml = phone_toml(&db.url, &provider, &tickets);
+    toml.push_str(&format!("\n[[channels.phone.pbx_sources]]\nname = \"callcentre\"\nsecret = \"{PBX_SECRET}\"\n"));
+    let gw = Gateway::start(&toml).await;
+    let event = json!({
+        "call_id": "pbx-77001", "caller": "021 6888 1234", "called": "+8610085000000", "ivr_selection": "1",
+        "transcript": "空调安装师傅没有按约定时间上门", "recording_url": "https://pbx.example.com/rec/77001.wav",
+        "started_at": "2026-12-04T08:00:00Z", "ended_at": "2026-12-04T08:03:10Z", "agent_notes": "客户要求今天回电"
+    });
+    let body = serde_json::to_vec(&event).expect("json");
+    let post = |id: &'static str, secret: &'static str, body: Vec<u8>| {
+        let url = format!("{}/v1/inbound/phone/events/callcentre", gw.base);
+        async move {
+            let key = SigningKey::from_whsec(secret).expect("secret");
+            let ts = now();
+            let r = reqwest::Client::new()
+                .post(url)
+                .header("content-type", "application/json")
+                .header("webhook-id", id)
+                .header("webhook-timestamp", ts.to_string())
+                .header("webhook-signature", key.sign(id, ts, &body))
+                .body(body)
+                .send()
+                .await
+                .expect("post");
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.unwrap_or_default())
+        }
+    };
+    let wrong = "whsec_d3JvbmctcGJ4LXNlY3JldC0wMTIzNDU2Nzg5YWJj";
+    assert_eq!(post("evt_1", wrong, body.clone()).await.0, 401, "a wrong signature is refused");
+    let (_, listing) = gw.admin_get("/v1/cases?channel=phone").await;
+    assert_eq!(listing["cases"].as_array().map(Vec::len), Some(0), "and nothing is stored");
+
+    let (status, receipt) = post("evt_2", PBX_SECRET, body.clone()).await;
+    assert_eq!(status, 202, "{receipt}");
+    let (status, again) = post("evt_3", PBX_SECRET, body.clone()).await;
+    assert_eq!((status, &again["case_id"]), (200, &receipt["case_id"]), "the call id makes one case");
+    let got = tickets.wait_until(20, "case.created", |g| !of_type(g, "case.created").is_empty()).await;
+    let case = &of_type(&got, "case.created")[0]["case"];
+    assert_eq!(case["customer"]["identities"][0]["value"], "+862168881234", "E.164");
+    assert_eq!(case["source"], "callcentre");
+    assert_eq!(case["messages"][0]["text"], "空调安装师傅没有按约定时间上门");
+    assert_eq!(case["messages"][0]["metadata"]["agent_notes"], "客户要求今天回电");
+    assert_eq!(case["messages"][0]["external_id"], "pbx-77001");
+
+    let schema: Value =
+        reqwest::get(format!("{}/v1/schema/phone-event.json", gw.base)).await.expect("get").json().await.expect("json");
+    assert!(schema["properties"]["call_id"].is_object(), "{schema}");
+    assert_eq!(post("evt_4", PBX_SECRET, br#"{"caller":"+8613800138000"}"#.to_vec()).await.0, 400, "not an event");
+    gw.stop().await;
+    db.cleanup().await;
+}

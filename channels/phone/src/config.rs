@@ -44,6 +44,19 @@ pub struct PhoneConfig {
     /// Longest recorded complaint, in seconds. Default 120.
     #[serde(default = "default_record_max_secs")]
     pub record_max_secs: u64,
+    /// Call-centre systems that POST signed JSON events to `/v1/inbound/phone/events/{name}`.
+    #[serde(default)]
+    pub pbx_sources: Vec<PbxSourceConfig>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PbxSourceConfig {
+    pub name: Option<String>,
+    /// `whsec_…` secret shared with the PBX (Standard Webhooks); `env:NAME` allowed.
+    pub secret: Option<String>,
+    /// Several secrets, during a rotation (instead of `secret`).
+    pub secrets: Option<Vec<String>>,
 }
 
 fn default_language() -> String {
@@ -92,6 +105,8 @@ pub struct PhoneSettings {
     pub send_timeout: Duration,
     pub language: earshot_channel::Lang,
     pub record_max_secs: u64,
+    /// PBX sources by name, with their secrets.
+    pub pbx_sources: std::collections::HashMap<String, earshot_channel::webhooks::SigningKeys>,
 }
 
 impl PhoneConfig {
@@ -150,6 +165,21 @@ impl PhoneConfig {
         if !(5..=3600).contains(&self.record_max_secs) {
             c.problem(format!("{P}.record_max_secs"), "must be between 5 and 3600");
         }
+        let mut pbx_sources = std::collections::HashMap::new();
+        for (i, src) in self.pbx_sources.iter().enumerate() {
+            let p = format!("{P}.pbx_sources[{i}]");
+            let name = c.required(&format!("{p}.name"), src.name.as_deref()).map(str::to_owned);
+            if let Some(n) = &name
+                && (!n.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_')
+                    || pbx_sources.contains_key(n))
+            {
+                c.problem(format!("{p}.name"), "use letters, digits, - and _ only, once each (it is part of a URL)");
+            }
+            let keys = c.whsec_keys(&p, src.secret.as_deref(), src.secrets.as_deref());
+            if let (Some(n), Some(k)) = (name, keys) {
+                pbx_sources.insert(n, k);
+            }
+        }
         Some(PhoneSettings {
             auth_token: SecretString::from(token?),
             account_sid: sid?,
@@ -164,6 +194,7 @@ impl PhoneConfig {
             send_timeout: Duration::from_secs(self.send_timeout_secs.max(1)),
             language: language?,
             record_max_secs: self.record_max_secs,
+            pbx_sources,
         })
     }
 }

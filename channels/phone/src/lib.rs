@@ -3,11 +3,12 @@
 //!
 //! Every callback is checked before anything is read from it: the signature is computed over the
 //! public URL the provider called (configurable, since a proxy changes what the gateway sees) and
-//! the form's parameters. Calls are answered with TwiML (`voice.rs`). Generic PBX events are not in
-//! this version.
+//! the form's parameters. Calls are answered with TwiML (`voice.rs`). A call-centre system that is
+//! not the provider posts signed JSON events (`pbx.rs`).
 
 pub mod config;
 pub mod number;
+pub mod pbx;
 mod send;
 pub mod signature;
 mod texts;
@@ -318,6 +319,92 @@ async fn voice_status(State(st): State<RouteState>, uri: Uri, headers: HeaderMap
     .await
 }
 
+/// `POST /v1/inbound/phone/events/{source}`: a PBX's call event, signed with Standard Webhooks.
+async fn pbx_event(
+    State(st): State<RouteState>,
+    axum::extract::Path(source): axum::extract::Path<String>,
+    headers: HeaderMap,
+    body: bytes::Bytes,
+) -> Response {
+    match pbx_inner(&st, &source, &headers, &body).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn pbx_inner(st: &RouteState, source: &str, headers: &HeaderMap, body: &[u8]) -> Result<Response, ApiError> {
+    use earshot_channel::webhooks::{self, VerifyError};
+    let s = &st.channel.inner.settings;
+    let keys = s.pbx_sources.get(source).ok_or_else(|| ApiError::not_found(format!("no PBX source {source:?}")))?;
+    if body.len() > s.max_body_bytes {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("the body is over {} bytes (channels.phone.max_body_bytes)", s.max_body_bytes),
+        ));
+    }
+    let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
+    let now = time::OffsetDateTime::now_utc();
+    keys.verify(
+        header(webhooks::HEADER_ID),
+        header(webhooks::HEADER_TIMESTAMP),
+        header(webhooks::HEADER_SIGNATURE),
+        body,
+        now.unix_timestamp(),
+    )
+    .map_err(|e| {
+        let code = match e {
+            VerifyError::MissingHeader(_) => "missing_signature",
+            VerifyError::InvalidTimestamp | VerifyError::StaleTimestamp(_) => "stale_timestamp",
+            VerifyError::NoMatch => "invalid_signature",
+        };
+        ApiError::unauthorized(code, e.to_string())
+    })?;
+    let event: pbx::PbxEvent = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request("invalid_event", format!("not a PBX event: {e}"), "body"))?;
+    if event.call_id.trim().is_empty() || event.call_id.len() > 200 {
+        return Err(ApiError::bad_request("invalid_field", "call_id must have 1 to 200 characters", "call_id"));
+    }
+    let number = number::e164(&event.caller, s.region).ok_or_else(|| {
+        ApiError::bad_request("invalid_number", format!("caller {:?} is not a phone number", event.caller), "caller")
+    })?;
+    let parse_time = |v: &str, field: &str| {
+        time::OffsetDateTime::parse(v, &time::format_description::well_known::Rfc3339).map_err(|_| {
+            ApiError::bad_request("invalid_field", format!("{field} is not an RFC 3339 time"), field.to_owned())
+        })
+    };
+    let started = parse_time(&event.started_at, "started_at")?;
+    if let Some(end) = &event.ended_at {
+        parse_time(end, "ended_at")?;
+    }
+    let identity = Identity { kind: IdentityKind::Phone, value: number.clone() };
+    let mut inbound = phone_inbound(s, event.call_id.clone(), &number, identity, event.text());
+    inbound.source = source.to_owned();
+    inbound.received_at = started;
+    inbound.lang = event.language.as_deref().and_then(Lang::from_tag).or_else(|| Some(Lang::detect(&inbound.text)));
+    // A call is its own case.
+    if let Some(t) = inbound.thread.as_mut() {
+        t.open_case_within_secs = None;
+    }
+    for (k, v) in [
+        ("pbx_source", Some(source.to_owned())),
+        ("called", event.called.clone()),
+        ("ivr_selection", event.ivr_selection.clone()),
+        ("recording_url", event.recording_url.clone()),
+        ("started_at", Some(event.started_at.clone())),
+        ("ended_at", event.ended_at.clone()),
+        ("agent_notes", event.agent_notes.clone()),
+    ] {
+        if let Some(v) = v {
+            inbound.metadata.insert(k.to_owned(), serde_json::json!(v));
+        }
+    }
+    inbound.content_digest = Some(earshot_channel::sha256_hex(body));
+    let receipt = st.intake.submit(inbound).await.map_err(ApiError::from)?;
+    let status = if receipt.duplicate { StatusCode::OK } else { StatusCode::ACCEPTED };
+    Ok((status, axum::Json(serde_json::json!(receipt))).into_response())
+}
+
 fn xml_escape(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;").replace('\'', "&apos;")
 }
@@ -415,6 +502,8 @@ impl Channel for PhoneChannel {
                 .route("/v1/inbound/phone/voice/recorded", post(voice_recorded))
                 .route("/v1/inbound/phone/voice/status", post(voice_status))
                 .route("/v1/inbound/phone/transcription", post(transcription))
+                .route("/v1/inbound/phone/events/{source}", post(pbx_event))
+                .route("/v1/schema/phone-event.json", axum::routing::get(|| async { axum::Json(pbx::schema()) }))
                 .with_state(state),
         )
     }
