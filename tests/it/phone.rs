@@ -24,6 +24,9 @@ const PUBLIC: &str = "https://hotline.example.com";
 struct Sms {
     sent: Mutex<Vec<(String, String)>>,
     unsubscribed: Mutex<Vec<String>>,
+    /// Statuses to answer the next sends with (429 comes with `Retry-After: 1`).
+    fail_next: Mutex<Vec<u16>>,
+    attempts: Mutex<u32>,
 }
 
 async fn messages(
@@ -46,6 +49,16 @@ async fn messages(
     let get = |n: &str| form.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone()).unwrap_or_default();
     assert_eq!(get("From"), FROM, "answers come from the configured number");
     let to = get("To");
+    *st.attempts.lock().expect("lock") += 1;
+    let scripted = {
+        let mut f = st.fail_next.lock().expect("lock");
+        if f.is_empty() { None } else { Some(f.remove(0)) }
+    };
+    if let Some(code) = scripted {
+        let status = StatusCode::from_u16(code).expect("status");
+        let body = axum::Json(json!({ "code": 20429, "message": "Too Many Requests", "status": code }));
+        return (status, [("retry-after", "1")], body).into_response();
+    }
     if st.unsubscribed.lock().expect("lock").contains(&to) {
         return (
             StatusCode::BAD_REQUEST,
@@ -197,6 +210,25 @@ async fn a_signed_sms_becomes_a_case_acknowledged_by_sms_and_follow_ups_join_it(
     assert_eq!(status, 200);
     let got = tickets.wait_until(20, "case.feedback", |g| !of_type(g, "case.feedback").is_empty()).await;
     assert_eq!(of_type(&got, "case.feedback")[0]["rating"], 4);
+    gw.stop().await;
+    db.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_throttled_or_failing_sms_api_is_retried() {
+    let db = TestDb::sqlite();
+    let (provider, tickets) = (Provider::start().await, Receiver::start().await);
+    let gw = Gateway::start(&phone_toml(&db.url, &provider, &tickets)).await;
+    provider.state.fail_next.lock().expect("lock").extend([429, 503]);
+    let t0 = std::time::Instant::now();
+    assert_eq!(
+        post_sms(&gw, &pairs(&sms("SM300", "+8613800138005", "Refund not received.")), Some(SMS_URL)).await.0,
+        200
+    );
+    let sent = provider.wait_sent(1).await;
+    assert_eq!(sent.len(), 1);
+    assert_eq!(*provider.state.attempts.lock().expect("lock"), 3, "429, then 503, then sent");
+    assert!(t0.elapsed() >= Duration::from_millis(900), "the Retry-After of the 429 was honoured");
     gw.stop().await;
     db.cleanup().await;
 }

@@ -21,12 +21,34 @@ pub fn segments(text: &str) -> usize {
     if n <= single { 1 } else { n.div_ceil(part) }
 }
 
-/// The body of the survey SMS: the rendered question, then how to answer by digits.
+/// Most segments one answer may take: a longer agent reply is shortened (with `…`) to fit, since
+/// every segment is billed and a phone shows a long concatenated message poorly.
+pub const MAX_SEGMENTS: usize = 5;
+
+/// The SMS body: the rendered text, shortened to [`MAX_SEGMENTS`] segments.
 fn body(msg: &Outbound) -> String {
-    match &msg.kind {
-        OutboundKind::Survey(_) => msg.text.clone(),
-        _ => msg.text.clone(),
+    let text = match &msg.kind {
+        OutboundKind::Survey(_)
+        | OutboundKind::Ack
+        | OutboundKind::StatusUpdate { .. }
+        | OutboundKind::AgentReply { .. } => msg.text.trim().to_owned(),
+    };
+    shorten(&text, MAX_SEGMENTS)
+}
+
+/// `text` cut (at a character) so that it fits in `max` segments, ending with `…` when cut.
+pub fn shorten(text: &str, max: usize) -> String {
+    if segments(text) <= max {
+        return text.to_owned();
     }
+    let mut out: String = text.to_owned();
+    while !out.is_empty() && segments(&format!("{out}…")) > max {
+        // Cut a tenth at a time, then one character: a few steps for any length.
+        let chars = out.chars().count();
+        let keep = if segments(&format!("{out}…")) > max + 1 { chars - chars.div_ceil(10) } else { chars - 1 };
+        out = out.chars().take(keep).collect();
+    }
+    format!("{}…", out.trim_end())
 }
 
 pub(crate) async fn send(client: &reqwest::Client, s: &PhoneSettings, msg: &Outbound) -> Result<Sent, SendError> {
@@ -89,5 +111,14 @@ mod tests {
         assert_eq!(segments(&"投".repeat(71)), 2);
         assert_eq!(segments(&"投".repeat(134)), 2);
         assert_eq!(segments(&"投".repeat(135)), 3);
+    }
+
+    #[test]
+    fn long_answers_are_shortened_to_five_segments() {
+        let long = "您的投诉我们已经转交给仓库，".repeat(100);
+        let short = super::shorten(&long, super::MAX_SEGMENTS);
+        assert!(segments(&short) <= super::MAX_SEGMENTS, "{}", segments(&short));
+        assert!(short.ends_with('…') && short.chars().count() > 300, "{}", short.chars().count());
+        assert_eq!(super::shorten("short", 5), "short");
     }
 }
