@@ -250,6 +250,7 @@ async fn send(shared: &Shared, meters: &Meters, job: Job, deadline: Duration, wa
                 case_id: job.case_id.clone(),
                 ticket_id: delivered.ticket_id,
                 provider_id: delivered.provider_id,
+                segments: delivered.segments.map(i64::from),
                 acknowledges: job.kind == "ack",
             };
             (done, true)

@@ -32,6 +32,8 @@ pub struct Delivered {
     pub ticket_id: Option<String>,
     /// A channel's own id of the message it sent.
     pub provider_id: Option<String>,
+    /// The billed parts of the message (SMS segments).
+    pub segments: Option<u32>,
 }
 
 impl Deliverer {
@@ -44,7 +46,7 @@ impl Deliverer {
                     reason: format!("downstream {name:?} is no longer configured"),
                 })?;
                 let ticket_id = downstream::deliver(&self.client, ep, &job.event_id, job.payload.clone()).await?;
-                Ok(Delivered { ticket_id, provider_id: None })
+                Ok(Delivered { ticket_id, provider_id: None, segments: None })
             }
             Destination::Channel { kind, .. } => {
                 let channel = ChannelKind::parse(kind)
@@ -54,7 +56,7 @@ impl Deliverer {
                     reason: format!("stored job is not an outbound message: {e}"),
                 })?;
                 let sent = channel.send(&outbound).await?;
-                Ok(Delivered { ticket_id: None, provider_id: sent.provider_id })
+                Ok(Delivered { ticket_id: None, provider_id: sent.provider_id, segments: sent.segments })
             }
         }
     }

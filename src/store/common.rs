@@ -79,7 +79,8 @@ pub(super) mod sql {
     /// one keeps its last.
     pub const RECORD_OUTCOME: &str = "UPDATE outbox SET state = $3, next_attempt_at = $4, \
         last_error = CASE WHEN $3 = 'done' THEN NULL ELSE COALESCE($5, last_error) END, \
-        attempts = attempts + $6, updated_at = $7, provider_id = COALESCE($8, provider_id) \
+        attempts = attempts + $6, updated_at = $7, provider_id = COALESCE($8, provider_id), \
+        segments = COALESCE($9, segments) \
         WHERE id = $1 AND attempts = $2 AND state = 'leased'";
     pub const DISCARD_DEAD: &str =
         "UPDATE outbox SET state = 'discarded', updated_at = $1 WHERE state = 'dead' AND id = $2";

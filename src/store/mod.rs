@@ -177,7 +177,14 @@ pub enum OutcomeKind {
     /// Delivered; a ticket id the receiver answered with is stored on the case, the channel's id of
     /// the message on the job. A delivered acknowledgement (`acknowledges`) moves a `new` case to
     /// `acknowledged`.
-    Done { case_id: CaseId, ticket_id: Option<String>, provider_id: Option<String>, acknowledges: bool },
+    Done {
+        case_id: CaseId,
+        ticket_id: Option<String>,
+        provider_id: Option<String>,
+        /// The billed parts of the message (SMS segments), stored with the job.
+        segments: Option<i64>,
+        acknowledges: bool,
+    },
     /// Failed; tried again at `at_ms`.
     Retry { at_ms: i64, error: String },
     /// Failed for good (or out of attempts); waits for a replay or a discard.
@@ -381,6 +388,7 @@ pub trait Store: Send + Sync + 'static {
             case_id: CaseId(String::new()),
             ticket_id: None,
             provider_id: None,
+            segments: None,
             acknowledges: false,
         };
         Ok(self.record_outcomes(vec![JobOutcome { id, attempts, kind: done }], now_ms).await?.first() == Some(&true))

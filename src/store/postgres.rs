@@ -497,13 +497,15 @@ async fn record_outcomes(conn: &mut sqlx::PgConnection, outcomes: &[JobOutcome],
     }
     const SQL: &str = "\
         WITH o AS ( \
-            SELECT * FROM unnest($1::int8[], $2::int8[], $3::text[], $4::int8[], $5::text[], $6::int8[], $10::text[]) \
-                AS t(id, attempts, state, next_at, error, delta, provider) \
+            SELECT * FROM unnest($1::int8[], $2::int8[], $3::text[], $4::int8[], $5::text[], $6::int8[], $10::text[], \
+                                 $13::int8[]) \
+                AS t(id, attempts, state, next_at, error, delta, provider, segments) \
         ), j AS ( \
             UPDATE outbox SET state = o.state, next_attempt_at = o.next_at, \
                 last_error = CASE WHEN o.state = 'done' THEN NULL ELSE COALESCE(o.error, outbox.last_error) END, \
                 attempts = outbox.attempts + o.delta, updated_at = $7, \
-                provider_id = COALESCE(o.provider, outbox.provider_id) \
+                provider_id = COALESCE(o.provider, outbox.provider_id), \
+                segments = COALESCE(o.segments, outbox.segments) \
             FROM o WHERE outbox.id = o.id AND outbox.attempts = o.attempts AND outbox.state = 'leased' \
             RETURNING outbox.id \
         ), t AS ( \
@@ -556,6 +558,15 @@ async fn record_outcomes(conn: &mut sqlx::PgConnection, outcomes: &[JobOutcome],
         )
         .bind(cases.values().map(|v| v.1).collect::<Vec<_>>())
         .bind(cases.values().map(|v| v.2).collect::<Vec<_>>())
+        .bind(
+            sorted
+                .iter()
+                .map(|o| match &o.kind {
+                    super::OutcomeKind::Done { segments, .. } => *segments,
+                    _ => None,
+                })
+                .collect::<Vec<_>>(),
+        )
         .fetch_all(&mut *conn)
         .await?;
     let updated: HashSet<i64> = updated.into_iter().collect();

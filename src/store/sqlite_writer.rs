@@ -548,11 +548,11 @@ pub(super) fn record_outcomes(conn: &mut Connection, outcomes: &[JobOutcome], no
         )?;
         for o in outcomes {
             let (state, next, error, delta) = o.kind.columns(now_ms);
-            let provider = match &o.kind {
-                OutcomeKind::Done { provider_id, .. } => provider_id.as_deref(),
-                _ => None,
+            let (provider, segments) = match &o.kind {
+                OutcomeKind::Done { provider_id, segments, .. } => (provider_id.as_deref(), *segments),
+                _ => (None, None),
             };
-            let n = stmt.execute(params![o.id, o.attempts, state, next, error, delta, now_ms, provider])?;
+            let n = stmt.execute(params![o.id, o.attempts, state, next, error, delta, now_ms, provider, segments])?;
             counted.push(n == 1);
             let OutcomeKind::Done { case_id, ticket_id, acknowledges, .. } = &o.kind else { continue };
             if n != 1 || case_id.as_str().is_empty() {

@@ -108,7 +108,7 @@ impl Channel for ChatChannel {
         let mut sent = self.sent.lock().expect("lock");
         sent.push(msg.clone());
         // The chat's own message id, as a chat API would answer.
-        Ok(Sent { provider_id: Some(format!("{recipient}:out{}", sent.len())) })
+        Ok(Sent { provider_id: Some(format!("{recipient}:out{}", sent.len())), segments: None })
     }
 
     fn senders(&self) -> Vec<String> {

@@ -210,6 +210,12 @@ async fn a_signed_sms_becomes_a_case_acknowledged_by_sms_and_follow_ups_join_it(
     assert_eq!(status, 200);
     let got = tickets.wait_until(20, "case.feedback", |g| !of_type(g, "case.feedback").is_empty()).await;
     assert_eq!(of_type(&got, "case.feedback")[0]["rating"], 4);
+
+    // Each SMS job keeps its segment count (one each here: short Chinese texts).
+    let counted = db
+        .exec("UPDATE outbox SET segments = segments WHERE destination LIKE 'channel:phone:%' AND segments = 1")
+        .await;
+    assert_eq!(counted, 4, "every sent SMS job has its segment count");
     gw.stop().await;
     db.cleanup().await;
 }

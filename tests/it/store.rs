@@ -775,6 +775,7 @@ fn done(job: &Job, ticket: Option<&str>) -> JobOutcome {
             case_id: job.case_id.clone(),
             ticket_id: ticket.map(str::to_owned),
             provider_id: None,
+            segments: None,
             acknowledges: false,
         },
     }
@@ -1224,6 +1225,7 @@ async fn check_acknowledged_and_provider_id(store: &dyn Store) {
             case_id: a.case_id.clone(),
             ticket_id: None,
             provider_id: Some("4242:17".into()),
+            segments: Some(2),
             acknowledges: true,
         },
     };

@@ -400,4 +400,7 @@ pub struct ChannelEvent {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Sent {
     pub provider_id: Option<String>,
+    /// The billed parts of the message, for channels that count them (SMS segments); stored with
+    /// the job.
+    pub segments: Option<u32>,
 }

@@ -212,7 +212,7 @@ impl SmtpSender {
             }
         };
         match sent {
-            Ok(resp) => Ok(Sent { provider_id: resp.message().next().map(str::to_owned) }),
+            Ok(resp) => Ok(Sent { provider_id: resp.message().next().map(str::to_owned), segments: None }),
             Err(Failure::Smtp(e)) if e.is_permanent() => Err(SendError::Permanent { reason: e.to_string() }),
             Err(Failure::Smtp(e)) => Err(SendError::Transient { reason: e.to_string(), retry_after: None }),
             Err(Failure::Io(e)) => Err(SendError::Transient { reason: format!("connection: {e}"), retry_after: None }),

@@ -77,7 +77,10 @@ pub(crate) async fn send(client: &reqwest::Client, s: &PhoneSettings, msg: &Outb
     let answer: serde_json::Value = response.json().await.unwrap_or_default();
     if status.is_success() {
         tracing::debug!(segments = segments(&text), to = %recipient, "SMS sent.");
-        return Ok(Sent { provider_id: answer["sid"].as_str().map(str::to_owned) });
+        return Ok(Sent {
+            provider_id: answer["sid"].as_str().map(str::to_owned),
+            segments: u32::try_from(segments(&text)).ok(),
+        });
     }
     let code = answer["code"].as_i64().unwrap_or_default();
     let message = answer["message"].as_str().unwrap_or_default();

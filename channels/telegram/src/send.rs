@@ -38,7 +38,7 @@ pub(crate) async fn send(channel: &TelegramChannel, msg: &Outbound) -> Result<Se
         // A customer's reply to this message finds its case by this id.
         last = Some(message_key(chat, sent.id.0));
     }
-    Ok(Sent { provider_id: last })
+    Ok(Sent { provider_id: last, segments: None })
 }
 
 /// Ratings on one row, solved / not solved on the next.
