@@ -156,7 +156,6 @@ impl Intake for IntakeService {
     }
 
     async fn answer_survey(&self, token: &str, answer: &str) -> Result<bool, IntakeError> {
-        use crate::lifecycle::LifecycleError;
         let mut parts: std::collections::HashMap<&str, &str> = std::collections::HashMap::new();
         for pair in answer.split('&') {
             if let Some((k, v)) = pair.split_once('=') {
@@ -178,11 +177,7 @@ impl Intake for IntakeService {
             Ok(None) => return Ok(false),
             Err(e) => return Err(IntakeError::Unavailable(e.to_string())),
         };
-        match self.lifecycle.feedback(&case.id, &parsed, "channel").await {
-            Ok(_) => Ok(true),
-            Err(LifecycleError::SurveyClosed | LifecycleError::NotFound(_)) => Ok(false),
-            Err(e) => Err(IntakeError::Unavailable(e.to_string())),
-        }
+        self.record_feedback(&case.id, &parsed, "channel").await
     }
 
     async fn record_event(&self, ev: ChannelEvent) -> Result<(), IntakeError> {
@@ -301,33 +296,47 @@ impl IntakeService {
             return Ok(());
         }
         let Some(answer) = crate::lifecycle::survey::parse_reply(&inbound.text) else { return Ok(()) };
+        // The survey being answered: the one a reply quotes (email), else, on a channel without
+        // threads (SMS), the one of the sender's newest case on this channel.
+        let mut case_id = None;
         for local in hint.in_reply_to.iter().filter_map(|id| our_event_id(&id.0)) {
-            let Some(job) = self.store.job_by_event_id(local).await.map_err(unavailable)? else { continue };
-            if job.kind != "survey" {
-                continue;
+            if let Some(job) = self.store.job_by_event_id(local).await.map_err(unavailable)?
+                && job.kind == "survey"
+            {
+                case_id = Some(job.case_id);
+                break;
             }
-            use crate::lifecycle::LifecycleError;
-            return match self.lifecycle.feedback(&job.case_id, &answer, "reply").await {
-                Ok(_) | Err(LifecycleError::SurveyClosed | LifecycleError::NotFound(_)) => Ok(()),
-                Err(e) => Err(IntakeError::Unavailable(e.to_string())),
-            };
         }
-        // A channel without threads (SMS): a digit answers the survey of the sender's newest case
-        // on this channel, if that survey is open.
-        if hint.in_reply_to.is_empty() && hint.open_case_within_secs.is_some() {
+        if case_id.is_none() && hint.in_reply_to.is_empty() && hint.open_case_within_secs.is_some() {
             let known = self.store.customers_for(&inbound.identities).await.map_err(unavailable)?;
-            let Some(customer) = inbound.identities.iter().find_map(|i| known.get(i)) else { return Ok(()) };
-            let newest =
-                self.store.customer_cases(customer, inbound.channel.as_str(), None, 1).await.map_err(unavailable)?;
-            if let Some(case) = newest.first() {
-                use crate::lifecycle::LifecycleError;
-                return match self.lifecycle.feedback(&case.id, &answer, "reply").await {
-                    Ok(_) | Err(LifecycleError::SurveyClosed | LifecycleError::NotFound(_)) => Ok(()),
-                    Err(e) => Err(IntakeError::Unavailable(e.to_string())),
-                };
+            if let Some(customer) = inbound.identities.iter().find_map(|i| known.get(i)) {
+                let newest = self
+                    .store
+                    .customer_cases(customer, inbound.channel.as_str(), None, 1)
+                    .await
+                    .map_err(unavailable)?;
+                case_id = newest.into_iter().next().map(|row| row.id);
             }
+        }
+        if let Some(id) = case_id {
+            self.record_feedback(&id, &answer, "reply").await?;
         }
         Ok(())
+    }
+
+    /// Records a survey answer on the case; false when its survey is closed or the case unknown.
+    async fn record_feedback(
+        &self,
+        case_id: &crate::schema::CaseId,
+        answer: &crate::lifecycle::survey::Answer,
+        via: &str,
+    ) -> Result<bool, IntakeError> {
+        use crate::lifecycle::LifecycleError;
+        match self.lifecycle.feedback(case_id, answer, via).await {
+            Ok(_) => Ok(true),
+            Err(LifecycleError::SurveyClosed | LifecycleError::NotFound(_)) => Ok(false),
+            Err(e) => Err(IntakeError::Unavailable(e.to_string())),
+        }
     }
 
     /// A bounce of one of our own messages (found by the Message-ID it reports, `<{event id}@…>`)

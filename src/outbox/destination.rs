@@ -163,7 +163,7 @@ pub async fn run(spec: Spec, shared: Arc<Shared>, wake: Arc<Notify>, shutdown: C
                 if probe {
                     probe_out = false;
                 }
-                on_result(&mut breaker, &spec, ok, probe);
+                on_result(&mut breaker, &spec, &dest, ok, probe);
             }
             _ = wake.notified() => drained = false,
             _ = tokio::time::sleep(shared.settings.poll_interval) => drained = false,
@@ -190,12 +190,12 @@ fn set_breaker_gauge(dest: &str, open: bool) {
     metrics::gauge!("earshot_outbox_breaker_open", "destination" => dest.to_owned()).set(if open { 1.0 } else { 0.0 });
 }
 
-fn on_result(breaker: &mut Breaker, spec: &Spec, ok: bool, probe: bool) {
-    let dest = &spec.destination.to_string();
+/// `dest` is the destination as text, made once per loop: this runs after every send.
+fn on_result(breaker: &mut Breaker, spec: &Spec, dest: &str, ok: bool, probe: bool) {
     match breaker.record(ok, probe, Instant::now()) {
         Some(Change::Opened { cooldown }) => {
             set_breaker_gauge(dest, true);
-            metrics::counter!("earshot_outbox_breaker_opened_total", "destination" => dest.clone()).increment(1);
+            metrics::counter!("earshot_outbox_breaker_opened_total", "destination" => dest.to_owned()).increment(1);
             tracing::warn!(
                 destination = %dest, failures = spec.breaker_failures, cooldown_ms = cooldown.as_millis() as u64,
                 "Destination paused: breaker open after consecutive failures; other destinations go on."

@@ -333,9 +333,8 @@ macro_rules! shared_queries {
                 in_list(&mut qb, message_ids);
                 let rows: Vec<(super::CaseId, String, String, String, Option<String>)> =
                     qb.build_query_as().fetch_all(&mut *conn).await?;
-                for (a, b, c, d, e) in rows {
-                    hits.push(to_hit((a, b, c, d, e.unwrap_or_default()))?);
-                }
+                let rows = rows.into_iter().map(|(a, b, c, d, e)| to_hit((a, b, c, d, e.unwrap_or_default())));
+                hits.extend(rows.collect::<Result<Vec<_>>>()?);
             }
             if !event_ids.is_empty() {
                 let mut qb = QueryBuilder::<$db>::new(

@@ -67,12 +67,6 @@ impl rusqlite::types::FromSql for Destination {
     }
 }
 
-/// A stored case reference read back.
-fn stored_ref(i: usize, text: String) -> rusqlite::Result<earshot_channel::CaseRef> {
-    earshot_channel::CaseRef::parse(&text)
-        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(e)))
-}
-
 /// Answers a call once the transaction that holds its writes has committed (`None`) or failed.
 type Answer = Box<dyn FnOnce(Option<&str>) + Send>;
 type Call = Box<dyn FnOnce(&mut Connection) -> Answer + Send>;
@@ -356,16 +350,13 @@ fn commit_items(conn: &Connection, items: &[NewCase]) -> Result<Vec<Committed>> 
         for it in items.iter().filter(|it| !inserted.contains(it.message_id.as_str())) {
             let found = stmt
                 .query_row(params![it.channel, it.external_id], |r| {
-                    Ok(Committed::Duplicate {
-                        case_id: r.get(0)?,
-                        case_ref: stored_ref(1, r.get(1)?)?,
-                        status: r.get(2)?,
-                        digest: r.get(3)?,
-                    })
+                    Ok((r.get::<_, CaseId>(0)?, r.get::<_, String>(1)?, r.get(2)?, r.get(3)?))
                 })
                 .optional()?;
-            if let Some(c) = found {
-                existing.insert((it.channel, &it.external_id), c);
+            if let Some((case_id, case_ref, status, digest)) = found {
+                let case_ref = super::common::stored_ref(case_ref)?;
+                existing
+                    .insert((it.channel, &it.external_id), Committed::Duplicate { case_id, case_ref, status, digest });
             }
         }
     }

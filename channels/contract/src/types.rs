@@ -224,6 +224,25 @@ pub struct CaseSummary {
     pub text: String,
 }
 
+impl CaseSummary {
+    /// The status as a customer reads it, for the channels' own answers (`/status`, SMS `STATUS`,
+    /// the phone keypad); unknown statuses as they are.
+    pub fn status_label(&self, lang: Lang) -> &str {
+        match (lang, self.status.as_str()) {
+            (Lang::Zh, "new" | "acknowledged") => "已受理",
+            (Lang::Zh, "in_progress") => "正在处理中",
+            (Lang::Zh, "awaiting_customer") => "等待您补充信息",
+            (Lang::Zh, "resolved") => "已解决",
+            (Lang::Zh, "reopened") => "已重新打开",
+            (Lang::Zh, "closed") => "已关闭",
+            (Lang::En, "new" | "acknowledged") => "received",
+            (Lang::En, "in_progress") => "being worked on",
+            (Lang::En, "awaiting_customer") => "waiting for information from you",
+            (_, other) => other,
+        }
+    }
+}
+
 /// An attachment's description; content is not part of the schema.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct AttachmentMeta {

@@ -49,10 +49,6 @@ impl PhoneChannel {
     pub fn new(settings: PhoneSettings, client: reqwest::Client) -> PhoneChannel {
         PhoneChannel { inner: Arc::new(Inner { settings, client }) }
     }
-
-    pub fn settings(&self) -> &PhoneSettings {
-        &self.inner.settings
-    }
 }
 
 /// A callback's form, checked: its parameters in order, with the signature verified.
@@ -117,15 +113,10 @@ async fn checked_form(
     Ok(Form { params })
 }
 
+/// An SMS callback's answer: a reply message, or nothing.
 fn twiml(message: Option<&str>) -> Response {
-    let body = match message {
-        Some(m) => format!(
-            "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response><Message>{}</Message></Response>",
-            xml_escape(m)
-        ),
-        None => "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response></Response>".to_owned(),
-    };
-    (StatusCode::OK, [(header::CONTENT_TYPE, "text/xml; charset=utf-8")], body).into_response()
+    let inner = message.map(|m| format!("<Message>{}</Message>", xml_escape(m))).unwrap_or_default();
+    twiml_doc(format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response>{inner}</Response>"))
 }
 
 fn twiml_doc(doc: String) -> Response {

@@ -3,7 +3,7 @@
 //! 429 and 5xx are retried (honouring `Retry-After`); an invalid or unsubscribed number is
 //! unreachable; any other refusal is permanent.
 
-use earshot_channel::{Outbound, OutboundKind, ReplyRoute, SendError, Sent};
+use earshot_channel::{Outbound, ReplyRoute, SendError, Sent};
 use secrecy::ExposeSecret;
 
 use crate::config::PhoneSettings;
@@ -27,13 +27,7 @@ pub const MAX_SEGMENTS: usize = 5;
 
 /// The SMS body: the rendered text, shortened to [`MAX_SEGMENTS`] segments.
 fn body(msg: &Outbound) -> String {
-    let text = match &msg.kind {
-        OutboundKind::Survey(_)
-        | OutboundKind::Ack
-        | OutboundKind::StatusUpdate { .. }
-        | OutboundKind::AgentReply { .. } => msg.text.trim().to_owned(),
-    };
-    shorten(&text, MAX_SEGMENTS)
+    shorten(msg.text.trim(), MAX_SEGMENTS)
 }
 
 /// `text` cut (at a character) so that it fits in `max` segments, ending with `…` when cut.

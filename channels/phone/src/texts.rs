@@ -2,21 +2,6 @@
 
 use earshot_channel::{CaseSummary, Lang};
 
-fn label(lang: Lang, status: &str) -> &str {
-    match (lang, status) {
-        (Lang::Zh, "new" | "acknowledged") => "已受理",
-        (Lang::Zh, "in_progress") => "处理中",
-        (Lang::Zh, "awaiting_customer") => "等待您补充信息",
-        (Lang::Zh, "resolved") => "已解决",
-        (Lang::Zh, "reopened") => "已重新打开",
-        (Lang::Zh, "closed") => "已关闭",
-        (Lang::En, "new" | "acknowledged") => "received",
-        (Lang::En, "in_progress") => "being worked on",
-        (Lang::En, "awaiting_customer") => "waiting for you",
-        (_, other) => other,
-    }
-}
-
 pub fn status_list(lang: Lang, cases: &[CaseSummary]) -> String {
     if cases.is_empty() {
         return match lang {
@@ -24,7 +9,7 @@ pub fn status_list(lang: Lang, cases: &[CaseSummary]) -> String {
             Lang::En => "There are no cases for this number.".into(),
         };
     }
-    let lines: Vec<String> = cases.iter().map(|c| format!("{}: {}", c.case_ref, label(lang, &c.status))).collect();
+    let lines: Vec<String> = cases.iter().map(|c| format!("{}: {}", c.case_ref, c.status_label(lang))).collect();
     lines.join("\n")
 }
 

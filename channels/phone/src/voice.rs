@@ -119,21 +119,6 @@ pub fn recorded(lang: Lang, case_ref: &str) -> String {
     doc(&format!("{}<Hangup/>", say(lang, &text)))
 }
 
-pub fn status_label(lang: Lang, status: &str) -> &str {
-    match (lang, status) {
-        (Lang::Zh, "new" | "acknowledged") => "已受理",
-        (Lang::Zh, "in_progress") => "正在处理中",
-        (Lang::Zh, "awaiting_customer") => "等待您补充信息",
-        (Lang::Zh, "resolved") => "已解决",
-        (Lang::Zh, "reopened") => "已重新打开",
-        (Lang::Zh, "closed") => "已关闭",
-        (Lang::En, "new" | "acknowledged") => "received",
-        (Lang::En, "in_progress") => "being worked on",
-        (Lang::En, "awaiting_customer") => "waiting for information from you",
-        (_, other) => other,
-    }
-}
-
 /// What the keyed reference is, for [`status`].
 pub enum Keyed {
     Found(CaseSummary),
@@ -150,10 +135,10 @@ pub fn parse_keyed(digits: &str) -> Result<CaseRef, CaseRefError> {
 pub fn status(lang: Lang, keyed: &Keyed) -> String {
     let text = match (keyed, lang) {
         (Keyed::Found(c), Lang::Zh) => {
-            format!("案件 {} 当前状态：{}。", spoken_ref(lang, &c.case_ref), status_label(lang, &c.status))
+            format!("案件 {} 当前状态：{}。", spoken_ref(lang, &c.case_ref), c.status_label(lang))
         }
         (Keyed::Found(c), Lang::En) => {
-            format!("Case {} is {}.", spoken_ref(lang, &c.case_ref), status_label(lang, &c.status))
+            format!("Case {} is {}.", spoken_ref(lang, &c.case_ref), c.status_label(lang))
         }
         (Keyed::NotFound(_), Lang::Zh) => "此号码名下没有这个案件。".to_owned(),
         (Keyed::NotFound(_), Lang::En) => "There is no such case for the number you are calling from.".to_owned(),

@@ -79,10 +79,6 @@ impl TelegramChannel {
         })
     }
 
-    pub fn settings(&self) -> &TelegramSettings {
-        &self.inner.settings
-    }
-
     /// `getMe`: the bot's username, which proves the token works.
     pub async fn me(&self) -> Result<String, SendError> {
         let me = self.inner.bot.get_me().await.map_err(send::error)?;

@@ -17,29 +17,9 @@ pub fn new_without_text(lang: Lang) -> String {
     }
 }
 
-fn label(lang: Lang, status: &str) -> &str {
-    match (lang, status) {
-        (Lang::Zh, "new") => "已收到",
-        (Lang::Zh, "acknowledged") => "已受理",
-        (Lang::Zh, "in_progress") => "正在处理中",
-        (Lang::Zh, "awaiting_customer") => "等待您补充信息",
-        (Lang::Zh, "resolved") => "已解决",
-        (Lang::Zh, "reopened") => "已重新打开",
-        (Lang::Zh, "closed") => "已关闭",
-        (Lang::En, "new") => "received",
-        (Lang::En, "acknowledged") => "acknowledged",
-        (Lang::En, "in_progress") => "being worked on",
-        (Lang::En, "awaiting_customer") => "waiting for information from you",
-        (Lang::En, "resolved") => "resolved",
-        (Lang::En, "reopened") => "reopened",
-        (Lang::En, "closed") => "closed",
-        _ => status,
-    }
-}
-
 fn line(lang: Lang, c: &CaseSummary) -> String {
     let date = c.created_at.date();
-    format!("{} — {} ({date})\n{}", c.case_ref, label(lang, &c.status), c.text)
+    format!("{} — {} ({date})\n{}", c.case_ref, c.status_label(lang), c.text)
 }
 
 pub fn status_list(lang: Lang, cases: &[CaseSummary]) -> String {
