@@ -155,6 +155,31 @@ impl Intake for IntakeService {
         Ok(())
     }
 
+    async fn opt_in(
+        &self,
+        recipient: &earshot_channel::Recipient,
+        identity: &earshot_channel::Identity,
+        reason: &str,
+    ) -> Result<(), IntakeError> {
+        // The row stays, ended now, with the reason: it tells why messages flow again.
+        self.store.suppress(&recipient.key(), reason, crate::now_ms()).await.map_err(unavailable)?;
+        // The customer's cases on this channel that the opt-out made unreachable (the newest
+        // hundred: an opt-out is rarely older than a customer's open cases).
+        let known = self.store.customers_for(std::slice::from_ref(identity)).await.map_err(unavailable)?;
+        if let Some(customer) = known.get(identity) {
+            let rows = self
+                .store
+                .customer_cases(customer, recipient.channel.as_str(), None, 100)
+                .await
+                .map_err(unavailable)?;
+            for row in rows {
+                self.lifecycle.reachable(&row.id, reason).await.map_err(|e| IntakeError::Unavailable(e.to_string()))?;
+            }
+        }
+        tracing::info!(recipient = %recipient.key(), reason, "Recipient opted in again; messages on this channel are sent again.");
+        Ok(())
+    }
+
     async fn answer_survey(&self, token: &str, answer: &str) -> Result<bool, IntakeError> {
         let mut parts: std::collections::HashMap<&str, &str> = std::collections::HashMap::new();
         for pair in answer.split('&') {

@@ -495,6 +495,40 @@ impl Lifecycle {
         Ok(applied)
     }
 
+    /// The customer can be reached again (an SMS `START`): a case marked unreachable is cleared,
+    /// and every endpoint hears `case.updated` with `reachable: true`. The case's messages that
+    /// died unsent meanwhile are replayed, in order: a dead job holds back the later ones of its
+    /// case, and what the customer missed is still news to them.
+    pub async fn reachable(&self, case_id: &CaseId, reason: &str) -> Result<Applied, LifecycleError> {
+        let (applied, _) = self
+            .change(case_id, None, |d| {
+                if d.life.unreachable.take().is_none() {
+                    return Ok(());
+                }
+                d.log("reachable", Some("customer"), json!({ "channel": d.case.channel, "reason": reason }));
+                let mut data = CaseEventData::of(d.case.clone());
+                data.reachable = Some(true);
+                data.reason = Some(reason.to_owned());
+                d.tell_downstream(EventType::CaseUpdated, None, data);
+                Ok(())
+            })
+            .await?;
+        if matches!(applied, Applied::Changed { .. }) {
+            let now = crate::now_ms();
+            let mut replayed = 0;
+            for job in self.store.case_jobs(case_id).await? {
+                if job.state == "dead" && job.destination.is_channel() && self.store.replay_job(job.id, now).await? {
+                    replayed += 1;
+                }
+            }
+            if replayed > 0 {
+                self.wake.notify_one();
+            }
+            tracing::info!(case_id = %case_id, reason, replayed, "Customer reachable again on the case's channel; downstream told.");
+        }
+        Ok(applied)
+    }
+
     /// Announces every SLA target due by now and unmet, once each; returns how many.
     pub async fn check_sla(&self) -> Result<usize, LifecycleError> {
         let mut announced = 0;

@@ -294,7 +294,7 @@ async fn bad_callbacks_are_refused_and_store_nothing() {
 }
 
 #[tokio::test]
-async fn stop_opts_the_number_out_and_later_sms_are_unreachable() {
+async fn stop_opts_the_number_out_and_start_opts_it_back_in() {
     let db = TestDb::sqlite();
     let (provider, tickets) = (Provider::start().await, Receiver::start().await);
     let gw = Gateway::start(&phone_toml(&db.url, &provider, &tickets)).await;
@@ -316,6 +316,26 @@ async fn stop_opts_the_number_out_and_later_sms_are_unreachable() {
         .await;
     assert!(of_type(&got, "case.updated").iter().any(|d| d["reachable"] == false));
     assert_eq!(provider.sent().len(), 1, "nothing is sent after STOP");
+
+    // START lifts the opt-out: the case is reachable again and the next update is sent.
+    let (status, twiml) = post_sms(&gw, &pairs(&sms("SM203", "+8613800138003", "start")), Some(SMS_URL)).await;
+    assert_eq!(status, 200);
+    assert!(twiml.contains("again"), "{twiml}");
+    let got = tickets
+        .wait_until(20, "reachable: true", |g| of_type(g, "case.updated").iter().any(|d| d["reachable"] == true))
+        .await;
+    let back = of_type(&got, "case.updated").into_iter().find(|d| d["reachable"] == true).expect("reachable again");
+    assert_eq!(back["case"]["id"], id.as_str(), "{back}");
+    assert_eq!(ts.status(&id, "awaiting_customer").await.0, 200);
+    // What was not sent while opted out goes first, then the new update: in order, each once.
+    provider.wait_sent(3).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let sent = provider.sent();
+    assert_eq!(sent.len(), 3, "{sent:?}");
+    assert!(sent[1].1.contains("being worked on"), "{sent:?}");
+    assert!(sent[2].1.to_lowercase().contains("waiting") || sent[2].1.contains("等待"), "{sent:?}");
+    let (_, listing) = gw.admin_get("/v1/cases?channel=phone").await;
+    assert_eq!(listing["cases"].as_array().map(Vec::len), Some(1), "STOP and START made no case: {listing}");
 
     // The provider's own refusal (an unsubscribed number, 21610) is unreachable too.
     provider.state.unsubscribed.lock().expect("lock").push("+8613800138004".into());

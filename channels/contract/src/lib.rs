@@ -64,6 +64,11 @@ pub trait Intake: Send + Sync {
     /// them are not sent (the contract's `Unreachable`). Durable on return.
     async fn opt_out(&self, recipient: &Recipient, reason: &str) -> Result<(), IntakeError>;
 
+    /// The recipient asked for messages again (an SMS `START`), lifting their opt-out (a
+    /// suppression for another cause, a bounce, is lifted too), and the cases of the customer with
+    /// `identity` on this channel that were marked unreachable are reachable again. Durable on return.
+    async fn opt_in(&self, recipient: &Recipient, identity: &Identity, reason: &str) -> Result<(), IntakeError>;
+
     /// Stores a bounce or report; returns once it is durable.
     async fn record_event(&self, event: ChannelEvent) -> Result<(), IntakeError>;
 

@@ -442,6 +442,12 @@ async fn sms_inner(
             metrics::counter!("earshot_phone_opt_outs_total").increment(1);
             return Ok(twiml(Some(texts::stopped(lang))));
         }
+        // The carriers' opt-in words (Twilio's too, which also unblocks the number on its side).
+        "START" | "UNSTOP" | "订阅" => {
+            st.intake.opt_in(&recipient, &identity, "the customer replied START").await.map_err(ApiError::from)?;
+            metrics::counter!("earshot_phone_opt_ins_total").increment(1);
+            return Ok(twiml(Some(texts::started(lang))));
+        }
         _ => {}
     }
 
