@@ -18,7 +18,7 @@ use tokio::task::JoinHandle;
 
 pub use build::Builder;
 
-use crate::store::Store;
+use crate::store::{CaseId, Store};
 
 struct Submission {
     inbound: Inbound,
@@ -92,6 +92,26 @@ impl IntakeService {
         Some(Prebuilt { row: Box::new(row), ack })
     }
 
+    /// The customer wrote again on a case: if a send to them had failed as unreachable (a blocked
+    /// bot), they can be reached again, unless they are suppressed (a bounce, an opt-out). Off the
+    /// request's path: one read of the case, and a change only when it was marked unreachable.
+    fn heard_from(&self, case_id: CaseId, recipient: String) {
+        let (store, lifecycle) = (self.store.clone(), self.lifecycle.clone());
+        tokio::spawn(async move {
+            match store.suppressed(std::slice::from_ref(&recipient), crate::now_ms()).await {
+                Ok(hit) if hit.is_empty() => {}
+                Ok(_) => return,
+                Err(e) => {
+                    tracing::warn!(case_id = %case_id, error = %e, "Could not check the suppression list after a follow-up.");
+                    return;
+                }
+            }
+            if let Err(e) = lifecycle.reachable(&case_id, "the customer wrote again").await {
+                tracing::warn!(case_id = %case_id, error = %e, "Could not mark the case reachable after a follow-up.");
+            }
+        });
+    }
+
     /// Stops taking submissions; those already queued are still committed and answered.
     pub fn close(&self) {
         if let Ok(mut q) = self.queue.write() {
@@ -106,13 +126,22 @@ impl Intake for IntakeService {
         let queue = self.queue.read().ok().and_then(|q| q.clone()).ok_or(IntakeError::ShuttingDown)?;
         self.survey_answer(&inbound).await?;
         let prebuilt = self.prebuild(&inbound).await;
+        let recipient = Builder::recipient_key(&inbound);
         let (reply, answer) = oneshot::channel();
         queue
             .send(Submission { inbound, prebuilt, reply, enqueued: Instant::now() })
             .await
             .map_err(|_| IntakeError::ShuttingDown)?;
         // The writer always answers; a dropped sender means it died, and nothing was committed.
-        answer.await.unwrap_or_else(|_| Err(IntakeError::Unavailable("the intake writer stopped".into())))
+        let receipt =
+            answer.await.unwrap_or_else(|_| Err(IntakeError::Unavailable("the intake writer stopped".into())));
+        if let (Ok(r), Some(key)) = (&receipt, recipient)
+            && r.follow_up
+            && !r.duplicate
+        {
+            self.heard_from(CaseId(r.case_id.clone()), key);
+        }
+        receipt
     }
     async fn cases_of(
         &self,

@@ -210,6 +210,10 @@ impl BotApi {
         self.state.blocked.lock().expect("lock").insert(chat_id);
     }
 
+    pub fn unblock(&self, chat_id: i64) {
+        self.state.blocked.lock().expect("lock").remove(&chat_id);
+    }
+
     pub fn on_batch(&self, hook: impl Fn() + Send + 'static) {
         *self.state.on_batch.lock().expect("lock") = Some(Box::new(hook));
     }

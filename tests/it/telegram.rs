@@ -274,6 +274,23 @@ async fn too_many_requests_waits_and_a_blocked_bot_makes_the_chat_unreachable() 
     assert_eq!(tries, 1, "an unreachable chat is not tried again");
     let (_, dead) = gw.admin_get("/v1/outbox?state=dead").await;
     assert!(dead.to_string().contains("blocked"), "the job is dead with the reason: {dead}");
+
+    // Unblocked, the customer writes again: the case is reachable, and the acknowledgement that
+    // died is sent after all, once.
+    bot.unblock(902);
+    bot.push(botapi::text(902, 2, "en", "Hello? Anyone?"));
+    let got = tickets
+        .wait_until(20, "case.updated reachable true", |g| {
+            of_type(g, "case.updated").iter().any(|d| d["reachable"] == true)
+        })
+        .await;
+    let back = of_type(&got, "case.updated").into_iter().find(|d| d["reachable"] == true).expect("update").clone();
+    assert_eq!(back["case"]["id"], upd["case"]["id"], "{back}");
+    bot.wait_sent(20, "the replayed acknowledgement", |s| s.iter().filter(|m| m.chat_id == 902).count() == 1).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(bot.sent().iter().filter(|m| m.chat_id == 902).count(), 1, "sent once");
+    let (_, dead) = gw.admin_get("/v1/outbox?state=dead").await;
+    assert!(!dead.to_string().contains("blocked"), "no dead job left: {dead}");
     gw.stop().await;
     db.cleanup().await;
 }
