@@ -2,9 +2,13 @@
 //! gateway, and acknowledgements reach a real SMTP sink, through outages of either server.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::net::tcp::OwnedReadHalf;
 
 use crate::mailsrv::{Dovecot, Mail, SmtpSink, crlf};
 use crate::support::*;
@@ -956,6 +960,225 @@ async fn email_auto_reply_to_an_acknowledgement_joins_the_case_unanswered_and_ow
     assert_eq!(jobs.len(), 1, "only the customer's complaint gets an acknowledgement job: {jobs:#?}");
     assert!(jobs.iter().all(|j| j["case_id"] != own_case["id"]));
     assert_eq!(smtp.messages().len(), 1, "nothing answers the auto-reply or our own address");
+    gw.stop().await;
+}
+
+/// A TCP proxy between the gateway and Dovecot that withholds one message's body. A real Dovecot
+/// always sends the body asked for, but a server may not (a message expunged or damaged while it is
+/// fetched, a broken proxy): while holding, an untagged FETCH reply whose `BODY[]` literal contains
+/// `marker` is passed on without that item, e.g. `* 2 FETCH (UID 2)`. Every other reply, and
+/// everything the gateway sends, goes through unchanged.
+struct BodyWithholdingProxy {
+    port: u16,
+    state: Arc<Mutex<Withheld>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+struct Withheld {
+    /// Withholding the body; off after [`BodyWithholdingProxy::release`].
+    hold: bool,
+    /// The UID of each reply passed on without the body, in order.
+    stripped: Vec<u32>,
+    /// Replies that carried the body through after the release.
+    passed: usize,
+}
+
+/// One server response: its lines (CRLF included), each but the last followed by the literal it
+/// announces with `{N}`.
+#[derive(Default)]
+struct Response {
+    lines: Vec<Vec<u8>>,
+    literals: Vec<Vec<u8>>,
+}
+
+impl BodyWithholdingProxy {
+    async fn start(upstream: u16, marker: &str) -> BodyWithholdingProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind the proxy");
+        let port = listener.local_addr().expect("addr").port();
+        let state = Arc::new(Mutex::new(Withheld { hold: true, stripped: Vec::new(), passed: 0 }));
+        let (st, marker) = (state.clone(), Arc::<[u8]>::from(marker.as_bytes()));
+        let task = tokio::spawn(async move {
+            // Aborting the accept task drops this set, and with it every relayed connection.
+            let mut relays = tokio::task::JoinSet::new();
+            while let Ok((client, _)) = listener.accept().await {
+                relays.spawn(relay(client, upstream, marker.clone(), st.clone()));
+            }
+        });
+        BodyWithholdingProxy { port, state, task }
+    }
+
+    fn stripped(&self) -> Vec<u32> {
+        self.state.lock().expect("lock").stripped.clone()
+    }
+
+    fn passed(&self) -> usize {
+        self.state.lock().expect("lock").passed
+    }
+
+    /// From now on the body goes through like any other.
+    fn release(&self) {
+        self.state.lock().expect("lock").hold = false;
+    }
+}
+
+impl Drop for BodyWithholdingProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Relays one connection until either side closes it: the gateway's bytes as they come, the
+/// server's a whole response at a time, so that a FETCH reply can be rewritten.
+async fn relay(client: TcpStream, upstream: u16, marker: Arc<[u8]>, state: Arc<Mutex<Withheld>>) {
+    // With Dovecot unreachable the gateway sees its connection close, as with a dead server.
+    let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)).await else { return };
+    let (mut from_client, mut to_client) = client.into_split();
+    let (from_server, mut to_server) = server.into_split();
+    let down = async {
+        let mut from_server = BufReader::new(from_server);
+        while let Some(response) = read_response(&mut from_server).await? {
+            to_client.write_all(&withhold_body(response, &marker, &state)).await?;
+        }
+        Ok::<_, std::io::Error>(())
+    };
+    tokio::select! {
+        _ = tokio::io::copy(&mut from_client, &mut to_server) => {}
+        _ = down => {}
+    }
+}
+
+/// The next response, literals included; `None` once the server closed the connection.
+async fn read_response(from: &mut BufReader<OwnedReadHalf>) -> std::io::Result<Option<Response>> {
+    let mut response = Response::default();
+    loop {
+        let mut line = Vec::new();
+        if from.read_until(b'\n', &mut line).await? == 0 {
+            return Ok(None);
+        }
+        let announced = literal_len(&line);
+        response.lines.push(line);
+        let Some(len) = announced else { return Ok(Some(response)) };
+        let mut literal = vec![0u8; len];
+        from.read_exact(&mut literal).await?;
+        response.literals.push(literal);
+    }
+}
+
+/// `N` when `line` ends by announcing a literal: `{N}\r\n`.
+fn literal_len(line: &[u8]) -> Option<usize> {
+    let open = line.strip_suffix(b"}\r\n")?;
+    let start = open.iter().rposition(|&b| b == b'{')? + 1;
+    std::str::from_utf8(&open[start..]).ok()?.parse().ok()
+}
+
+/// The response as bytes, without the marked message's `BODY[] {N}` item and literal while the
+/// proxy holds it back.
+fn withhold_body(mut r: Response, marker: &[u8], state: &Mutex<Withheld>) -> Vec<u8> {
+    let is_fetch = r.lines.first().is_some_and(|l| l.starts_with(b"* ") && l.windows(7).any(|w| w == b" FETCH "));
+    let body_at = r.lines.iter().zip(&r.literals).position(|(line, literal)| {
+        is_fetch && line.windows(8).any(|w| w == b"BODY[] {") && literal.windows(marker.len()).any(|w| w == marker)
+    });
+    if let Some(i) = body_at {
+        let mut st = state.lock().expect("lock");
+        if st.hold {
+            let text = String::from_utf8_lossy(&r.lines.concat()).into_owned();
+            let uid = text
+                .split_once("UID ")
+                .and_then(|(_, rest)| rest.split(|c: char| !c.is_ascii_digit()).next().and_then(|n| n.parse().ok()));
+            st.stripped.push(uid.expect("the FETCH reply names its UID (the gateway asks for it)"));
+            // `… (UID 2 BODY[] {N}` + literal + `)\r\n` becomes `… (UID 2)\r\n`, whichever side of
+            // the body the other items are.
+            let line = &r.lines[i];
+            let cut = line.windows(8).rposition(|w| w == b"BODY[] {").expect("BODY[] in the line");
+            let mut joined = line[..cut].trim_ascii_end().to_vec();
+            let rest = r.lines.remove(i + 1);
+            joined.extend_from_slice(if joined.ends_with(b"(") { rest.trim_ascii_start() } else { &rest });
+            r.lines[i] = joined;
+            r.literals.remove(i);
+        } else {
+            st.passed += 1;
+        }
+    }
+    let mut out = Vec::new();
+    for (i, line) in r.lines.iter().enumerate() {
+        out.extend_from_slice(line);
+        if let Some(literal) = r.literals.get(i) {
+            out.extend_from_slice(literal);
+        }
+    }
+    out
+}
+
+/// Issue 14 item 6, through the real path: a FETCH reply without a body does not move the UID cursor
+/// past that message. A, B and C are fetched in one batch, B's reply comes without its body (from the
+/// proxy above), so A and C become cases, the cursor stops before B, and B is asked for again at the
+/// next check; once its body comes, B is a case too, and the re-fetched C is no second case and no
+/// second acknowledgement.
+#[tokio::test]
+async fn email_a_fetch_reply_without_a_body_does_not_move_the_cursor_past_it() {
+    let Some((imap, smtp)) = servers().await else { return };
+    let db = TestDb::sqlite();
+    // In before the gateway starts, so the first check fetches all three in one batch.
+    let (a, a_id) = complaint_from("first.in.batch@customer.example", "First in the batch");
+    let (b, b_id) = complaint_from("bodiless@customer.example", "Sent without its body");
+    let (c, c_id) = complaint_from("last.in.batch@customer.example", "Last in the batch");
+    for raw in [&a, &b, &c] {
+        imap.append(raw).await;
+    }
+    let proxy = BodyWithholdingProxy::start(imap.port, &b_id).await;
+    let config = email_toml(&db.url, &imap, &smtp, 200)
+        .replace(&format!("port = {}, security", imap.port), &format!("port = {}, security", proxy.port));
+    assert!(config.contains(&format!("port = {}, security = \"plain\", username", proxy.port)), "{config}");
+    // poll_secs = 1: the next check after a short batch comes within a second or so.
+    let gw = Gateway::start(&config).await;
+    let store = db.store().await;
+    let key = "imap:support:INBOX";
+
+    // A second reply without B's body means B was asked for again after the first: the cursor did not
+    // pass it. (With a cursor past B, it would never be asked for again.)
+    let stripped = eventually(20, "B's body asked for again after a reply without it", || async {
+        let s = proxy.stripped();
+        (s.len() >= 2).then_some(s)
+    })
+    .await;
+    let b_uid = stripped[0];
+    assert!(stripped.iter().all(|u| *u == b_uid), "only B's body is withheld: {stripped:?}");
+    let all = wait_cases(&gw, 2, 20).await;
+    assert!(case_of(&all, &a_id).is_some() && case_of(&all, &c_id).is_some(), "A and C are cases: {all:#?}");
+    assert!(case_of(&all, &b_id).is_none(), "B never came, so it is no case: {all:#?}");
+    let cursor = store.load_cursor(key).await.expect("cursor").expect("a cursor after A");
+    let (validity, last_uid) = cursor.split_once(':').expect("uidvalidity:uid");
+    let last_uid: u32 = last_uid.parse().expect("a UID");
+    // A, B and C went into a fresh folder in that order: consecutive UIDs.
+    assert_eq!(last_uid, b_uid - 1, "the cursor passed A and waits before B (UID {b_uid}): {cursor}");
+
+    // Now the body comes: B becomes a case at the next check, and the cursor moves on past C.
+    proxy.release();
+    let all = wait_cases(&gw, 3, 20).await;
+    assert!(case_of(&all, &b_id).is_some(), "B is a case once its body came: {all:#?}");
+    assert!(proxy.passed() >= 1, "B's body went through after the release");
+    let done = format!("{validity}:{}", b_uid + 1);
+    eventually(10, "the cursor past C", || async {
+        (store.load_cursor(key).await.expect("cursor").as_deref() == Some(done.as_str())).then_some(())
+    })
+    .await;
+    eventually(10, "all three flagged \\Seen", || async { (imap.counts().await == (3, 3)).then_some(()) }).await;
+    let acks = wait_mail(&smtp, 3, 20).await;
+    tokio::time::sleep(SETTLE).await;
+
+    // C was fetched again with B (twice): still one case, one message, one acknowledgement each.
+    let all = cases(&gw).await;
+    assert_eq!(all.len(), 3, "one case per complaint: {all:#?}");
+    for id in [&a_id, &b_id, &c_id] {
+        assert_eq!(messages_of(case_of(&all, id).unwrap_or_else(|| panic!("a case for {id}"))), 1, "{all:#?}");
+    }
+    let acks = if smtp.messages().len() > acks.len() { smtp.messages() } else { acks };
+    assert_eq!(acks.len(), 3, "each complaint acknowledged once: {acks:#?}");
+    for customer in ["first.in.batch@customer.example", "bodiless@customer.example", "last.in.batch@customer.example"] {
+        ack_to(&acks, customer);
+    }
+    assert_eq!(ack_jobs(&gw).await.len(), 3);
+    store.close().await;
     gw.stop().await;
 }
 
