@@ -34,8 +34,11 @@ pub fn router(
     intake: Arc<dyn Intake>,
     events: events::EventsState,
 ) -> axum::Router {
-    let mut app =
-        axum::Router::new().merge(ops::routes()).merge(admin::routes()).with_state(state).merge(events::routes(events));
+    let mut app = axum::Router::new()
+        .merge(ops::routes(channels))
+        .merge(admin::routes())
+        .with_state(state)
+        .merge(events::routes(events));
     for (_, channel) in channels.all() {
         if let Some(routes) = channel.routes(intake.clone()) {
             app = app.merge(routes);

@@ -5,18 +5,25 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use earshot_channel::{ChannelKind, OpenApiPart};
 use serde_json::{Value, json};
 
 use super::AppState;
+use crate::channels::Channels;
 
-pub fn routes() -> axum::Router<AppState> {
+pub fn routes(channels: &Channels) -> axum::Router<AppState> {
+    // The channels are fixed for the process's life (a reload that adds one takes a restart), so
+    // the document is made and serialized once, here. In `ChannelKind::ALL` order: the same
+    // config, the same bytes.
+    let parts = ChannelKind::ALL.into_iter().filter_map(|k| channels.get(k)).filter_map(|c| c.openapi());
+    let doc = bytes::Bytes::from(serde_json::to_vec(&openapi(parts)).unwrap_or_default());
     axum::Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/v1/schema/case.json", get(|| async { Json(crate::schema::case_json_schema()) }))
         .route("/v1/schema/event.json", get(|| async { Json(crate::schema::event_json_schema()) }))
-        .route("/openapi.json", get(|| async { Json(openapi()) }))
+        .route("/openapi.json", get(|| async move { ([(header::CONTENT_TYPE, "application/json")], doc) }))
 }
 
 /// The process is up and serving.
@@ -87,10 +94,10 @@ fn set_backlog(destination: &str, pending: i64, held: i64, dead: i64) {
     }
 }
 
-/// A short OpenAPI description of the public routes, for integrators' tooling.
-fn openapi() -> Value {
-    let error = json!({ "$ref": "#/components/schemas/Error" });
-    let json_error = json!({ "application/json": { "schema": error } });
+/// The OpenAPI description of every route served, for integrators' tooling: the core's routes
+/// (below) and the `parts` of the enabled channels, which describe their own routes.
+fn openapi(parts: impl IntoIterator<Item = OpenApiPart>) -> Value {
+    let json_error = earshot_channel::openapi::error_content();
     let int64 = json!({ "type": "integer", "format": "int64", "minimum": i64::MIN, "maximum": i64::MAX });
     // Any 64-bit integer: the routes clamp it to 1–1000 rather than refuse it.
     let limit = json!({ "name": "limit", "in": "query", "required": false,
@@ -109,30 +116,10 @@ fn openapi() -> Value {
         responses["503"] = json!({ "description": "The store is unavailable", "content": json_error.clone() });
         op
     };
-    json!({
+    let mut doc = json!({
         "openapi": "3.1.0",
         "info": { "title": "Earshot", "version": env!("CARGO_PKG_VERSION") },
         "paths": {
-            "/v1/inbound/web/{source}": { "post": {
-                "summary": "Submit a complaint from a web site's backend (Standard Webhooks signed)",
-                "parameters": [
-                    { "name": "source", "in": "path", "required": true, "schema": { "type": "string" } },
-                    { "name": "webhook-id", "in": "header", "required": true, "schema": { "type": "string" } },
-                    { "name": "webhook-timestamp", "in": "header", "required": true, "schema": { "type": "string" } },
-                    { "name": "webhook-signature", "in": "header", "required": true, "schema": { "type": "string" } }
-                ],
-                "requestBody": { "required": true, "content": { "application/json": { "schema": { "$ref": "#/components/schemas/WebComplaint" } } } },
-                "responses": {
-                    "202": { "description": "Stored", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Receipt" } } } },
-                    "400": { "description": "Malformed body", "content": { "application/json": { "schema": error } } },
-                    "401": { "description": "Bad or missing signature, stale timestamp", "content": { "application/json": { "schema": error } } },
-                    "409": { "description": "This webhook-id was received before with a different body", "content": { "application/json": { "schema": error } } },
-                    "404": { "description": "Unknown source" },
-                    "413": { "description": "Body over max_body_bytes" },
-                    "429": { "description": "Rate limited; see Retry-After" },
-                    "503": { "description": "Not stored; retry" }
-                }
-            }},
             "/healthz": { "get": { "responses": { "200": { "description": "Up" } } } },
             "/readyz": { "get": { "responses": { "200": { "description": "Ready" }, "503": { "description": "Not ready" } } } },
             "/metrics": { "get": { "responses": { "200": { "description": "Prometheus text" } } } },
@@ -200,26 +187,29 @@ fn openapi() -> Value {
         "components": {
             "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer" } },
             "schemas": {
-                "Error": { "type": "object", "required": ["code", "detail"], "properties": {
-                    "code": { "type": "string" }, "detail": { "type": "string" }, "field": { "type": "string" },
-                    "allowed": { "type": "array", "items": { "type": "string" } } } },
                 "CaseEventIn": { "type": "object", "required": ["type", "data"], "properties": {
                     "type": { "type": "string", "enum": ["status_changed", "public_reply", "ticket_linked"] },
-                    "data": { "type": "object", "description": "status_changed: {status, note?}; public_reply: {text, author_display_name?}; ticket_linked: {ticket_id, ticket_url?}" } } },
-                "Receipt": { "type": "object", "required": ["case_id", "case_ref", "status", "duplicate"], "properties": {
-                    "case_id": { "type": "string" }, "case_ref": { "type": "string" }, "status": { "type": "string" },
-                    "duplicate": { "type": "boolean" }, "follow_up": { "type": "boolean" },
-                    "ack": { "type": ["object", "null"], "properties": { "lang": { "type": "string" }, "text": { "type": "string" } } } } },
-                "WebComplaint": { "type": "object", "required": ["text", "customer"], "properties": {
-                    "customer": { "type": "object", "properties": {
-                        "name": { "type": "string" }, "email": { "type": "string" }, "phone": { "type": "string" },
-                        "user_id": { "type": "string" }, "language": { "type": "string" }, "tier": { "type": "string" } } },
-                    "subject": { "type": "string" }, "text": { "type": "string" }, "category": { "type": "string" },
-                    "order_id": { "type": "string" },
-                    "attachments": { "type": "array", "items": { "type": "object", "required": ["name", "media_type"], "properties": {
-                        "name": { "type": "string" }, "media_type": { "type": "string" }, "size": { "type": "integer" }, "url": { "type": "string" } } } },
-                    "metadata": { "type": "object" } } }
+                    "data": { "type": "object", "description": "status_changed: {status, note?}; public_reply: {text, author_display_name?}; ticket_linked: {ticket_id, ticket_url?}" } } }
             }
         }
-    })
+    });
+    let mut schemas = earshot_channel::openapi::shared_schemas();
+    for part in parts {
+        if let Some(paths) = doc["paths"].as_object_mut() {
+            for (path, item) in part.paths {
+                // Two channels on one path (other methods) share its path item.
+                match (paths.get_mut(&path), item) {
+                    (Some(Value::Object(have)), Value::Object(more)) => have.extend(more),
+                    (_, item) => {
+                        paths.insert(path, item);
+                    }
+                }
+            }
+        }
+        schemas.extend(part.schemas);
+    }
+    if let Some(core) = doc["components"]["schemas"].as_object_mut() {
+        core.extend(schemas);
+    }
+    doc
 }

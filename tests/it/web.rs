@@ -574,13 +574,10 @@ async fn the_connection_cap_holds_and_silent_connections_free_their_slots() {
     gw.stop().await;
 }
 
-/// `/openapi.json` declares every path parameter of every templated route, and every admin route
-/// its bearer token and its 401.
-#[tokio::test]
-async fn the_openapi_document_declares_path_parameters_and_admin_answers() {
-    let db = TestDb::sqlite();
-    let gw = Gateway::start(&config_toml(&db.url, "")).await;
-    let doc: Value = reqwest::get(format!("{}/openapi.json", gw.base)).await.expect("get").json().await.expect("json");
+/// What every `/openapi.json` must hold, whatever the channels: OpenAPI 3.1, every path parameter of
+/// every templated route declared, every operation with a security requirement answering 401, and
+/// every `$ref` naming a schema the document defines.
+fn check_openapi(doc: &Value) {
     assert_eq!(doc["openapi"], "3.1.0");
     let paths = doc["paths"].as_object().expect("paths");
     for (path, item) in paths {
@@ -596,8 +593,39 @@ async fn the_openapi_document_declares_path_parameters_and_admin_answers() {
             if op.get("security").is_some() {
                 assert!(op["responses"]["401"].is_object(), "{method} {path}: the admin 401 is documented");
             }
+            assert!(op["responses"].as_object().is_some_and(|r| !r.is_empty()), "{method} {path} has responses");
         }
     }
+    fn refs<'a>(v: &'a Value, out: &mut Vec<&'a str>) {
+        match v {
+            Value::Object(o) => {
+                out.extend(o.get("$ref").and_then(Value::as_str));
+                o.values().for_each(|v| refs(v, out));
+            }
+            Value::Array(a) => a.iter().for_each(|v| refs(v, out)),
+            _ => {}
+        }
+    }
+    let mut found = Vec::new();
+    refs(doc, &mut found);
+    for r in found {
+        let name = r.strip_prefix("#/components/schemas/").unwrap_or_else(|| panic!("unexpected $ref {r}"));
+        assert!(doc["components"]["schemas"][name].is_object(), "$ref {r} names no schema of the document");
+    }
+}
+
+async fn openapi_of(gw: &Gateway) -> Value {
+    reqwest::get(format!("{}/openapi.json", gw.base)).await.expect("get").json().await.expect("json")
+}
+
+/// `/openapi.json` declares every path parameter of every templated route, and every admin route
+/// its bearer token and its 401.
+#[tokio::test]
+async fn the_openapi_document_declares_path_parameters_and_admin_answers() {
+    let db = TestDb::sqlite();
+    let gw = Gateway::start(&config_toml(&db.url, "")).await;
+    let doc = openapi_of(&gw).await;
+    check_openapi(&doc);
     for admin in [
         "/v1/cases",
         "/v1/cases/{id}",
@@ -611,4 +639,88 @@ async fn the_openapi_document_declares_path_parameters_and_admin_answers() {
         assert!(op["security"].is_array(), "{admin} needs the bearer token");
     }
     gw.stop().await;
+}
+
+/// The routes the Telegram (webhook mode) and phone channels mount, with their methods.
+const CHANNEL_ROUTES: [(&str, &str); 9] = [
+    ("post", "/v1/inbound/telegram"),
+    ("post", "/v1/inbound/phone/sms"),
+    ("post", "/v1/inbound/phone/voice"),
+    ("post", "/v1/inbound/phone/voice/menu"),
+    ("post", "/v1/inbound/phone/voice/recorded"),
+    ("post", "/v1/inbound/phone/voice/status"),
+    ("post", "/v1/inbound/phone/transcription"),
+    ("post", "/v1/inbound/phone/events/{source}"),
+    ("get", "/v1/schema/phone-event.json"),
+];
+
+/// `/openapi.json` describes the routes of exactly the channels that serve them: with Telegram in
+/// webhook mode and phone enabled, each of their routes with its method (and the router serves
+/// each of them, answering a status the document declares); without them, or with Telegram polling
+/// (no webhook route), none of theirs.
+#[tokio::test]
+async fn the_openapi_document_describes_the_routes_of_the_enabled_channels() {
+    let db = TestDb::sqlite();
+    let enabled = format!(
+        r#"
+[channels.telegram]
+token = "{}"
+api_url = "http://127.0.0.1:9"
+mode = "webhook"
+webhook_secret = "openapi-doc-secret"
+send_timeout_secs = 3
+
+[channels.phone]
+auth_token = "phone-auth-token-0123456789"
+account_sid = "AC0123456789abcdef0123456789abcdef"
+from_number = "+8610085000000"
+api_url = "http://127.0.0.1:9"
+send_timeout_secs = 3
+
+[[channels.phone.pbx_sources]]
+name = "callcentre"
+secret = "whsec_cGJ4LXNvdXJjZS1zZWNyZXQtMDEyMzQ1Njc4OWFi"
+"#,
+        crate::botapi::TOKEN
+    );
+    let gw = Gateway::start(&config_toml(&db.url, &enabled)).await;
+    let doc = openapi_of(&gw).await;
+    check_openapi(&doc);
+    assert!(doc["paths"]["/v1/inbound/web/{source}"]["post"].is_object(), "the web route is still there");
+    let client = reqwest::Client::new();
+    for (method, path) in CHANNEL_ROUTES {
+        let op = &doc["paths"][path][method];
+        assert!(op.is_object(), "{method} {path} is in /openapi.json: {}", doc["paths"]);
+        // Served as documented: an unsigned request reaches the handler (no 404 or 405 from the
+        // router), and its answer is one the document declares.
+        let url = format!("{}{}", gw.base, path.replace("{source}", "callcentre"));
+        let m = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).expect("method");
+        let r = client.request(m, &url).send().await.expect("request");
+        let status = r.status().as_u16();
+        assert!(status != 404 && status != 405, "{method} {path} is served: {status}");
+        assert!(op["responses"][status.to_string()].is_object(), "{method} {path} answered {status}, undeclared");
+    }
+    gw.stop().await;
+
+    // Without them (the web channel only), and with Telegram polling (no webhook route): none of theirs.
+    let bot = crate::botapi::BotApi::start().await;
+    let polling = format!(
+        "\n[channels.telegram]\ntoken = \"{}\"\napi_url = \"{}\"\npoll_timeout_secs = 1\nsend_timeout_secs = 3\n",
+        crate::botapi::TOKEN,
+        bot.base
+    );
+    for (what, extra) in [("web only", ""), ("telegram polling", polling.as_str())] {
+        let gw = Gateway::start(&config_toml(&db.url, extra)).await;
+        let doc = openapi_of(&gw).await;
+        check_openapi(&doc);
+        for (_, path) in CHANNEL_ROUTES {
+            assert!(doc["paths"].get(path).is_none(), "{what}: {path} is not served, so not documented");
+        }
+        let schemas = doc["components"]["schemas"].as_object().expect("schemas");
+        assert!(!schemas.keys().any(|k| k.starts_with("Phone") || k.starts_with("Telegram")), "{what}: {schemas:?}");
+        let r = client.post(format!("{}/v1/inbound/telegram", gw.base)).send().await.expect("request");
+        assert_eq!(r.status(), 404, "{what}: and indeed not served");
+        gw.stop().await;
+    }
+    db.cleanup().await;
 }

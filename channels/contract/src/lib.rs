@@ -9,12 +9,14 @@ mod api_error;
 mod case_ref;
 pub mod config;
 mod lang;
+pub mod openapi;
 mod types;
 pub mod webhooks;
 
 pub use api_error::ApiError;
 pub use case_ref::{CaseRef, CaseRefError};
 pub use lang::Lang;
+pub use openapi::OpenApiPart;
 pub use types::*;
 
 use std::sync::Arc;
@@ -100,6 +102,14 @@ pub trait Channel: Send + Sync + 'static {
 
     /// Routes of a push channel, already bound to the intake.
     fn routes(&self, _intake: Arc<dyn Intake>) -> Option<axum::Router> {
+        None
+    }
+
+    /// The OpenAPI 3.1 description of exactly the routes [`Channel::routes`] mounts (`None` when it
+    /// mounts none): the gateway's `/openapi.json` is the core's routes plus this part of every
+    /// enabled channel. Each operation lists every status its handler can answer, and nothing else
+    /// (see [`crate::openapi`] for the shared `Error` and `Receipt` schemas).
+    fn openapi(&self) -> Option<OpenApiPart> {
         None
     }
 

@@ -8,6 +8,7 @@
 
 pub mod config;
 pub mod number;
+mod openapi;
 pub mod pbx;
 mod send;
 pub mod signature;
@@ -25,7 +26,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use earshot_channel::{
     ApiError, AttachmentMeta, Channel, ChannelKind, CustomerInfo, ExternalId, Identity, IdentityKind, Inbound, Intake,
-    Lang, Outbound, Recipient, ReplyRoute, SendError, Sent, ThreadHint,
+    Lang, OpenApiPart, Outbound, Recipient, ReplyRoute, SendError, Sent, ThreadHint,
 };
 use http_body_util::BodyExt as _;
 use secrecy::ExposeSecret;
@@ -503,6 +504,10 @@ impl Channel for PhoneChannel {
                 .route("/v1/schema/phone-event.json", axum::routing::get(|| async { axum::Json(pbx::schema()) }))
                 .with_state(state),
         )
+    }
+
+    fn openapi(&self) -> Option<OpenApiPart> {
+        Some(openapi::part())
     }
 
     async fn send(&self, msg: &Outbound) -> Result<Sent, SendError> {

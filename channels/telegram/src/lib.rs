@@ -11,6 +11,7 @@
 //! teloxide's own network errors come with the token cut out of their URL.
 
 pub mod config;
+mod openapi;
 pub mod parse;
 mod send;
 mod texts;
@@ -25,8 +26,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use earshot_channel::{
-    ApiError, CaseRef, CaseRefError, Channel, ChannelError, ChannelKind, Intake, IntakeError, Outbound, Recipient,
-    SendError, Sent,
+    ApiError, CaseRef, CaseRefError, Channel, ChannelError, ChannelKind, Intake, IntakeError, OpenApiPart, Outbound,
+    Recipient, SendError, Sent,
 };
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
 use secrecy::ExposeSecret;
@@ -364,6 +365,11 @@ impl Channel for TelegramChannel {
         }
         let state = RouteState { channel: self.clone(), intake };
         Some(axum::Router::new().route("/v1/inbound/telegram", post(webhook)).with_state(state))
+    }
+
+    /// As [`Channel::routes`]: the webhook route exists in webhook mode only.
+    fn openapi(&self) -> Option<OpenApiPart> {
+        (self.inner.settings.mode == Mode::Webhook).then(openapi::part)
     }
 
     async fn run(&self, intake: Arc<dyn Intake>, shutdown: CancellationToken) -> Result<(), ChannelError> {

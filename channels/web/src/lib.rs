@@ -5,6 +5,7 @@
 //! changes nothing. Acknowledgements go back to the source's `callback_url`, signed with its secret.
 
 pub mod config;
+mod openapi;
 mod payload;
 
 use std::collections::HashMap;
@@ -20,7 +21,9 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use earshot_channel::webhooks::{self, SigningKeys, VerifyError};
-use earshot_channel::{ApiError, Channel, ChannelKind, Intake, Outbound, OutboundKind, ReplyRoute, SendError, Sent};
+use earshot_channel::{
+    ApiError, Channel, ChannelKind, Intake, OpenApiPart, Outbound, OutboundKind, ReplyRoute, SendError, Sent,
+};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use serde::Serialize;
@@ -153,6 +156,10 @@ impl Channel for WebChannel {
     fn routes(&self, intake: Arc<dyn Intake>) -> Option<axum::Router> {
         let state = RouteState { channel: self.clone(), intake };
         Some(axum::Router::new().route("/v1/inbound/web/{source}", post(inbound)).with_state(state))
+    }
+
+    fn openapi(&self) -> Option<OpenApiPart> {
+        Some(openapi::part())
     }
 
     async fn send(&self, msg: &Outbound) -> Result<Sent, SendError> {
