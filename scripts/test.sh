@@ -106,6 +106,8 @@ else
     say "WARNING: no Dovecot; the email tests will be skipped (they print SKIPPED)."
 fi
 VENV=${EARSHOT_TEST_VENV:-target/test-venv}
+# Absolute, so that it still resolves where a step runs from another folder (schemathesis below).
+case $VENV in /*) ;; *) VENV=$PWD/$VENV ;; esac
 if ! { [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c 'import aiosmtpd' 2>/dev/null; }; then
     say "Making $VENV with aiosmtpd (pip)."
     { python3 -m venv "$VENV" || { apt_install python3-venv && python3 -m venv "$VENV"; }; } &&
@@ -113,7 +115,7 @@ if ! { [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c 'import aiosmtpd' 2>/d
 fi
 if [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c 'import aiosmtpd' 2>/dev/null; then
     say "SMTP sink: aiosmtpd in $VENV"
-    export EARSHOT_TEST_SMTPD_PYTHON="$PWD/$VENV/bin/python"
+    export EARSHOT_TEST_SMTPD_PYTHON="$VENV/bin/python"
 elif is_ci; then
     say "FAIL: CI=true and the aiosmtpd virtualenv could not be made."
     exit 1
