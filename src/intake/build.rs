@@ -113,6 +113,13 @@ impl Builder {
             earlier.text = inbound.text.clone();
             edit = Some((edits.0.clone(), inbound.text.clone()));
         }
+        // The customer wrote (not a robot, not the provider's transcription of a call): they may
+        // be reachable again if a send to them had failed.
+        let reachable_again = (case.unreachable.is_some()
+            && inbound.automatic.is_none()
+            && inbound.thread.as_ref().is_none_or(|t| t.edits.is_none()))
+        .then(|| Self::recipient_key(inbound))
+        .flatten();
         case.messages.push(message.clone());
         case.updated_at = now;
         let mut jobs = Vec::new();
@@ -147,6 +154,7 @@ impl Builder {
             jobs,
             follow_up: true,
             edit,
+            reachable_again,
             raw: inbound.raw.clone(),
             attachments: inbound.attachments.clone(),
             ack_address: None,
@@ -297,6 +305,7 @@ impl Builder {
             reply_route: Some(serde_json::to_string(&inbound.reply_route)?),
             sla_due: Some(ms(now + self.sla_first_response.min(self.sla_resolution))),
             edit: None,
+            reachable_again: None,
         };
         Ok((new, ack))
     }

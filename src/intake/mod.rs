@@ -18,7 +18,7 @@ use tokio::task::JoinHandle;
 
 pub use build::Builder;
 
-use crate::store::{CaseId, Store};
+use crate::store::Store;
 
 struct Submission {
     inbound: Inbound,
@@ -92,26 +92,6 @@ impl IntakeService {
         Some(Prebuilt { row: Box::new(row), ack })
     }
 
-    /// The customer wrote again on a case: if a send to them had failed as unreachable (a blocked
-    /// bot), they can be reached again, unless they are suppressed (a bounce, an opt-out). Off the
-    /// request's path: one read of the case, and a change only when it was marked unreachable.
-    fn heard_from(&self, case_id: CaseId, recipient: String) {
-        let (store, lifecycle) = (self.store.clone(), self.lifecycle.clone());
-        tokio::spawn(async move {
-            match store.suppressed(std::slice::from_ref(&recipient), crate::now_ms()).await {
-                Ok(hit) if hit.is_empty() => {}
-                Ok(_) => return,
-                Err(e) => {
-                    tracing::warn!(case_id = %case_id, error = %e, "Could not check the suppression list after a follow-up.");
-                    return;
-                }
-            }
-            if let Err(e) = lifecycle.reachable(&case_id, "the customer wrote again").await {
-                tracing::warn!(case_id = %case_id, error = %e, "Could not mark the case reachable after a follow-up.");
-            }
-        });
-    }
-
     /// Stops taking submissions; those already queued are still committed and answered.
     pub fn close(&self) {
         if let Ok(mut q) = self.queue.write() {
@@ -126,22 +106,13 @@ impl Intake for IntakeService {
         let queue = self.queue.read().ok().and_then(|q| q.clone()).ok_or(IntakeError::ShuttingDown)?;
         self.survey_answer(&inbound).await?;
         let prebuilt = self.prebuild(&inbound).await;
-        let recipient = Builder::recipient_key(&inbound);
         let (reply, answer) = oneshot::channel();
         queue
             .send(Submission { inbound, prebuilt, reply, enqueued: Instant::now() })
             .await
             .map_err(|_| IntakeError::ShuttingDown)?;
         // The writer always answers; a dropped sender means it died, and nothing was committed.
-        let receipt =
-            answer.await.unwrap_or_else(|_| Err(IntakeError::Unavailable("the intake writer stopped".into())));
-        if let (Ok(r), Some(key)) = (&receipt, recipient)
-            && r.follow_up
-            && !r.duplicate
-        {
-            self.heard_from(CaseId(r.case_id.clone()), key);
-        }
-        receipt
+        answer.await.unwrap_or_else(|_| Err(IntakeError::Unavailable("the intake writer stopped".into())))
     }
     async fn cases_of(
         &self,
@@ -177,7 +148,7 @@ impl Intake for IntakeService {
     }
 
     async fn opt_out(&self, recipient: &earshot_channel::Recipient, reason: &str) -> Result<(), IntakeError> {
-        // For good (a hundred years): only the operator lifts an opt-out.
+        // For good (a hundred years): only the customer lifts it (`opt_in`, an SMS START).
         let until = crate::now_ms().saturating_add(100 * 365 * 86_400_000);
         self.store.suppress(&recipient.key(), reason, until).await.map_err(unavailable)?;
         tracing::info!(recipient = %recipient.key(), reason, "Recipient opted out; nothing more is sent to them on this channel.");
@@ -202,7 +173,10 @@ impl Intake for IntakeService {
                 .await
                 .map_err(unavailable)?;
             for row in rows {
-                self.lifecycle.reachable(&row.id, reason).await.map_err(|e| IntakeError::Unavailable(e.to_string()))?;
+                self.lifecycle
+                    .reachable(&row.id, reason, None)
+                    .await
+                    .map_err(|e| IntakeError::Unavailable(e.to_string()))?;
             }
         }
         tracing::info!(recipient = %recipient.key(), reason, "Recipient opted in again; messages on this channel are sent again.");

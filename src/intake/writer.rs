@@ -101,12 +101,38 @@ async fn commit(ctx: &WriterContext, batch: Vec<Submission>) {
     {
         ctx.outbox_wake.notify_one();
     }
+    for it in rows.iter().filter(|it| matches!(outcomes.get(&it.message_id), Some(Ok(Committed::Created)))) {
+        if let Some(recipient) = &it.reachable_again {
+            reachable_again(ctx, it.case_id.clone(), recipient.clone());
+        }
+    }
 
     // Answering (a wake-up per waiter, metrics, logs) is about a tenth of a batch's cycle: it runs
     // on another task, so that the writer takes the next batch at once and the store is not left
     // idle meanwhile. Every answer still follows the commit it reports.
     let builder = ctx.builder.clone();
     tokio::spawn(async move { answer_all(&builder, groups, prepared, &rows, outcomes) });
+}
+
+/// The customer wrote again on a case a send had found them unreachable on (a bot they had
+/// blocked): unless they are suppressed (a bounce, an opt-out), the case is reachable again if the
+/// message came from its own recipient. Off the writer's path; only follow-ups on cases marked
+/// unreachable come here.
+fn reachable_again(ctx: &WriterContext, case_id: crate::store::CaseId, recipient: String) {
+    let (store, lifecycle) = (ctx.store.clone(), ctx.lifecycle.clone());
+    tokio::spawn(async move {
+        match store.suppressed(std::slice::from_ref(&recipient), crate::now_ms()).await {
+            Ok(hit) if hit.is_empty() => {}
+            Ok(_) => return,
+            Err(e) => {
+                tracing::warn!(case_id = %case_id, error = %e, "Could not check the suppression list after a follow-up.");
+                return;
+            }
+        }
+        if let Err(e) = lifecycle.reachable(&case_id, "the customer wrote again", Some(&recipient)).await {
+            tracing::warn!(case_id = %case_id, error = %e, "Could not mark the case reachable after a follow-up.");
+        }
+    });
 }
 
 /// Answers every waiter of a committed batch.

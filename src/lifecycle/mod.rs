@@ -495,14 +495,24 @@ impl Lifecycle {
         Ok(applied)
     }
 
-    /// The customer can be reached again (an SMS `START`): a case marked unreachable is cleared,
-    /// and every endpoint hears `case.updated` with `reachable: true`. The case's messages that
-    /// died unsent meanwhile are replayed, in order: a dead job holds back the later ones of its
-    /// case, and what the customer missed is still news to them.
-    pub async fn reachable(&self, case_id: &CaseId, reason: &str) -> Result<Applied, LifecycleError> {
+    /// The customer can be reached again: they texted `START` (`from` is `None`), or they wrote
+    /// again on the case from `from`, its own recipient (a bot unblocked). A case marked
+    /// unreachable is cleared, and every endpoint hears `case.updated` with `reachable: true`. The
+    /// case's channel messages that died as unreachable are sent again, in order (a dead job holds
+    /// back the later ones of its case); those that died for another reason (refused, out of
+    /// retries) stay dead. Messages meant for the customer while the case was marked unreachable
+    /// were never queued: its timeline shows them as `not_sent`.
+    pub async fn reachable(
+        &self,
+        case_id: &CaseId,
+        reason: &str,
+        from: Option<&str>,
+    ) -> Result<Applied, LifecycleError> {
         let (applied, _) = self
             .change(case_id, None, |d| {
-                if d.life.unreachable.take().is_none() {
+                // Another sender on the thread (a colleague in copy) says nothing of the customer.
+                let own = d.route.as_ref().and_then(ReplyRoute::recipient).map(|r| r.key());
+                if from.is_some_and(|f| own.as_deref() != Some(f)) || d.life.unreachable.take().is_none() {
                     return Ok(());
                 }
                 d.log("reachable", Some("customer"), json!({ "channel": d.case.channel, "reason": reason }));
@@ -513,18 +523,27 @@ impl Lifecycle {
                 Ok(())
             })
             .await?;
-        if matches!(applied, Applied::Changed { .. }) {
+        // An explicit opt-in replays whether or not the case was marked (the mark and the dead
+        // job are written apart, so one may be there without the other).
+        if matches!(applied, Applied::Changed { .. }) || from.is_none() {
             let now = crate::now_ms();
             let mut replayed = 0;
             for job in self.store.case_jobs(case_id).await? {
-                if job.state == "dead" && job.destination.is_channel() && self.store.replay_job(job.id, now).await? {
+                let unreachable = job.last_error.as_deref().is_some_and(|e| e.starts_with("unreachable:"));
+                if job.state == "dead"
+                    && unreachable
+                    && job.destination.is_channel()
+                    && self.store.replay_job(job.id, now).await?
+                {
                     replayed += 1;
                 }
             }
             if replayed > 0 {
                 self.wake.notify_one();
             }
-            tracing::info!(case_id = %case_id, reason, replayed, "Customer reachable again on the case's channel; downstream told.");
+            if matches!(applied, Applied::Changed { .. }) || replayed > 0 {
+                tracing::info!(case_id = %case_id, reason, replayed, "Customer reachable again on the case's channel; downstream told.");
+            }
         }
         Ok(applied)
     }

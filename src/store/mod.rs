@@ -73,6 +73,10 @@ pub struct NewCase {
     /// A follow-up that edits an earlier message of its case: that message's external id and new
     /// text, written over the stored one in the same transaction.
     pub edit: Option<(String, String)>,
+    /// A follow-up from the customer on a case marked unreachable: the sender's recipient key. Once
+    /// committed, the case is made reachable again if that is the case's own recipient and not
+    /// suppressed (`Lifecycle::reachable`). Not stored.
+    pub reachable_again: Option<String>,
 }
 
 /// A case that an incoming message's thread hint points at.

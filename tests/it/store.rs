@@ -250,6 +250,7 @@ fn new_case(seq: i64, now_ms: i64, destinations: &[&str]) -> NewCase {
         sla_due: None,
         digest: None,
         edit: None,
+        reachable_again: None,
     }
 }
 

@@ -246,7 +246,7 @@ async fn duplicates_edits_groups_and_unknown_updates() {
 }
 
 #[tokio::test]
-async fn too_many_requests_waits_and_a_blocked_bot_makes_the_chat_unreachable() {
+async fn too_many_requests_waits_and_a_blocked_bot_makes_the_chat_unreachable_until_it_writes_again() {
     let db = TestDb::sqlite();
     let (bot, tickets) = (BotApi::start().await, Receiver::start().await);
     let gw = Gateway::start(&telegram_toml(&db.url, &bot, &tickets, "")).await;

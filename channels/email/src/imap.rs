@@ -457,7 +457,6 @@ async fn ensure_folder(session: &mut Session, folder: &str) -> Result<(), ImapEr
     Ok(())
 }
 
-/// `1,3,5:9` for sorted UIDs.
 /// Body bytes fetched at once, at most (a message larger than this is fetched alone).
 const FETCH_BUDGET: u64 = 64 * 1024 * 1024;
 
@@ -487,6 +486,7 @@ fn advance_cursor(last_uid: u32, requested: &[u32], settled: &HashSet<u32>) -> u
     requested.iter().take_while(|u| settled.contains(u)).last().copied().unwrap_or(last_uid)
 }
 
+/// `1,3,5:9` for sorted UIDs.
 fn uid_set(uids: &[u32]) -> String {
     let mut out = String::new();
     let mut i = 0;
