@@ -139,7 +139,7 @@ if [ -x "$VENV/bin/schemathesis" ]; then
         -e "s|listen = \"127.0.0.1:8080\"|listen = \"127.0.0.1:$ST_PORT\"|" \
         -e "s|templates = \"templates\"|templates = \"$PWD/config/templates\"|" \
         config/earshot.example.toml >"$ST_DIR/earshot.toml"
-    target/debug/earshot serve --config "$ST_DIR/earshot.toml" >"$ST_DIR/gateway.log" 2>&1 &
+    "${CARGO_TARGET_DIR:-target}/debug/earshot" serve --config "$ST_DIR/earshot.toml" >"$ST_DIR/gateway.log" 2>&1 &
     ST_PID=$!
     CLEANUP+=("kill $ST_PID 2>/dev/null; rm -rf $ST_DIR")
     for _ in $(seq 100); do
