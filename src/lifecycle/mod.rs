@@ -198,6 +198,19 @@ impl<'a> Draft<'a> {
 
     /// A downstream event to every endpoint but `except` (the sender of the change), rendered with
     /// the case as it is once the whole change is applied.
+    /// Records that the customer can (or cannot) be reached on the case's channel, as `life` now
+    /// says, and tells every endpoint: `case.updated` with `reachable` and the reason.
+    fn tell_reachability(&mut self, reachable: bool, reason: &str) {
+        let (kind, actor) = if reachable { ("reachable", "customer") } else { ("unreachable", "gateway") };
+        self.log(kind, Some(actor), json!({ "channel": self.case.channel, "reason": reason }));
+        // The case as loaded still shows the mark as it was.
+        self.case.unreachable = self.life.unreachable.clone();
+        let mut data = CaseEventData::of(self.case.clone());
+        data.reachable = Some(reachable);
+        data.reason = Some(reason.to_owned());
+        self.tell_downstream(EventType::CaseUpdated, None, data);
+    }
+
     fn tell_downstream(&mut self, kind: EventType, except: Option<&str>, data: CaseEventData) {
         self.events.push((kind, except.map(str::to_owned), data));
         self.changed = true;
@@ -481,11 +494,7 @@ impl Lifecycle {
                     return Ok(());
                 }
                 d.life.unreachable = Some(reason.to_owned());
-                d.log("unreachable", Some("gateway"), json!({ "channel": d.case.channel, "reason": reason }));
-                let mut data = CaseEventData::of(d.case.clone());
-                data.reachable = Some(false);
-                data.reason = Some(reason.to_owned());
-                d.tell_downstream(EventType::CaseUpdated, None, data);
+                d.tell_reachability(false, reason);
                 Ok(())
             })
             .await?;
@@ -515,11 +524,7 @@ impl Lifecycle {
                 if from.is_some_and(|f| own.as_deref() != Some(f)) || d.life.unreachable.take().is_none() {
                     return Ok(());
                 }
-                d.log("reachable", Some("customer"), json!({ "channel": d.case.channel, "reason": reason }));
-                let mut data = CaseEventData::of(d.case.clone());
-                data.reachable = Some(true);
-                data.reason = Some(reason.to_owned());
-                d.tell_downstream(EventType::CaseUpdated, None, data);
+                d.tell_reachability(true, reason);
                 Ok(())
             })
             .await?;

@@ -269,6 +269,7 @@ async fn too_many_requests_waits_and_a_blocked_bot_makes_the_chat_unreachable_un
         .await;
     let upd = of_type(&got, "case.updated").into_iter().find(|d| d["reachable"] == false).expect("update").clone();
     assert!(upd["reason"].as_str().unwrap_or_default().contains("blocked"), "{upd}");
+    assert!(upd["case"]["unreachable"].as_str().unwrap_or_default().contains("blocked"), "the case says so: {upd}");
     tokio::time::sleep(Duration::from_millis(800)).await;
     let tries = bot.calls("sendMessage").iter().filter(|b| b.contains("902")).count();
     assert_eq!(tries, 1, "an unreachable chat is not tried again");
@@ -286,6 +287,7 @@ async fn too_many_requests_waits_and_a_blocked_bot_makes_the_chat_unreachable_un
         .await;
     let back = of_type(&got, "case.updated").into_iter().find(|d| d["reachable"] == true).expect("update").clone();
     assert_eq!(back["case"]["id"], upd["case"]["id"], "{back}");
+    assert!(back["case"].get("unreachable").is_none(), "the mark is gone from the case: {back}");
     bot.wait_sent(20, "the replayed acknowledgement", |s| s.iter().filter(|m| m.chat_id == 902).count() == 1).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(bot.sent().iter().filter(|m| m.chat_id == 902).count(), 1, "sent once");
