@@ -161,8 +161,15 @@ impl Intake for IntakeService {
         identity: &earshot_channel::Identity,
         reason: &str,
     ) -> Result<(), IntakeError> {
-        // The row stays, ended now, with the reason: it tells why messages flow again.
-        self.store.suppress(&recipient.key(), reason, crate::now_ms()).await.map_err(unavailable)?;
+        // The row stays, ended now, with the reason: it tells why messages flow again. A recipient
+        // never suppressed (a new Telegram user's /start) gets no row.
+        let key = recipient.key();
+        let now = crate::now_ms();
+        let lifted = !self.store.suppressed(std::slice::from_ref(&key), now).await.map_err(unavailable)?.is_empty();
+        if lifted {
+            self.store.suppress(&key, reason, now).await.map_err(unavailable)?;
+        }
+        let mut cleared = 0;
         // The customer's cases on this channel that the opt-out made unreachable (the newest
         // hundred: an opt-out is rarely older than a customer's open cases).
         let known = self.store.customers_for(std::slice::from_ref(identity)).await.map_err(unavailable)?;
@@ -173,13 +180,18 @@ impl Intake for IntakeService {
                 .await
                 .map_err(unavailable)?;
             for row in rows {
-                self.lifecycle
-                    .reachable(&row.id, reason, None)
-                    .await
-                    .map_err(|e| IntakeError::Unavailable(e.to_string()))?;
+                let applied = self.lifecycle.reachable(&row.id, reason, None).await;
+                if matches!(
+                    applied.map_err(|e| IntakeError::Unavailable(e.to_string()))?,
+                    crate::lifecycle::Applied::Changed { .. }
+                ) {
+                    cleared += 1;
+                }
             }
         }
-        tracing::info!(recipient = %recipient.key(), reason, "Recipient opted in again; messages on this channel are sent again.");
+        if lifted || cleared > 0 {
+            tracing::info!(recipient = %key, reason, cases = cleared, "Recipient opted in again; messages on this channel are sent again.");
+        }
         Ok(())
     }
 

@@ -293,6 +293,31 @@ async fn too_many_requests_waits_and_a_blocked_bot_makes_the_chat_unreachable_un
     assert_eq!(bot.sent().iter().filter(|m| m.chat_id == 902).count(), 1, "sent once");
     let (_, dead) = gw.admin_get("/v1/outbox?state=dead").await;
     assert!(!dead.to_string().contains("blocked"), "no dead job left: {dead}");
+
+    // Another customer comes back the usual way, restarting the bot: /start does the same.
+    bot.block(905);
+    bot.push(botapi::text(905, 1, "en", "Broken on arrival."));
+    tickets
+        .wait_until(20, "the second chat unreachable", |g| {
+            of_type(g, "case.updated").iter().filter(|d| d["reachable"] == false).count() == 2
+        })
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    bot.unblock(905);
+    bot.push(botapi::text(905, 2, "en", "/start"));
+    tickets
+        .wait_until(20, "the second chat reachable", |g| {
+            of_type(g, "case.updated").iter().filter(|d| d["reachable"] == true).count() == 2
+        })
+        .await;
+    // The greeting, and the acknowledgement that died.
+    let sent =
+        bot.wait_sent(20, "the second chat's messages", |s| s.iter().filter(|m| m.chat_id == 905).count() == 2).await;
+    assert!(
+        sent.iter().any(|m| m.chat_id == 905 && m.text.contains("reference is")),
+        "{:?}",
+        sent.iter().map(|m| &m.text).collect::<Vec<_>>()
+    );
     gw.stop().await;
     db.cleanup().await;
 }

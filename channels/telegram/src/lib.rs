@@ -170,7 +170,13 @@ impl TelegramChannel {
     async fn command(&self, intake: &dyn Intake, chat: &parse::Chat, cmd: Command) -> Result<(), IntakeError> {
         let lang = chat.lang;
         let text = match cmd {
-            Command::Start => texts::start(lang),
+            Command::Start => {
+                // A customer who blocked the bot and comes back restarts it: their cases here are
+                // reachable again, and what died because of the block is sent now.
+                let recipient = Recipient::new(ChannelKind::Telegram, &chat.chat_id.to_string());
+                intake.opt_in(&recipient, &chat.user, "the customer restarted the bot (/start)").await?;
+                texts::start(lang)
+            }
             Command::NewWithoutText => texts::new_without_text(lang),
             Command::Status(None) => {
                 let cases = intake.cases_of(ChannelKind::Telegram, &chat.user, None, 10).await?;
