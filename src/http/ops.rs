@@ -98,6 +98,7 @@ fn set_backlog(destination: &str, pending: i64, held: i64, dead: i64) {
 /// (below) and the `parts` of the enabled channels, which describe their own routes.
 fn openapi(parts: impl IntoIterator<Item = OpenApiPart>) -> Value {
     let json_error = earshot_channel::openapi::error_content();
+    let [id, timestamp, signature] = earshot_channel::openapi::webhook_headers();
     let int64 = json!({ "type": "integer", "format": "int64", "minimum": i64::MIN, "maximum": i64::MAX });
     // Any 64-bit integer: the routes clamp it to 1–1000 rather than refuse it.
     let limit = json!({ "name": "limit", "in": "query", "required": false,
@@ -140,9 +141,7 @@ fn openapi(parts: impl IntoIterator<Item = OpenApiPart>) -> Value {
                 "summary": "An event from the ticket store about a case (Standard Webhooks, signed with a [[downstream]] secret)",
                 "parameters": [
                     { "name": "case_id", "in": "path", "required": true, "schema": { "type": "string" } },
-                    { "name": "webhook-id", "in": "header", "required": true, "schema": { "type": "string" } },
-                    { "name": "webhook-timestamp", "in": "header", "required": true, "schema": { "type": "string" } },
-                    { "name": "webhook-signature", "in": "header", "required": true, "schema": { "type": "string" } }
+                    id, timestamp, signature
                 ],
                 "requestBody": { "required": true, "content": { "application/json": { "schema": { "$ref": "#/components/schemas/CaseEventIn" } } } },
                 "responses": {

@@ -38,6 +38,12 @@ pub fn shared_schemas() -> Map<String, Value> {
     m
 }
 
+/// The three Standard Webhooks headers a signed route requires, as parameters.
+pub fn webhook_headers() -> [Value; 3] {
+    [crate::webhooks::HEADER_ID, crate::webhooks::HEADER_TIMESTAMP, crate::webhooks::HEADER_SIGNATURE]
+        .map(|name| json!({ "name": name, "in": "header", "required": true, "schema": { "type": "string" } }))
+}
+
 /// The content of an [`crate::ApiError`] answer.
 pub fn error_content() -> Value {
     json!({ "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } })

@@ -110,7 +110,7 @@ pub fn part() -> OpenApiPart {
             true,
         ),
     );
-    let header = |name: &str| json!({ "name": name, "in": "header", "required": true, "schema": { "type": "string" } });
+    let [id, timestamp, signature] = earshot_channel::openapi::webhook_headers();
     let receipt = json!({ "application/json": { "schema": { "$ref": "#/components/schemas/Receipt" } } });
     path(
         "/v1/inbound/phone/events/{source}",
@@ -118,7 +118,7 @@ pub fn part() -> OpenApiPart {
             "summary": "A call event from a PBX (Standard Webhooks signed with the pbx_sources secret)",
             "parameters": [
                 { "name": "source", "in": "path", "required": true, "description": "A [[channels.phone.pbx_sources]] name", "schema": { "type": "string" } },
-                header("webhook-id"), header("webhook-timestamp"), header("webhook-signature")
+                id, timestamp, signature
             ],
             "requestBody": { "required": true, "content": { "application/json": { "schema": { "$ref": "#/components/schemas/PhoneEvent" } } } },
             "responses": {

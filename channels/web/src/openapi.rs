@@ -5,7 +5,7 @@ use earshot_channel::openapi::{error, error_or_text};
 use serde_json::json;
 
 pub fn part() -> OpenApiPart {
-    let header = |name: &str| json!({ "name": name, "in": "header", "required": true, "schema": { "type": "string" } });
+    let [id, timestamp, signature] = earshot_channel::openapi::webhook_headers();
     let mut part = OpenApiPart::default();
     part.paths.insert(
         "/v1/inbound/web/{source}".into(),
@@ -13,7 +13,7 @@ pub fn part() -> OpenApiPart {
             "summary": "Submit a complaint from a web site's backend (Standard Webhooks signed)",
             "parameters": [
                 { "name": "source", "in": "path", "required": true, "schema": { "type": "string" } },
-                header("webhook-id"), header("webhook-timestamp"), header("webhook-signature")
+                id, timestamp, signature
             ],
             "requestBody": { "required": true, "content": { "application/json": { "schema": { "$ref": "#/components/schemas/WebComplaint" } } } },
             "responses": {
