@@ -30,36 +30,18 @@ PG_URL=${PG_URL:-postgres://postgres@127.0.0.1:5432/postgres}
 SKIP_PG=${SKIP_PG:-0}
 SKIP_EMAIL=${SKIP_EMAIL:-0}
 
-log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-die() { log "FAILED: $*"; exit 1; }
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
 say() { log "$@"; }
 # shellcheck source=bench/mailservers.sh
 source bench/mailservers.sh
 
-if [[ -e /tmp/earshot-cargo.lock ]]; then CARGO=(flock /tmp/earshot-cargo.lock cargo); else CARGO=(cargo); fi
-log "building (release)"
-"${CARGO[@]}" build --release -q -p earshot -p earshot-bench
-TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/earshot-lifecycle-bench.XXXXXX")
+bench_setup lifecycle
+# Dovecot's unprivileged processes reach the state folder it keeps under it.
 chmod 755 "$WORK"
-mkdir "$WORK/bin"
-cp "$TARGET_DIR/release/earshot" "$TARGET_DIR/release/earshot-bench" "$WORK/bin/"
-EARSHOT=$WORK/bin/earshot
-BENCH=$WORK/bin/earshot-bench
-PIDS=()
 PG_DBS=()
-cleanup() {
-    set +e
-    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null; done
-    sleep 0.5
-    for pid in "${PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null; done
-    for db in "${PG_DBS[@]}"; do psql "$PG_URL" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1; done
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+on_exit 'for db in "${PG_DBS[@]}"; do psql "$PG_URL" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1; done'
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'; }
 SOURCE_SECRET="whsec_$(head -c 24 /dev/urandom | base64 | tr -d '\n')"
 TICKET_SECRET="whsec_$(head -c 24 /dev/urandom | base64 | tr -d '\n')"
 ADMIN=bench-admin-token-0123456789

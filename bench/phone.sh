@@ -19,28 +19,9 @@ RATE=${RATE:-200}
 SECS=${SECS:-20}
 WORKERS=${WORKERS:-64}
 
-log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-die() { log "FAILED: $*"; exit 1; }
-if [[ -e /tmp/earshot-cargo.lock ]]; then CARGO=(flock /tmp/earshot-cargo.lock cargo); else CARGO=(cargo); fi
-log "building (release)"
-"${CARGO[@]}" build --release -q -p earshot -p earshot-bench
-TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/earshot-phone-bench.XXXXXX")
-mkdir "$WORK/bin"
-cp "$TARGET_DIR/release/earshot" "$TARGET_DIR/release/earshot-bench" "$WORK/bin/"
-EARSHOT=$WORK/bin/earshot
-BENCH=$WORK/bin/earshot-bench
-PIDS=()
-cleanup() {
-    set +e
-    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null; done
-    sleep 0.5
-    for pid in "${PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null; done
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'; }
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
+bench_setup phone
 TOKEN="bench-phone-auth-token-0123456789"
 PUBLIC="https://hotline.example.com"
 TICKET_SECRET="whsec_$(head -c 24 /dev/urandom | base64 | tr -d '\n')"

@@ -35,11 +35,8 @@ KEEP_TMP=${KEEP_TMP:-0}
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$PWD
 
-log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-die() {
-    log "FAILED: $*"
-    exit 1
-}
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
 
 # ------------------------------------------------------------------------------------------------
 # build
@@ -106,10 +103,6 @@ SOURCE=bench
 REQ_TIMEOUT=10
 # Seconds after the load during which deliveries still owed are counted.
 DRAIN=5
-
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
-}
 
 # field LINE KEY: the value of KEY=VALUE in LINE, without a trailing "/s".
 field() {

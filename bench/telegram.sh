@@ -25,30 +25,9 @@ UPDATES=${UPDATES:-10000}
 CHATS=${CHATS:-2000}
 WORKERS=${WORKERS:-64}
 
-log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-die() { log "FAILED: $*"; exit 1; }
-
-if [[ -e /tmp/earshot-cargo.lock ]]; then CARGO=(flock /tmp/earshot-cargo.lock cargo); else CARGO=(cargo); fi
-log "building (release)"
-"${CARGO[@]}" build --release -q -p earshot -p earshot-bench
-TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/earshot-telegram-bench.XXXXXX")
-mkdir "$WORK/bin"
-cp "$TARGET_DIR/release/earshot" "$TARGET_DIR/release/earshot-bench" "$WORK/bin/"
-EARSHOT=$WORK/bin/earshot
-BENCH=$WORK/bin/earshot-bench
-PIDS=()
-cleanup() {
-    set +e
-    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null; done
-    sleep 0.5
-    for pid in "${PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null; done
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'; }
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
+bench_setup telegram
 TOKEN="7000000001:AAH-bench_Secret-Part0123456789abcdefgh"
 HOOK_SECRET="bench-hook_secret"
 ADMIN=bench-admin-token-0123456789
