@@ -1541,7 +1541,16 @@ async fn the_email_lifecycle(db: TestDb, imap: Dovecot, smtp: SmtpSink) {
         .await;
     let last = got.iter().rev().find(|x| x.body["type"] == "case.feedback").expect("feedback");
     assert_eq!((last.body["data"]["rating"].as_u64(), last.body["data"]["solved"].as_bool()), (Some(5), Some(false)));
-    let c = get_ok(&gw, &format!("/v1/cases/{case_id}")).await;
+    // The reply's message commits after its answer is recorded (the answer first, then the
+    // message through the intake batch), so it may land a moment after the events above.
+    let mut c = get_ok(&gw, &format!("/v1/cases/{case_id}")).await;
+    for _ in 0..100 {
+        if messages_of(&c) == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        c = get_ok(&gw, &format!("/v1/cases/{case_id}")).await;
+    }
     assert_eq!(c["status"], "reopened");
     assert_eq!(messages_of(&c), 2, "the survey reply is kept on the case too");
     gw.stop().await;
