@@ -25,9 +25,8 @@ bench_setup phone
 TOKEN="bench-phone-auth-token-0123456789"
 PUBLIC="https://hotline.example.com"
 TICKET_SECRET="whsec_$(head -c 24 /dev/urandom | base64 | tr -d '\n')"
-SOURCE_SECRET="whsec_$(head -c 24 /dev/urandom | base64 | tr -d '\n')"
 
-# gateway LABEL -> sets PORT, PROVIDER, GW
+# gateway LABEL -> sets PORT, PROVIDER, GW_PID
 gateway() {
     local label=$1
     PORT=$(free_port); PROVIDER=$(free_port)
@@ -37,13 +36,6 @@ listen = "127.0.0.1:$PORT"
 
 [database]
 url = "sqlite://$WORK/$label.db"
-
-[channels.web]
-[[channels.web.sources]]
-name = "bench"
-secret = "$SOURCE_SECRET"
-rate_limit_per_sec = 1000000
-rate_limit_burst = 1000000
 
 [[downstream]]
 name = "tickets"
@@ -57,25 +49,18 @@ from_number = "+8610085000000"
 api_url = "http://127.0.0.1:$PROVIDER"
 public_url = "$PUBLIC"
 EOF
-    "$EARSHOT" serve --config "$WORK/$label.toml" >"$WORK/$label.log" 2>&1 & GW=$!
-    PIDS+=("$GW")
-    for _ in $(seq 300); do curl -fsS -o /dev/null --max-time 1 "http://127.0.0.1:$PORT/readyz" 2>/dev/null && return 0; sleep 0.1; done
-    die "$label not ready"
+    start_gateway "$label" "$WORK/$label.toml" "$PORT"
 }
 
 echo "== phone bench $(date -u +%FT%TZ), $(nproc) cores, commit $(git rev-parse --short HEAD 2>/dev/null || echo '?') =="
 gateway voice
 "$BENCH" phone --figure voice --url "http://127.0.0.1:$PORT" --public-url "$PUBLIC" --token "$TOKEN" \
     --listen "127.0.0.1:$PROVIDER" --rate "$RATE" --duration "$SECS" --label phone-voice | grep '^phone-voice:'
-kill -TERM "$GW"; wait "$GW" 2>/dev/null || true
+stop "$GW_PID"
 
 gateway sms
 "$BENCH" phone --figure sms --url "http://127.0.0.1:$PORT" --public-url "$PUBLIC" --token "$TOKEN" \
     --listen "127.0.0.1:$PROVIDER" --concurrency "$WORKERS" --duration "$SECS" --label phone-sms | grep '^phone-sms:'
-kill -TERM "$GW"; wait "$GW" 2>/dev/null || true
+stop "$GW_PID"
 
-gateway web
-# The load generator's own receiver is the ticket store here (on the port the config names).
-EARSHOT_BENCH_SECRET=$SOURCE_SECRET "$BENCH" closed --url "http://127.0.0.1:$PORT" --source bench --concurrency "$WORKERS" \
-    --duration "$SECS" --receiver "127.0.0.1:$PROVIDER" --drain 5 2>/dev/null | grep -E '^closed(-delivery)?:' | sed 's/^/web-baseline /'
-kill -TERM "$GW"; wait "$GW" 2>/dev/null || true
+web_baseline "$SECS" "$WORKERS"

@@ -148,34 +148,6 @@ $hung
 EOF
 }
 
-# start_gateway NAME CONFIG PORT: starts `earshot serve` in the background, waits for /readyz.
-# Sets GW_PID.
-start_gateway() {
-    local name=$1 config=$2 port=$3
-    # The default log level (info: a line per case), as an operator runs it.
-    "$EARSHOT" serve --config "$config" >"$WORK/$name.log" 2>&1 &
-    GW_PID=$!
-    PIDS+=("$GW_PID")
-    for _ in $(seq 300); do
-        if curl -fsS -o /dev/null --max-time 1 "http://127.0.0.1:$port/readyz" 2>/dev/null; then
-            return 0
-        fi
-        kill -0 "$GW_PID" 2>/dev/null || { tail -n 20 "$WORK/$name.log" >&2; die "$name exited before it was ready"; }
-        sleep 0.1
-    done
-    tail -n 20 "$WORK/$name.log" >&2
-    die "$name not ready after 30 s"
-}
-
-# stop PID: SIGTERM, then SIGKILL after 15 s.
-stop() {
-    local pid=$1
-    kill -TERM "$pid" 2>/dev/null || return 0
-    for _ in $(seq 150); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-}
-
 vm_kib() { awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/status" 2>/dev/null || true; }
 mib() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
 

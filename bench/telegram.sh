@@ -70,7 +70,7 @@ EOF
     PIDS+=("$gw")
     wait "$bench_pid" || { cat "$WORK/$label.err" >&2; tail -n 20 "$WORK/$label.log" >&2; die "$label"; }
     grep "^$label:" "$WORK/$label.out"
-    kill -TERM "$gw"; wait "$gw" 2>/dev/null || true
+    stop "$gw"
 }
 
 echo "== telegram bench $(date -u +%FT%TZ), $(nproc) cores, commit $(git rev-parse --short HEAD 2>/dev/null || echo '?'), $UPDATES updates from $CHATS chats =="
@@ -82,30 +82,4 @@ run tg-polling-limit-raised polling "global_per_sec = 1000000"
 
 # The web channel's closed loop on the same machine in the same run (WORKERS workers, 10 s, whole
 # path: delivered to a receiver), the baseline of the webhook figure's ratio.
-port=$(free_port); rport=$(free_port)
-SOURCE_SECRET="whsec_$(head -c 24 /dev/urandom | base64 | tr -d '\n')"
-cat >"$WORK/web.toml" <<EOF
-[server]
-listen = "127.0.0.1:$port"
-
-[database]
-url = "sqlite://$WORK/web.db"
-
-[channels.web]
-[[channels.web.sources]]
-name = "bench"
-secret = "$SOURCE_SECRET"
-rate_limit_per_sec = 1000000
-rate_limit_burst = 1000000
-
-[[downstream]]
-name = "tickets"
-url = "http://127.0.0.1:$rport/events"
-secret = "$TICKET_SECRET"
-EOF
-"$EARSHOT" serve --config "$WORK/web.toml" >"$WORK/web.log" 2>&1 & gw=$!
-PIDS+=("$gw")
-for _ in $(seq 300); do curl -fsS -o /dev/null --max-time 1 "http://127.0.0.1:$port/readyz" 2>/dev/null && break; sleep 0.1; done
-EARSHOT_BENCH_SECRET=$SOURCE_SECRET "$BENCH" closed --url "http://127.0.0.1:$port" --source bench --concurrency "$WORKERS" \
-    --duration 10 --receiver "127.0.0.1:$rport" --drain 5 2>/dev/null | grep -E '^closed(-delivery)?:' | sed 's/^/web-baseline /'
-kill -TERM "$gw"; wait "$gw" 2>/dev/null || true
+web_baseline 10 "$WORKERS"

@@ -92,6 +92,22 @@ impl IntakeService {
         Some(Prebuilt { row: Box::new(row), ack })
     }
 
+    /// The newest `limit` cases on `channel` of the customer `identity` names (none for an unknown
+    /// contact), from case sequence number `seq` only when given.
+    async fn contact_cases(
+        &self,
+        channel: ChannelKind,
+        identity: &earshot_channel::Identity,
+        seq: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<crate::store::CaseRow>, IntakeError> {
+        let unavailable = |e: crate::store::StoreError| IntakeError::Unavailable(e.to_string());
+        let known = self.store.customers_for(std::slice::from_ref(identity)).await.map_err(unavailable)?;
+        let Some(customer) = known.get(identity) else { return Ok(Vec::new()) };
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.store.customer_cases(customer, channel.as_str(), seq, limit).await.map_err(unavailable)
+    }
+
     /// Stops taking submissions; those already queued are still committed and answered.
     pub fn close(&self) {
         if let Ok(mut q) = self.queue.write() {
@@ -122,11 +138,8 @@ impl Intake for IntakeService {
         limit: usize,
     ) -> Result<Vec<earshot_channel::CaseSummary>, IntakeError> {
         let unavailable = |e: crate::store::StoreError| IntakeError::Unavailable(e.to_string());
-        let known = self.store.customers_for(std::slice::from_ref(identity)).await.map_err(unavailable)?;
-        let Some(customer) = known.get(identity) else { return Ok(Vec::new()) };
         let seq = case_ref.and_then(|r| i64::try_from(r.seq()).ok());
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let rows = self.store.customer_cases(customer, channel.as_str(), seq, limit).await.map_err(unavailable)?;
+        let rows = self.contact_cases(channel, identity, seq, limit).await?;
         let mut out = Vec::with_capacity(rows.len());
         for row in rows {
             let case = crate::cases::load(&*self.store, &row.id).await.map_err(unavailable)?;
@@ -172,21 +185,13 @@ impl Intake for IntakeService {
         let mut cleared = 0;
         // The customer's cases on this channel that the opt-out made unreachable (the newest
         // hundred: an opt-out is rarely older than a customer's open cases).
-        let known = self.store.customers_for(std::slice::from_ref(identity)).await.map_err(unavailable)?;
-        if let Some(customer) = known.get(identity) {
-            let rows = self
-                .store
-                .customer_cases(customer, recipient.channel.as_str(), None, 100)
-                .await
-                .map_err(unavailable)?;
-            for row in rows {
-                let applied = self.lifecycle.reachable(&row.id, reason, None).await;
-                if matches!(
-                    applied.map_err(|e| IntakeError::Unavailable(e.to_string()))?,
-                    crate::lifecycle::Applied::Changed { .. }
-                ) {
-                    cleared += 1;
-                }
+        for row in self.contact_cases(recipient.channel, identity, None, 100).await? {
+            let applied = self.lifecycle.reachable(&row.id, reason, None).await;
+            if matches!(
+                applied.map_err(|e| IntakeError::Unavailable(e.to_string()))?,
+                crate::lifecycle::Applied::Changed { .. }
+            ) {
+                cleared += 1;
             }
         }
         if lifted || cleared > 0 {

@@ -261,6 +261,14 @@ pub struct AttachmentMeta {
     pub content: Option<Bytes>,
 }
 
+impl AttachmentMeta {
+    /// An attachment known by reference only (a URL, a provider's file id in the message's
+    /// metadata): its content is not kept, and `size` is what the sender said (0 when unknown).
+    pub fn by_reference(name: String, media_type: String, size: u64, url: Option<String>) -> AttachmentMeta {
+        AttachmentMeta { name, media_type, size, sha256: None, url, truncated: false, content: None }
+    }
+}
+
 /// Why a message is itself automatic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]

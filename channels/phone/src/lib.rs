@@ -231,15 +231,12 @@ async fn voice_recorded(
         inbound.metadata.insert("call_sid".into(), serde_json::json!(sid));
         if let Some(url) = form.get("RecordingUrl") {
             inbound.metadata.insert("recording_url".into(), serde_json::json!(url));
-            inbound.attachments.push(AttachmentMeta {
-                name: "recording".into(),
-                media_type: "audio/wav".into(),
-                size: 0,
-                sha256: None,
-                url: Some(url.to_owned()),
-                truncated: false,
-                content: None,
-            });
+            inbound.attachments.push(AttachmentMeta::by_reference(
+                "recording".into(),
+                "audio/wav".into(),
+                0,
+                Some(url.to_owned()),
+            ));
         }
         if let Some(d) = form.get("RecordingDuration") {
             inbound.metadata.insert("recording_duration_secs".into(), serde_json::json!(d));
@@ -459,15 +456,12 @@ async fn sms_inner(
         if let Some(url) = form.get(&format!("MediaUrl{i}")) {
             let media_type = form.get(&format!("MediaContentType{i}")).unwrap_or("application/octet-stream");
             urls.push(url.to_owned());
-            attachments.push(AttachmentMeta {
-                name: format!("media{i}"),
-                media_type: media_type.to_owned(),
-                size: 0,
-                sha256: None,
-                url: Some(url.to_owned()),
-                truncated: false,
-                content: None,
-            });
+            attachments.push(AttachmentMeta::by_reference(
+                format!("media{i}"),
+                media_type.to_owned(),
+                0,
+                Some(url.to_owned()),
+            ));
         }
     }
     let shown = if text.is_empty() { format!("[{} media]", attachments.len()) } else { text.clone() };

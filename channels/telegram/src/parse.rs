@@ -178,15 +178,7 @@ fn message(update_id: u32, m: &Message, edited: bool, ctx: &ParseContext) -> Par
         files.push(json!({
             "type": kind, "file_id": id, "file_unique_id": unique, "size": size, "name": name, "mime_type": mime,
         }));
-        attachments.push(AttachmentMeta {
-            name,
-            media_type,
-            size: u64::from(size),
-            sha256: None,
-            url: None,
-            truncated: false,
-            content: None,
-        });
+        attachments.push(AttachmentMeta::by_reference(name, media_type, u64::from(size), None));
     };
     // A photo comes in several sizes: the largest is the photo.
     if let Some(p) = m.photo().and_then(|sizes| sizes.iter().max_by_key(|p| u64::from(p.width) * u64::from(p.height))) {

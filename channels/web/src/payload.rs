@@ -166,15 +166,7 @@ impl Valid {
             attachments: complaint
                 .attachments
                 .into_iter()
-                .map(|a| AttachmentMeta {
-                    name: a.name,
-                    media_type: a.media_type,
-                    size: a.size,
-                    sha256: None,
-                    url: a.url,
-                    truncated: false,
-                    content: None,
-                })
+                .map(|a| AttachmentMeta::by_reference(a.name, a.media_type, a.size, a.url))
                 .collect(),
             raw: None,
             received_at: now,
