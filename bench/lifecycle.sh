@@ -73,19 +73,6 @@ ${6:-}
 EOF
 }
 
-start_gateway() {
-    local name=$1 config=$2 port=$3
-    "$EARSHOT" serve --config "$config" >"$WORK/$name.log" 2>&1 &
-    GW_PID=$!
-    PIDS+=("$GW_PID")
-    for _ in $(seq 300); do
-        curl -fsS -o /dev/null --max-time 1 "http://127.0.0.1:$port/readyz" 2>/dev/null && return 0
-        kill -0 "$GW_PID" 2>/dev/null || { tail -n 20 "$WORK/$name.log" >&2; die "$name exited"; }
-        sleep 0.1
-    done
-    die "$name not ready"
-}
-
 web_run() {
     local label=$1 db=$2
     local port rport cport
@@ -97,7 +84,7 @@ web_run() {
         --receiver "127.0.0.1:$rport" --admin-token "$ADMIN" --channel web --source-secret "$SOURCE_SECRET" \
         --callback "127.0.0.1:$cport" --cases "$CASES" --concurrency "$CONCURRENCY" --closed-secs "$CLOSED_SECS" \
         --rate "$RATE" --open-secs "$OPEN_SECS"
-    kill -TERM "$GW_PID"; wait "$GW_PID" 2>/dev/null || true
+    stop "$GW_PID"
 }
 
 echo "== lifecycle bench $(date -u +%FT%TZ), $(nproc) cores, commit $(git rev-parse --short HEAD 2>/dev/null || echo '?') =="

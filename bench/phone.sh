@@ -14,7 +14,6 @@
 # Environment: RATE (200), SECS (20), WORKERS (64).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-ROOT=$PWD
 RATE=${RATE:-200}
 SECS=${SECS:-20}
 WORKERS=${WORKERS:-64}
