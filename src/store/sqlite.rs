@@ -127,8 +127,8 @@ fn spawn_checkpointer(read: SqlitePool, file: std::path::PathBuf) {
     handle.spawn(async move {
         let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let db = match std::fs::File::open(&file) {
-            Ok(f) => Some(Arc::new(f)),
+        let db = match tokio::fs::File::open(&file).await {
+            Ok(f) => Some(f),
             Err(e) => {
                 tracing::warn!(file = %file.display(), error = %e, "Cannot open the database file to sync checkpoints; the writer's checkpoint syncs them.");
                 None
@@ -157,9 +157,8 @@ fn spawn_checkpointer(read: SqlitePool, file: std::path::PathBuf) {
             copied_before = copied.max(0);
             tracing::trace!(pages = this_round, "Background WAL checkpoint round.");
             if let Some(db) = db.as_ref().filter(|_| this_round > 0) {
-                let db = db.clone();
-                let synced = tokio::task::spawn_blocking(move || db.sync_data()).await;
-                if let Ok(Err(e)) = synced {
+                // tokio runs the fsync on its blocking pool, off the request workers.
+                if let Err(e) = db.sync_data().await {
                     tracing::warn!(error = %e, "Could not sync the database file after a checkpoint; the writer's checkpoint syncs it.");
                 }
             }
