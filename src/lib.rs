@@ -161,12 +161,14 @@ pub async fn run_full(
         sla_first_response: settings.sla_first_response,
         sla_resolution: settings.sla_resolution,
     };
+    let dispatch = Arc::new(outbox::Dispatch::new(settings.outbox.lease));
     let (intake, writer) = IntakeService::start(WriterContext {
         store: store.clone(),
         builder: Arc::new(builder),
         max_batch: settings.max_batch,
         writers: settings.writers,
         outbox_wake: wake.clone(),
+        dispatch: dispatch.clone(),
         suppress_for: settings.undeliverable_for,
         lifecycle: lifecycle.clone(),
     });
@@ -193,6 +195,7 @@ pub async fn run_full(
         deliverer,
         settings.outbox.clone(),
         wake.clone(),
+        dispatch,
         shutdown.clone(),
     ));
     let mut pulls = tokio::task::JoinSet::new();

@@ -691,7 +691,7 @@ async fn seed(db: &str, cases: u64, batch: u32, source: &str, templates: &FsPath
     while let Some(items) = rx.recv().await {
         let n = items.len() as u64;
         let results = store.commit_batch(Arc::new(items)).await.context("committing a batch")?;
-        created += results.iter().filter(|r| matches!(r, Committed::Created)).count() as u64;
+        created += results.iter().filter(|r| matches!(r, Committed::Created { .. })).count() as u64;
         done += n;
         if done >= next_report {
             let secs = start.elapsed().as_secs_f64();

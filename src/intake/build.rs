@@ -134,6 +134,7 @@ impl Builder {
                     destination: Destination::downstream(&ep.name),
                     payload: payload.clone(),
                     max_attempts: i64::from(ep.max_attempts),
+                    lease_until: None,
                 });
             }
         }
@@ -265,6 +266,7 @@ impl Builder {
                 destination: Destination::channel(inbound.reply_route.channel(), inbound.reply_route.sender()),
                 payload: serde_json::to_string(&outbound)?,
                 max_attempts: self.channel_max_attempts,
+                lease_until: None,
             });
         }
         if !self.downstream.is_empty() {
@@ -277,6 +279,7 @@ impl Builder {
                     destination: Destination::downstream(&ep.name),
                     payload: payload.clone(),
                     max_attempts: i64::from(ep.max_attempts),
+                    lease_until: None,
                 });
             }
         }

@@ -52,8 +52,10 @@ pub struct WriterContext {
     pub max_batch: usize,
     /// Writer tasks, each committing its own batch (1 on SQLite).
     pub writers: usize,
-    /// Woken after every commit that created outbox jobs.
+    /// Woken after every commit that created outbox jobs it could not hand to their loops.
     pub outbox_wake: Arc<Notify>,
+    /// Where new cases' first jobs are handed to their delivery loops.
+    pub dispatch: Arc<crate::outbox::Dispatch>,
     pub suppress_for: Duration,
     /// Where survey answers in replies go.
     pub lifecycle: Arc<crate::lifecycle::Lifecycle>,

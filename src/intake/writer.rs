@@ -17,7 +17,7 @@ use time::OffsetDateTime;
 use tokio::sync::mpsc;
 
 use super::{Builder, Submission, WriterContext};
-use crate::store::{Committed, NewCase};
+use crate::store::{Committed, JobOutcome, NewCase, OutcomeKind};
 
 /// One distinct message of a batch and everyone waiting for it (concurrent identical deliveries).
 struct Group {
@@ -86,6 +86,13 @@ async fn commit(ctx: &WriterContext, batch: Vec<Submission>) {
 
     one_customer_per_contact(ctx, &groups, &mut rows, &mut prepared);
 
+    // A new case's first job to each destination whose loop has room goes in leased, to be handed
+    // to that loop after the commit (see `outbox::Dispatch`).
+    let now_ms = crate::now_ms();
+    for row in rows.iter_mut().filter(|r| !r.follow_up) {
+        ctx.dispatch.claim(&mut row.jobs, now_ms);
+    }
+
     let mut outcomes: HashMap<String, Result<Committed, String>> = HashMap::new();
     // Lent to the store, not copied: the rows come back once the commit has returned.
     let rows = Arc::new(rows);
@@ -96,12 +103,28 @@ async fn commit(ctx: &WriterContext, batch: Vec<Submission>) {
         metrics::histogram!("earshot_batch_commit_seconds").record(committing.elapsed().as_secs_f64());
     }
     let mut rows = Arc::unwrap_or_clone(rows);
+    // Jobs written leased go to their loops (before any row is rendered again, which drops its claims).
+    let mut unhanded = Vec::new();
+    for it in rows.iter_mut() {
+        let leased = match outcomes.get(&it.message_id) {
+            Some(Ok(Committed::Created { leased })) => leased.as_slice(),
+            _ => &[],
+        };
+        unhanded.extend(ctx.dispatch.hand(&it.case_id, it.now_ms, &mut it.jobs, leased));
+    }
+    if !unhanded.is_empty() {
+        release_unhanded(ctx, unhanded).await;
+    }
     rerender_for_known_customers(ctx, &groups, &mut rows, &mut prepared, &mut outcomes).await;
-    if rows.iter().any(|it| !it.jobs.is_empty() && matches!(outcomes.get(&it.message_id), Some(Ok(Committed::Created))))
-    {
+    // Jobs written pending wake the loops to lease them.
+    let pending = rows.iter().any(|it| match outcomes.get(&it.message_id) {
+        Some(Ok(Committed::Created { leased })) => it.jobs.len() > leased.len(),
+        _ => false,
+    });
+    if pending {
         ctx.outbox_wake.notify_one();
     }
-    for it in rows.iter().filter(|it| matches!(outcomes.get(&it.message_id), Some(Ok(Committed::Created)))) {
+    for it in rows.iter().filter(|it| matches!(outcomes.get(&it.message_id), Some(Ok(Committed::Created { .. })))) {
         if let Some(recipient) = &it.reachable_again {
             reachable_again(ctx, it.case_id.clone(), recipient.clone());
         }
@@ -112,6 +135,20 @@ async fn commit(ctx: &WriterContext, batch: Vec<Submission>) {
     // idle meanwhile. Every answer still follows the commit it reports.
     let builder = ctx.builder.clone();
     tokio::spawn(async move { answer_all(&builder, groups, prepared, &rows, outcomes) });
+}
+
+/// Jobs written leased whose delivery loop stopped before they were handed to it (the gateway is
+/// stopping): pending again at once, their attempt not counted, instead of waiting out the lease.
+async fn release_unhanded(ctx: &WriterContext, ids: Vec<crate::store::JobId>) {
+    let n = ids.len();
+    let outcomes =
+        ids.into_iter().map(|id| JobOutcome { id, attempts: 1, kind: OutcomeKind::Released }).collect::<Vec<_>>();
+    match ctx.store.record_outcomes(outcomes, crate::now_ms()).await {
+        Ok(_) => tracing::debug!(jobs = n, "Jobs whose delivery loop had stopped are pending again."),
+        Err(e) => tracing::warn!(jobs = n, error = %e,
+            "Could not release jobs whose delivery loop had stopped; they are sent when their lease ends."),
+    }
+    ctx.outbox_wake.notify_one();
 }
 
 /// The customer wrote again on a case a send had found them unreachable on (a bot they had
@@ -155,7 +192,7 @@ fn answer_all(
                 ack: None,
             }),
             Prepared::Row(i, ack) => match outcomes.remove(&rows[i].message_id).map(|r| (r, &rows[i])) {
-                Some((Ok(Committed::Created), item)) => {
+                Some((Ok(Committed::Created { .. }), item)) => {
                     metrics::counter!("earshot_complaints_ingested_total", "channel" => item.channel).increment(1);
                     if item.follow_up {
                         tracing::info!(case_id = %item.case_id, case_ref = %item.case_ref, channel = item.channel, "Follow-up added to a case.");

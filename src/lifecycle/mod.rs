@@ -191,6 +191,7 @@ impl<'a> Draft<'a> {
             destination: Destination::channel(route.channel(), route.sender()),
             payload,
             max_attempts: self.lc.settings.channel_max_attempts,
+            lease_until: None,
         });
         self.changed = true;
         Ok(())
@@ -275,6 +276,7 @@ impl<'a> Draft<'a> {
                     destination: Destination::downstream(&ep.name),
                     payload: payload.clone(),
                     max_attempts: i64::from(ep.max_attempts),
+                    lease_until: None,
                 });
             }
         }

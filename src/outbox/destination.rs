@@ -2,8 +2,9 @@
 //!
 //! A destination is a downstream endpoint or a channel's sender (a mailbox, a web source's
 //! callback). Its loop leases only its own due jobs, and only as many as it has room for (its free
-//! slots and half a budget queued, so the next sends start as soon as others end); it starts a
-//! send whenever one ends, never waiting for a batch to finish. A hung or failing
+//! slots and half a budget queued, so the next sends start as soon as others end), and takes new
+//! cases' jobs handed straight from the intake while it has nothing else due (`dispatch.rs`); it
+//! starts a send whenever one ends, never waiting for a batch to finish. A hung or failing
 //! destination fills only its own budget or opens only its own breaker: every other destination's
 //! loop goes on untouched. Every send is cut off at the destination's deadline, which config
 //! checks is shorter than the lease, so a job is never sent while another worker may own it.
@@ -40,6 +41,8 @@ pub struct Shared {
     pub deliverer: Arc<Deliverer>,
     pub settings: OutboxSettings,
     pub recorder: mpsc::UnboundedSender<Recorded>,
+    /// Where the intake hands new cases' first jobs.
+    pub dispatch: Arc<super::Dispatch>,
 }
 
 /// One destination's metric handles, registered once: looking a labelled metric up costs a hash and a
@@ -92,6 +95,11 @@ pub async fn run(spec: Spec, shared: Arc<Shared>, wake: Arc<Notify>, shutdown: C
     set_breaker_gauge(&dest, false);
     let meters = Arc::new(Meters::new(&dest));
     let in_flight = metrics::gauge!("earshot_outbox_in_flight", "destination" => dest.clone());
+    let mut inbox = shared.dispatch.register(&spec.destination);
+    // A steady clock, not a sleep restarted on every turn: a loop kept busy by handed jobs still
+    // looks for retries that have come due.
+    let mut poll = tokio::time::interval(shared.settings.poll_interval);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     while !shutdown.is_cancelled() {
         let now = Instant::now();
@@ -157,6 +165,12 @@ pub async fn run(spec: Spec, shared: Arc<Shared>, wake: Arc<Notify>, shutdown: C
             Admit::Nothing(Some(until)) => Some(until),
             _ => None,
         };
+        // New cases' jobs come straight from the intake only while nothing else is due here (the
+        // last lease came back short; a wake-up or the poll stops the flow until the next lease
+        // says so again), so they do not overtake a backlog, and only as many as a lease would
+        // take (less those on their way).
+        let open = matches!(breaker.admit(now, probe_out), Admit::Any);
+        inbox.offer(if open && drained { room } else { 0 });
         tokio::select! {
             Some(done) = sends.join_next(), if !sends.is_empty() => {
                 let (probe, ok) = done.unwrap_or((false, false));
@@ -165,13 +179,23 @@ pub async fn run(spec: Spec, shared: Arc<Shared>, wake: Arc<Notify>, shutdown: C
                 }
                 on_result(&mut breaker, &spec, &dest, ok, probe);
             }
-            _ = wake.notified() => drained = false,
-            _ = tokio::time::sleep(shared.settings.poll_interval) => drained = false,
+            _ = inbox.receive(&mut queue) => {}
+            _ = wake.notified() => {
+                drained = false;
+                inbox.offer(0);
+            }
+            _ = poll.tick() => {
+                drained = false;
+                inbox.offer(0);
+            }
             _ = sleep_until(reopen_at), if reopen_at.is_some() => {}
             _ = shutdown.cancelled() => {}
         }
     }
 
+    // Jobs handed meanwhile go back with the queue.
+    shared.dispatch.unregister(&spec.destination);
+    inbox.close(&mut queue);
     for job in queue.drain(..) {
         release(&shared, job);
     }

@@ -9,18 +9,21 @@
 //! `max_retry_after`; after `max_attempts`, or at once for a permanent failure (410 Gone, a refused
 //! recipient), a job is dead and waits for a replay or a discard. Jobs of one case to one
 //! destination go out in creation order: the lease never hands out a job while an earlier one of its
-//! case and destination is pending, leased or dead. Delivered jobs are deleted after
-//! `outbox.keep_done` (`retention.rs`).
+//! case and destination is pending, leased or dead. The first job of a new case may skip the lease:
+//! the intake writes it leased and hands it to its destination's loop (`dispatch.rs`). Delivered
+//! jobs are deleted after `outbox.keep_done` (`retention.rs`).
 
 mod breaker;
 mod dest;
 mod destination;
+mod dispatch;
 mod recorder;
 mod retention;
 mod retry;
 mod worker;
 
 pub use dest::Destination;
+pub use dispatch::Dispatch;
 pub use retention::sweep as retention_sweep;
 pub use retry::next_delay;
 pub use worker::{Deliverer, run_workers};

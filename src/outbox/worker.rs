@@ -124,6 +124,7 @@ pub async fn run_workers(
     deliverer: Arc<Deliverer>,
     settings: OutboxSettings,
     wake: Arc<Notify>,
+    dispatch: Arc<super::Dispatch>,
     shutdown: CancellationToken,
 ) {
     if settings.workers_set {
@@ -148,7 +149,7 @@ pub async fn run_workers(
     let (tx, rx) = mpsc::unbounded_channel();
     let recorder = tokio::spawn(super::recorder::run(store.clone(), rx));
     let retention = tokio::spawn(super::retention::run(store.clone(), settings.keep_done, shutdown.clone()));
-    let shared = Arc::new(Shared { store, deliverer, settings, recorder: tx });
+    let shared = Arc::new(Shared { store, deliverer, settings, recorder: tx, dispatch });
 
     let mut loops = JoinSet::new();
     let mut wakes: Vec<Arc<Notify>> = Vec::new();
@@ -158,7 +159,7 @@ pub async fn run_workers(
         wakes.push(w.clone());
         loops.spawn(destination::run(spec, shared.clone(), w, shutdown.clone()));
     }
-    // Intake wakes one Notify after a commit that created jobs; every loop has to look.
+    // Intake wakes one Notify after a commit that wrote jobs pending; every loop has to look.
     let fan_out = {
         let shutdown = shutdown.clone();
         tokio::spawn(async move {

@@ -552,8 +552,12 @@ macro_rules! write_queries {
         /// cases touched, raw messages, attachments, acknowledgement log. Run in the caller's
         /// transaction, after the batch statement (`postgres::commit_in_one_statement`).
         pub(super) async fn commit_extras(conn: &mut Conn, items: &[NewCase], results: &[Committed]) -> Result<()> {
-            let new: Vec<&NewCase> =
-                items.iter().zip(results).filter(|(_, r)| **r == Committed::Created).map(|(it, _)| it).collect();
+            let new: Vec<&NewCase> = items
+                .iter()
+                .zip(results)
+                .filter(|(_, r)| matches!(r, Committed::Created { .. }))
+                .map(|(it, _)| it)
+                .collect();
             // Sorted, like every other table here, so concurrent batches lock rows in one order.
             let mut follow_ups: Vec<&NewCase> = new.iter().copied().filter(|it| it.follow_up).collect();
             follow_ups.sort_unstable_by(|a, b| a.case_id.cmp(&b.case_id));
@@ -650,7 +654,7 @@ macro_rules! write_queries {
             existing: &HashMap<(String, String), Committed>,
         ) -> Result<Committed> {
             if inserted.contains(&it.message_id) {
-                return Ok(Committed::Created);
+                return Ok(Committed::Created { leased: Vec::new() });
             }
             existing.get(&(it.channel.to_owned(), it.external_id.clone())).cloned().ok_or_else(|| {
                 super::StoreError::Corrupt(format!("message {}:{} exists without its case", it.channel, it.external_id))

@@ -123,12 +123,22 @@ pub struct NewJob {
     pub destination: Destination,
     pub payload: String,
     pub max_attempts: i64,
+    /// Write it already leased, until this time (ms), for the intake to hand straight to its
+    /// destination's delivery loop (`outbox::Dispatch`): no lease statement, no payload read back.
+    /// Only for a job with no earlier job of its case to its destination (a new case's first), which
+    /// the lease would otherwise have to wait for. A store may write it pending instead; it then
+    /// leaves its id out of [`Committed::Created`].
+    pub lease_until: Option<i64>,
 }
 
 /// What became of one [`NewCase`] in a batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Committed {
-    Created,
+    Created {
+        /// The jobs written leased (those whose [`NewJob::lease_until`] the store honoured), as
+        /// (event id, job id), in the order of the case's jobs. Whoever committed them sends them.
+        leased: Vec<(String, JobId)>,
+    },
     /// The message was already stored: these are the ids of its case.
     Duplicate {
         case_id: CaseId,
@@ -139,9 +149,7 @@ pub enum Committed {
     },
     /// Nothing written: a contact of this new case belongs to this customer (see
     /// [`NewCase::check_customer`]); render it again for them.
-    OtherCustomer {
-        customer_id: String,
-    },
+    OtherCustomer { customer_id: String },
 }
 
 /// An outbox job as leased or listed.

@@ -631,28 +631,32 @@ async fn commit_in_one_statement(conn: &mut sqlx::PgConnection, items: &[NewCase
                    reply_route, sla_due FROM new \
             WHERE NOT follow_up ORDER BY n \
         ), given_jobs AS ( \
-            SELECT * FROM unnest($17::text[], $18::text[], $19::text[], $20::text[], $21::text[], $22::int8[]) \
-                WITH ORDINALITY AS j(event_id, message_id, kind, destination, payload, max_attempts, n) \
+            SELECT * FROM unnest($17::text[], $18::text[], $19::text[], $20::text[], $21::text[], $22::int8[], \
+                                 $27::int8[]) \
+                WITH ORDINALITY AS j(event_id, message_id, kind, destination, payload, max_attempts, lease_until, n) \
         ), jobs AS ( \
             INSERT INTO outbox (event_id, case_id, kind, destination, state, attempts, max_attempts, \
                                 next_attempt_at, created_at, updated_at) \
-            SELECT j.event_id, new.case_id, j.kind, j.destination, 'pending', 0, j.max_attempts, \
-                   new.at, new.at, new.at \
+            SELECT j.event_id, new.case_id, j.kind, j.destination, \
+                   CASE WHEN j.lease_until IS NULL THEN 'pending' ELSE 'leased' END, \
+                   CASE WHEN j.lease_until IS NULL THEN 0 ELSE 1 END, j.max_attempts, \
+                   COALESCE(j.lease_until, new.at), new.at, new.at \
             FROM given_jobs j \
             JOIN new ON new.message_id = j.message_id \
             ORDER BY j.n \
-            RETURNING id, event_id \
+            RETURNING id, event_id, state \
         ), payloads AS ( \
             INSERT INTO outbox_payloads (job_id, payload) \
             SELECT jobs.id, j.payload FROM jobs JOIN given_jobs j ON j.event_id = jobs.event_id \
         ) \
-        SELECT id, NULL::text FROM m UNION ALL SELECT message_id, customer_id FROM other";
+        SELECT id, NULL::text, NULL::int8 FROM m UNION ALL SELECT message_id, customer_id, NULL FROM other \
+        UNION ALL SELECT event_id, NULL, id FROM jobs WHERE state = 'leased'";
 
     let idents: Vec<(&NewCase, &earshot_channel::Identity)> =
         items.iter().flat_map(|it| it.identities.iter().map(move |i| (it, i))).collect();
     let jobs: Vec<(&NewCase, &super::NewJob)> =
         items.iter().flat_map(|it| it.jobs.iter().map(move |j| (it, j))).collect();
-    let rows: Vec<(String, Option<String>)> = sqlx::query_as(SQL)
+    let rows: Vec<(String, Option<String>, Option<i64>)> = sqlx::query_as(SQL)
         .bind(items.iter().map(|it| it.message_id.as_str()).collect::<Vec<_>>())
         .bind(items.iter().map(|it| it.case_id.as_str()).collect::<Vec<_>>())
         .bind(items.iter().map(|it| it.channel).collect::<Vec<_>>())
@@ -679,15 +683,24 @@ async fn commit_in_one_statement(conn: &mut sqlx::PgConnection, items: &[NewCase
         .bind(items.iter().map(|it| it.digest.as_deref()).collect::<Vec<_>>())
         .bind(items.iter().map(|it| it.reply_route.as_deref()).collect::<Vec<_>>())
         .bind(items.iter().map(|it| it.sla_due).collect::<Vec<_>>())
+        .bind(jobs.iter().map(|(_, j)| j.lease_until).collect::<Vec<_>>())
         .fetch_all(&mut *conn)
         .await?;
     let mut inserted: HashSet<String> = HashSet::new();
     let mut others: HashMap<String, String> = HashMap::new();
-    for (message_id, other) in rows {
-        if let Some(customer_id) = other {
-            others.insert(message_id, customer_id);
-        } else {
-            inserted.insert(message_id);
+    // Rows are a new message's id, an item's other customer, or a leased job's event id and id.
+    let mut leased: HashMap<String, super::JobId> = HashMap::new();
+    for (key, other, job) in rows {
+        match (other, job) {
+            (_, Some(id)) => {
+                leased.insert(key, super::JobId(id));
+            }
+            (Some(customer_id), None) => {
+                others.insert(key, customer_id);
+            }
+            (None, None) => {
+                inserted.insert(key);
+            }
         }
     }
     let duplicates: Vec<&NewCase> =
@@ -697,7 +710,16 @@ async fn commit_in_one_statement(conn: &mut sqlx::PgConnection, items: &[NewCase
         .iter()
         .map(|it| match others.remove(&it.message_id) {
             Some(customer_id) => Ok(Committed::OtherCustomer { customer_id }),
-            None => outcome(it, &inserted, &existing),
+            None => match outcome(it, &inserted, &existing)? {
+                Committed::Created { .. } => Ok(Committed::Created {
+                    leased: it
+                        .jobs
+                        .iter()
+                        .filter_map(|j| leased.remove(&j.event_id).map(|id| (j.event_id.clone(), id)))
+                        .collect(),
+                }),
+                other => Ok(other),
+            },
         })
         .collect()
 }

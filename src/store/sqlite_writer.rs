@@ -413,18 +413,33 @@ fn commit_items(conn: &Connection, items: &[NewCase]) -> Result<Vec<Committed>> 
         }
     }
 
+    let mut leased: HashMap<&str, Vec<(String, JobId)>> = HashMap::new();
     if new.iter().any(|it| !it.jobs.is_empty()) {
+        // A job with `lease_until` goes in leased (its first attempt counted, as a lease would).
         let mut stmt = conn.prepare_cached(
             "INSERT INTO outbox (event_id, case_id, kind, destination, state, attempts, \
              max_attempts, next_attempt_at, created_at, updated_at) \
-             VALUES (?1, ?2, ?3, ?4, 'pending', 0, ?5, ?6, ?6, ?6)",
+             VALUES (?1, ?2, ?3, ?4, CASE WHEN ?7 IS NULL THEN 'pending' ELSE 'leased' END, \
+                     CASE WHEN ?7 IS NULL THEN 0 ELSE 1 END, ?5, COALESCE(?7, ?6), ?6, ?6)",
         )?;
         let mut payload = conn.prepare_cached("INSERT INTO outbox_payloads (job_id, payload) VALUES (?1, ?2)")?;
         // In this order, so ids follow creation order within a case.
         for it in &new {
             for j in &it.jobs {
-                stmt.execute(params![j.event_id, it.case_id, j.kind, j.destination, j.max_attempts, it.now_ms])?;
-                payload.execute(params![conn.last_insert_rowid(), j.payload])?;
+                stmt.execute(params![
+                    j.event_id,
+                    it.case_id,
+                    j.kind,
+                    j.destination,
+                    j.max_attempts,
+                    it.now_ms,
+                    j.lease_until
+                ])?;
+                let id = conn.last_insert_rowid();
+                payload.execute(params![id, j.payload])?;
+                if j.lease_until.is_some() {
+                    leased.entry(it.message_id.as_str()).or_default().push((j.event_id.clone(), JobId(id)));
+                }
             }
         }
     }
@@ -476,7 +491,7 @@ fn commit_items(conn: &Connection, items: &[NewCase]) -> Result<Vec<Committed>> 
         .iter()
         .map(|it| {
             if inserted.contains(it.message_id.as_str()) {
-                Ok(Committed::Created)
+                Ok(Committed::Created { leased: leased.remove(it.message_id.as_str()).unwrap_or_default() })
             } else {
                 existing.get(&(it.channel, it.external_id.as_str())).cloned().ok_or_else(|| {
                     StoreError::Corrupt(format!("message {}:{} exists without its case", it.channel, it.external_id))

@@ -18,6 +18,8 @@ use crate::support::TestDb;
 const T0: i64 = 1_700_000_000_000;
 const LEASE_MS: i64 = 30_000;
 const TICKETS: &str = "downstream:tickets";
+/// A new case whose jobs were all written pending.
+const CREATED: Committed = Committed::Created { leased: Vec::new() };
 const WEB: &str = "channel:web";
 
 /// One pair of tests per check. `store` checks get one opened store; `db` checks get the database and
@@ -72,6 +74,7 @@ on_both_backends!(db check_seqs_continue_after_reopen => sqlite_seqs_continue_af
 on_both_backends!(store check_leasing => sqlite_leasing, postgres_leasing);
 on_both_backends!(store check_per_case_ordering => sqlite_per_case_ordering, postgres_per_case_ordering);
 on_both_backends!(store check_dead_and_replay => sqlite_dead_and_replay, postgres_dead_and_replay);
+on_both_backends!(store check_written_leased => sqlite_written_leased, postgres_written_leased);
 on_both_backends!(store check_ticket_id => sqlite_ticket_id, postgres_ticket_id);
 on_both_backends!(store check_batched_outcomes => sqlite_batched_outcomes, postgres_batched_outcomes);
 on_both_backends!(store check_dead_job_holds_later_jobs_until_discarded => sqlite_dead_job_holds_later_jobs_until_discarded, postgres_dead_job_holds_later_jobs_until_discarded);
@@ -150,7 +153,7 @@ async fn postgres_batches_with_kept_plans_commit_the_same() {
             first.check_customer = true;
             let second = new_case(s[1], T0 + round, &[]);
             let results = commit(store, &[first.clone(), second.clone()]).await;
-            assert_eq!(results, vec![Committed::Created, Committed::Created], "round {round}");
+            assert_eq!(results, vec![CREATED, CREATED], "round {round}");
             let again = redelivery_of(&first, s[2], T0 + round, &[TICKETS]);
             assert_eq!(commit(store, &[again]).await, vec![duplicate_of(&first)], "round {round}");
         }
@@ -178,7 +181,7 @@ async fn postgres_batch_after_a_dropped_connection_fails_once_then_commits() {
     store.migrate().await.expect("migrate");
     let s = seqs(&store, 3).await;
     let first = new_case(s[0], T0, &[TICKETS]);
-    assert_eq!(commit(&store, std::slice::from_ref(&first)).await, vec![Committed::Created]);
+    assert_eq!(commit(&store, std::slice::from_ref(&first)).await, vec![CREATED]);
     assert!(store.keeps_batch_plans());
     let before = raw_count(&db.url, "messages").await;
 
@@ -194,9 +197,9 @@ async fn postgres_batch_after_a_dropped_connection_fails_once_then_commits() {
     assert!(failed.is_err(), "a batch on the dropped connection fails: {failed:?}");
     assert_eq!(raw_count(&db.url, "messages").await, before, "the failed batch wrote nothing");
 
-    assert_eq!(commit(&store, std::slice::from_ref(&second)).await, vec![Committed::Created]);
+    assert_eq!(commit(&store, std::slice::from_ref(&second)).await, vec![CREATED]);
     let third = new_case(s[2], T0 + 2, &[]);
-    assert_eq!(commit(&store, &[third]).await, vec![Committed::Created]);
+    assert_eq!(commit(&store, &[third]).await, vec![CREATED]);
     assert_eq!(raw_count(&db.url, "messages").await, before + 2);
     store.close().await;
     db.cleanup().await;
@@ -239,6 +242,7 @@ fn new_case(seq: i64, now_ms: i64, destinations: &[&str]) -> NewCase {
                 destination: dest(d),
                 payload: json!({ "case_id": case_id, "destination": d }).to_string(),
                 max_attempts: 5,
+                lease_until: None,
             })
             .collect(),
         follow_up: false,
@@ -368,8 +372,8 @@ async fn check_commit_creates_everything(store: &dyn Store) {
     let a = new_case(s[0], T0, &[TICKETS, WEB]);
     let b = new_case(s[1], T0 + 1, &[TICKETS]);
     let c = new_case(s[2], T0 + 2, &[]);
-    assert_eq!(commit(store, &[a.clone(), b.clone()]).await, vec![Committed::Created, Committed::Created]);
-    assert_eq!(commit(store, std::slice::from_ref(&c)).await, vec![Committed::Created]);
+    assert_eq!(commit(store, &[a.clone(), b.clone()]).await, vec![CREATED, CREATED]);
+    assert_eq!(commit(store, std::slice::from_ref(&c)).await, vec![CREATED]);
 
     assert_eq!(store.count_cases().await.expect("count"), 3);
     assert_eq!(job_counts(store).await, counts(&[("pending", 3)]));
@@ -430,7 +434,7 @@ async fn check_full_size_batch(store: &dyn Store) {
     let items: Vec<NewCase> =
         s.iter().enumerate().map(|(i, seq)| new_case(*seq, T0 + i as i64, &[TICKETS, WEB, "downstream:crm"])).collect();
     let results = commit(store, &items).await;
-    assert!(results.iter().all(|r| *r == Committed::Created), "{results:?}");
+    assert!(results.iter().all(|r| *r == CREATED), "{results:?}");
     assert_eq!(store.count_cases().await.expect("count"), 256);
     assert_eq!(job_counts(store).await, counts(&[("pending", 768)]));
 }
@@ -438,7 +442,7 @@ async fn check_full_size_batch(store: &dyn Store) {
 async fn check_exact_dedup(store: &dyn Store) {
     let s = seqs(store, 2).await;
     let original = new_case(s[0], T0, &[TICKETS]);
-    assert_eq!(commit(store, std::slice::from_ref(&original)).await, vec![Committed::Created]);
+    assert_eq!(commit(store, std::slice::from_ref(&original)).await, vec![CREATED]);
 
     // The same message again, rendered anew (new case and message ids, more jobs): reported with the
     // original case's ids, and nothing of the new rendering is stored.
@@ -463,7 +467,7 @@ async fn check_exact_dedup(store: &dyn Store) {
     let mut by_email = redelivery_of(&original, s[3], T0 + 13, &[TICKETS]);
     by_email.channel = "email";
     let results = commit(store, &[first.clone(), once_more.clone(), second.clone(), by_email.clone()]).await;
-    assert_eq!(results, vec![Committed::Created, duplicate_of(&original), Committed::Created, Committed::Created]);
+    assert_eq!(results, vec![CREATED, duplicate_of(&original), CREATED, CREATED]);
     assert_eq!(store.count_cases().await.expect("count"), 4);
     assert_eq!(job_counts(store).await, counts(&[("pending", 4)]));
     assert!(store.get_case(&once_more.case_id).await.expect("get_case").is_none());
@@ -482,7 +486,7 @@ async fn check_same_key_twice_in_one_batch(store: &dyn Store) {
     let copy = redelivery_of(&first, s[1], T0, &[TICKETS]);
     match store.commit_batch(Arc::new(vec![first.clone(), copy.clone()])).await {
         Ok(results) => {
-            assert_eq!(results, vec![Committed::Created, duplicate_of(&first)]);
+            assert_eq!(results, vec![CREATED, duplicate_of(&first)]);
             assert_eq!(store.count_cases().await.expect("count"), 1);
             assert_eq!(job_counts(store).await, counts(&[("pending", 1)]));
         }
@@ -505,7 +509,7 @@ async fn check_batch_is_all_or_nothing(db: &TestDb) {
 
     // Something already stored, so that "unchanged" is not merely "empty".
     let s = seqs(store, 1).await;
-    assert_eq!(commit(store, &[new_case(s[0], T0, &[TICKETS])]).await, vec![Committed::Created]);
+    assert_eq!(commit(store, &[new_case(s[0], T0, &[TICKETS])]).await, vec![CREATED]);
 
     let tables = ["messages", "identities", "cases", "outbox", "outbox_payloads"];
     for (table, column) in [("messages", "data"), ("cases", "data"), ("outbox_payloads", "payload")] {
@@ -560,7 +564,7 @@ async fn check_batch_is_all_or_nothing(db: &TestDb) {
 
         // The failed attempt left no trace: once the refusal is lifted, the very same items are all new.
         raw_exec(url, &cure).await;
-        assert_eq!(commit(store, &batch).await, vec![Committed::Created; 3], "refused in {table}");
+        assert_eq!(commit(store, &batch).await, vec![CREATED; 3], "refused in {table}");
         assert_eq!(jobs_of(store, &good.case_id).await.len(), 2);
     }
     store.close().await;
@@ -572,7 +576,7 @@ async fn check_seqs_continue_after_reopen(db: &TestDb) {
     let store = db.store().await;
     let first = seqs(&*store, 5).await;
     let items: Vec<NewCase> = first.iter().map(|s| new_case(*s, T0, &[])).collect();
-    assert!(commit(&*store, &items).await.iter().all(|r| *r == Committed::Created));
+    assert!(commit(&*store, &items).await.iter().all(|r| *r == CREATED));
     store.close().await;
 
     let store = db.store().await;
@@ -581,7 +585,7 @@ async fn check_seqs_continue_after_reopen(db: &TestDb) {
     assert!(next.iter().all(|s| *s > max), "after reopening: {next:?}, stored up to {max}");
     // And they are usable: no case_ref or seq collides with a stored case.
     let items: Vec<NewCase> = next.iter().map(|s| new_case(*s, T0, &[])).collect();
-    assert!(commit(&*store, &items).await.iter().all(|r| *r == Committed::Created));
+    assert!(commit(&*store, &items).await.iter().all(|r| *r == CREATED));
     assert_eq!(store.count_cases().await.expect("count"), 10);
     store.close().await;
 }
@@ -709,6 +713,52 @@ async fn check_per_case_ordering(store: &dyn Store) {
     assert_eq!(ids(&got), vec![x1], "at its retry time x1 goes again, still before x2");
     assert!(store.complete_job(x1, 2, retry_at).await.expect("complete"));
     assert_eq!(ids(&lease(store, retry_at + 1, 10).await), vec![x2], "x1 done: x2's turn");
+}
+
+/// A job written leased (`lease_until`, a new case's first job handed to its loop) comes back by
+/// id, holds the later jobs of its case like a leased one, and is leased again, payload and all,
+/// if its lease ends unsent.
+async fn check_written_leased(store: &dyn Store) {
+    let s = seqs(store, 3).await;
+    let until = T0 + LEASE_MS;
+    let mut x = new_case(s[0], T0, &[TICKETS, TICKETS, WEB]);
+    x.jobs[0].lease_until = Some(until);
+    x.jobs[2].lease_until = Some(until);
+    let y = new_case(s[1], T0, &[TICKETS]);
+    let results = commit(store, &[x.clone(), y.clone()]).await;
+    let x_jobs = jobs_of(store, &x.case_id).await;
+    let [x1, x2, x3] = &x_jobs[..] else { panic!("three jobs of x: {x_jobs:?}") };
+    assert_eq!(
+        results,
+        vec![
+            Committed::Created {
+                leased: vec![(x.jobs[0].event_id.clone(), x1.id), (x.jobs[2].event_id.clone(), x3.id)]
+            },
+            CREATED
+        ]
+    );
+    for j in [x1, x3] {
+        assert_eq!((j.state.as_str(), j.attempts, j.next_attempt_at), ("leased", 1, until), "{j:?}");
+    }
+    assert_eq!((x2.state.as_str(), x2.attempts, x2.held_by), ("held", 0, Some(x1.id)), "x2 waits behind x1");
+
+    // A redelivery with a job marked the same way writes no job.
+    let before = job_counts(store).await;
+    let mut again = redelivery_of(&x, s[2], T0 + 1, &[TICKETS]);
+    again.jobs[0].lease_until = Some(until);
+    assert_eq!(commit(store, std::slice::from_ref(&again)).await, vec![duplicate_of(&x)]);
+    assert_eq!(job_counts(store).await, before);
+
+    // Only y's job is for the taking: x2 waits behind x1, which is leased like x3.
+    let y1 = jobs_of(store, &y.case_id).await[0].id;
+    assert_eq!(ids(&lease(store, T0 + 10, 10).await), vec![y1]);
+    assert!(store.complete_job(x1.id, 1, T0 + 20).await.expect("complete"), "the handed attempt is attempt 1");
+    assert_eq!(ids(&lease(store, T0 + 21, 10).await), vec![x2.id], "x1 done: x2's turn");
+
+    // x3 was never sent: at the end of its lease it is leased again, with its payload.
+    let got = lease(store, until, 10).await;
+    assert_eq!(ids(&got), vec![x3.id]);
+    assert_eq!((got[0].attempts, got[0].payload.as_str()), (2, x.jobs[2].payload.as_str()));
 }
 
 async fn check_dead_and_replay(store: &dyn Store) {
@@ -931,7 +981,7 @@ async fn check_digest_comes_back_with_a_duplicate(store: &dyn Store) {
     let s = seqs(store, 2).await;
     let mut original = new_case(s[0], T0, &[TICKETS]);
     original.digest = Some("d1".into());
-    assert_eq!(commit(store, std::slice::from_ref(&original)).await, vec![Committed::Created]);
+    assert_eq!(commit(store, std::slice::from_ref(&original)).await, vec![CREATED]);
     let mut again = redelivery_of(&original, s[1], T0 + 1, &[TICKETS]);
     again.digest = Some("d2".into());
     assert_eq!(commit(store, &[again]).await, vec![duplicate_of(&original)], "the first delivery's digest, d1");
@@ -1015,14 +1065,7 @@ async fn check_customer_checked_at_commit(store: &dyn Store) {
     unchecked.identities.push(known.identities[0].clone());
 
     let results = commit(store, &[returning.clone(), stranger.clone(), unchecked.clone()]).await;
-    assert_eq!(
-        results,
-        vec![
-            Committed::OtherCustomer { customer_id: known.customer_id.clone() },
-            Committed::Created,
-            Committed::Created
-        ]
-    );
+    assert_eq!(results, vec![Committed::OtherCustomer { customer_id: known.customer_id.clone() }, CREATED, CREATED]);
     assert_eq!(store.count_cases().await.expect("count"), cases0 + 2, "the returning customer's case is not written");
     assert!(jobs_of(store, &returning.case_id).await.is_empty(), "nor its jobs");
     assert_eq!(jobs_of(store, &stranger.case_id).await.len(), 1);
@@ -1033,7 +1076,7 @@ async fn check_customer_checked_at_commit(store: &dyn Store) {
     again.identities = returning.identities.clone();
     again.customer_id = known.customer_id.clone();
     again.check_customer = true;
-    assert_eq!(commit(store, std::slice::from_ref(&again)).await, vec![Committed::Created]);
+    assert_eq!(commit(store, std::slice::from_ref(&again)).await, vec![CREATED]);
 }
 
 /// Several leasers at once (two stores on PostgreSQL) never lease one job twice, and between them
@@ -1169,6 +1212,7 @@ fn change(case_id: &CaseId, version: i64, status: &str, now_ms: i64) -> earshot:
             destination: dest(WEB),
             payload: "{}".to_owned(),
             max_attempts: 5,
+            lease_until: None,
         }],
         now_ms,
     }
