@@ -55,6 +55,9 @@ struct Meters {
     dead: metrics::Counter,
     dead_letters: metrics::Counter,
     latency: metrics::Histogram,
+    /// Jobs this loop took by a lease, and straight from the intake.
+    leased: metrics::Counter,
+    handed: metrics::Counter,
 }
 
 impl Meters {
@@ -68,6 +71,8 @@ impl Meters {
             dead: outcome("dead"),
             dead_letters: metrics::counter!("earshot_dead_letters_total", "destination" => dest.to_owned()),
             latency: metrics::histogram!("earshot_delivery_latency_seconds", "destination" => dest.to_owned()),
+            leased: metrics::counter!("earshot_outbox_taken_total", "destination" => dest.to_owned(), "via" => "lease"),
+            handed: metrics::counter!("earshot_outbox_taken_total", "destination" => dest.to_owned(), "via" => "intake"),
         }
     }
 }
@@ -145,6 +150,7 @@ pub async fn run(spec: Spec, shared: Arc<Shared>, wake: Arc<Notify>, shutdown: C
                 Ok(jobs) => {
                     lease_failures = 0;
                     drained = jobs.len() < want;
+                    meters.leased.increment(jobs.len() as u64);
                     let got = !jobs.is_empty();
                     queue.extend(jobs);
                     if got {
@@ -179,7 +185,7 @@ pub async fn run(spec: Spec, shared: Arc<Shared>, wake: Arc<Notify>, shutdown: C
                 }
                 on_result(&mut breaker, &spec, &dest, ok, probe);
             }
-            _ = inbox.receive(&mut queue) => {}
+            n = inbox.receive(&mut queue) => meters.handed.increment(n as u64),
             _ = wake.notified() => {
                 drained = false;
                 inbox.offer(0);

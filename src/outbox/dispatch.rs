@@ -53,8 +53,8 @@ impl Inbox {
         self.counts.room.store(room.saturating_sub(coming), Ordering::Relaxed);
     }
 
-    /// Waits for handed jobs and adds every one that has come to `queue`.
-    pub async fn receive(&mut self, queue: &mut std::collections::VecDeque<Job>) {
+    /// Waits for handed jobs and adds every one that has come to `queue`; returns how many.
+    pub async fn receive(&mut self, queue: &mut std::collections::VecDeque<Job>) -> usize {
         let Some(job) = self.rx.recv().await else { return std::future::pending().await };
         queue.push_back(job);
         let mut n = 1;
@@ -63,6 +63,7 @@ impl Inbox {
             n += 1;
         }
         self.counts.claimed.fetch_sub(n, Ordering::Relaxed);
+        n
     }
 
     /// Stops the flow and adds what was handed meanwhile to `queue` (the loop is stopping).
@@ -239,7 +240,7 @@ mod tests {
         assert!(unhanded.is_empty());
 
         let mut queue = std::collections::VecDeque::new();
-        inbox.receive(&mut queue).await;
+        assert_eq!(inbox.receive(&mut queue).await, 1);
         assert_eq!(queue.len(), 1, "the pending job is not handed: {queue:?}");
         let handed = &queue[0];
         assert_eq!((handed.id, handed.event_id.as_str(), handed.attempts), (JobId(7), "a", 1));

@@ -329,6 +329,49 @@ async fn a_hung_endpoint_holds_up_only_its_own_deliveries() {
     gw.stop().await;
 }
 
+/// `earshot_outbox_taken_total` of one destination, by how the jobs were taken.
+async fn taken(gw: &Gateway, destination: &str, via: &str) -> f64 {
+    let text = reqwest::get(format!("{}/metrics", gw.base)).await.expect("metrics").text().await.expect("text");
+    text.lines()
+        .filter(|l| l.starts_with("earshot_outbox_taken_total{"))
+        .filter(|l| l.contains(&format!("destination=\"{destination}\"")) && l.contains(&format!("via=\"{via}\"")))
+        .find_map(|l| l.rsplit(' ').next().and_then(|v| v.parse().ok()))
+        .unwrap_or(0.0)
+}
+
+/// With its delivery loop idle, a new case's job is handed to it straight from the intake (no
+/// lease), and every job is still taken once and delivered once.
+#[tokio::test]
+async fn new_cases_jobs_are_handed_to_an_idle_loop_without_a_lease() {
+    let db = TestDb::sqlite();
+    let rx = Receiver::start().await;
+    // A name of its own: /metrics is one registry for every test in this process.
+    let gw = Gateway::start(&config_toml(&db.url, &endpoint_toml("handed", &rx.url, 2, ""))).await;
+    let mut cases = HashSet::new();
+    for i in 0..20 {
+        let (status, receipt) = gw.web().send(&complaint(&format!("handed straight to the loop {i}"))).await;
+        assert_eq!(status, 202);
+        cases.insert(receipt["case_id"].as_str().expect("case id").to_owned());
+        // One at a time, each delivered before the next: the loop is idle when each case commits.
+        rx.wait_until(5, "the case delivered", |r| r.iter().filter(|x| x.answered == 200).count() > i).await;
+    }
+    let got = rx.received();
+    let delivered: HashSet<String> =
+        got.iter().map(|r| r.body["data"]["case"]["id"].as_str().unwrap_or_default().to_owned()).collect();
+    assert_eq!((got.len(), delivered), (20, cases), "every case delivered once");
+
+    let (handed, leased) =
+        (taken(&gw, "downstream:handed", "intake").await, taken(&gw, "downstream:handed", "lease").await);
+    assert_eq!(handed + leased, 20.0, "each job taken once: {handed} handed, {leased} leased");
+    // A case that commits right after a wake-up or a poll (every 50 ms here) goes by a lease.
+    assert!(handed >= 10.0, "most jobs handed straight: {handed} handed, {leased} leased");
+    let store = db.store().await;
+    let done = store.list_jobs(Some("done"), 100).await.expect("jobs");
+    assert!(done.iter().all(|j| j.attempts == 1), "one attempt each: {done:?}");
+    store.close().await;
+    gw.stop().await;
+}
+
 /// A 301 or 302 is a failed attempt, whatever the `Location` would answer: the job is retried and
 /// delivered by POST to the configured URL once that answers 2xx.
 #[tokio::test]
