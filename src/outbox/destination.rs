@@ -104,6 +104,13 @@ pub async fn run(spec: Spec, shared: Arc<Shared>, wake: Arc<Notify>, shutdown: C
     // A steady clock, not a sleep restarted on every turn: a loop kept busy by handed jobs still
     // looks for retries that have come due.
     let mut poll = tokio::time::interval(shared.settings.poll_interval);
+    // Told by the recorder once a delivery is recorded done: a job held behind it may be due now.
+    let released = Arc::new(Notify::new());
+    // A wake-up (jobs written pending, a job released) asks for a lease as soon as there is room for
+    // one, without stopping the jobs handed from the intake: the lease says whether anything is due,
+    // and one that comes back full stops them until the backlog is through. Only the poll stops them
+    // first, so that a loop kept full by handed jobs still looks for due ones once per poll.
+    let mut recheck = false;
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     while !shutdown.is_cancelled() {
@@ -122,8 +129,9 @@ pub async fn run(spec: Spec, shared: Arc<Shared>, wake: Arc<Notify>, shutdown: C
                 continue;
             }
             probe_out |= probe;
-            let (shared, deadline, wake, meters) = (shared.clone(), spec.deadline, wake.clone(), meters.clone());
-            sends.spawn(async move { (probe, send(&shared, &meters, job, deadline, wake).await) });
+            let (shared, deadline, released, meters) =
+                (shared.clone(), spec.deadline, released.clone(), meters.clone());
+            sends.spawn(async move { (probe, send(&shared, &meters, job, deadline, released).await) });
         }
         // A paused destination keeps nothing leased that it will not send soon.
         if matches!(admit, Admit::Nothing(Some(_))) {
@@ -140,8 +148,8 @@ pub async fn run(spec: Spec, shared: Arc<Shared>, wake: Arc<Notify>, shutdown: C
         let idle = sends.is_empty() && queue.is_empty();
         let room = (free + max / 2).saturating_sub(queue.len());
         let want = match breaker.admit(now, probe_out) {
-            Admit::Any if !drained && (free >= max.div_ceil(4) || idle) => room,
-            Admit::Probe if !drained && queue.is_empty() => 1,
+            Admit::Any if (!drained || recheck) && (free >= max.div_ceil(4) || idle) => room,
+            Admit::Probe if (!drained || recheck) && queue.is_empty() => 1,
             _ => 0,
         };
         if want > 0 {
@@ -149,6 +157,7 @@ pub async fn run(spec: Spec, shared: Arc<Shared>, wake: Arc<Notify>, shutdown: C
             match shared.store.lease_jobs(Some(&spec.destination), now_ms, now_ms + lease_ms, want as i64).await {
                 Ok(jobs) => {
                     lease_failures = 0;
+                    recheck = false;
                     drained = jobs.len() < want;
                     meters.leased.increment(jobs.len() as u64);
                     let got = !jobs.is_empty();
@@ -172,9 +181,9 @@ pub async fn run(spec: Spec, shared: Arc<Shared>, wake: Arc<Notify>, shutdown: C
             _ => None,
         };
         // New cases' jobs come straight from the intake only while nothing else is due here (the
-        // last lease came back short; a wake-up or the poll stops the flow until the next lease
-        // says so again), so they do not overtake a backlog, and only as many as a lease would
-        // take (less those on their way).
+        // last lease came back short; the poll stops the flow until the next lease says so again),
+        // so they do not overtake a backlog for longer than a poll, and only as many as a lease
+        // would take (less those on their way).
         let open = matches!(breaker.admit(now, probe_out), Admit::Any);
         inbox.offer(if open && drained { room } else { 0 });
         tokio::select! {
@@ -186,10 +195,8 @@ pub async fn run(spec: Spec, shared: Arc<Shared>, wake: Arc<Notify>, shutdown: C
                 on_result(&mut breaker, &spec, &dest, ok, probe);
             }
             n = inbox.receive(&mut queue) => meters.handed.increment(n as u64),
-            _ = wake.notified() => {
-                drained = false;
-                inbox.offer(0);
-            }
+            _ = wake.notified() => recheck = true,
+            _ = released.notified() => recheck = true,
             _ = poll.tick() => {
                 drained = false;
                 inbox.offer(0);
@@ -255,7 +262,7 @@ fn release(shared: &Shared, job: Job) {
 
 /// Sends one job within `deadline` and reports its outcome; returns whether the destination
 /// answered (a permanent refusal is an answer; a timeout or a transient failure is not).
-async fn send(shared: &Shared, meters: &Meters, job: Job, deadline: Duration, wake: Arc<Notify>) -> bool {
+async fn send(shared: &Shared, meters: &Meters, job: Job, deadline: Duration, released: Arc<Notify>) -> bool {
     let settings = &shared.settings;
     let result = match super::worker::suppressed_recipient(&*shared.store, &job).await {
         Some(address) => Err(SendError::Unreachable {
@@ -320,7 +327,7 @@ async fn send(shared: &Shared, meters: &Meters, job: Job, deadline: Duration, wa
             (kind, !e.is_transient())
         }
     };
-    let wake = matches!(kind, OutcomeKind::Done { .. }).then_some(wake);
+    let wake = matches!(kind, OutcomeKind::Done { .. }).then_some(released);
     let outcome = JobOutcome { id: job.id, attempts: job.attempts, kind };
     if shared.recorder.send(Recorded { outcome, wake }).is_err() {
         tracing::error!(job = %job.id, "The outcome recorder is gone; the job will be sent again when its lease ends.");
