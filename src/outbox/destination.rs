@@ -94,7 +94,8 @@ pub async fn run(spec: Spec, shared: Arc<Shared>, wake: Arc<Notify>, shutdown: C
     let mut queue: VecDeque<Job> = VecDeque::new();
     let mut sends: JoinSet<(bool, bool)> = JoinSet::new();
     let mut probe_out = false;
-    // The last lease found fewer jobs than it asked for: none is due until a wake-up or the poll.
+    // The last lease found fewer jobs than it asked for: none is due until a wake-up or the poll
+    // (a wake-up asks for a lease through `recheck`; the poll also stops the hand-off).
     let mut drained = false;
     let mut lease_failures = 0u32;
     set_breaker_gauge(&dest, false);

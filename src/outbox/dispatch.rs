@@ -3,13 +3,15 @@
 //! Why: a job written pending costs the store a lease before it can be sent (an update through the
 //! due index, and its payload read back), and the intake's wake-up makes every loop look. The first
 //! job of a new case to a destination has nothing ahead of it in its case, so when that destination's
-//! loop has room and nothing else due, the intake writes the job already leased
+//! loop has room and its last lease found nothing more due, the intake writes the job already leased
 //! ([`crate::store::NewJob::lease_until`]) and hands it to the loop once the commit has returned.
 //!
-//! A loop with a backlog, an open breaker or no room takes none: the job is written pending and
-//! leased as before, so new cases never jump ahead of retries and follow-ups that are due. A job
-//! handed but never sent (the gateway stops between the commit and the send) is leased in the store
-//! like any other, and is sent when its lease ends.
+//! A loop whose lease found a backlog, or with an open breaker or no room, takes none: the job is
+//! written pending and leased as before. A job that comes due while jobs are being handed (a retry,
+//! a follow-up released, a replay) waits at most until the loop's next poll, which stops the hand-off
+//! until a lease has taken what is due. A job handed but never sent is released when the gateway stops
+//! (by the loop, or by the intake if the loop had already stopped); after a crash it is leased again
+//! when its lease ends.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -363,7 +363,8 @@ async fn new_cases_jobs_are_handed_to_an_idle_loop_without_a_lease() {
     let (handed, leased) =
         (taken(&gw, "downstream:handed", "intake").await, taken(&gw, "downstream:handed", "lease").await);
     assert_eq!(handed + leased, 20.0, "each job taken once: {handed} handed, {leased} leased");
-    // A case that commits right after a wake-up or a poll (every 50 ms here) goes by a lease.
+    // A case that commits right after a poll (every 50 ms here), before the loop's next lease, goes
+    // by a lease.
     assert!(handed >= 10.0, "most jobs handed straight: {handed} handed, {leased} leased");
     let store = db.store().await;
     let done = store.list_jobs(Some("done"), 100).await.expect("jobs");
