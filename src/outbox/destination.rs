@@ -105,14 +105,13 @@ pub async fn run(spec: Spec, shared: Arc<Shared>, wake: Arc<Notify>, shutdown: C
     // A steady clock, not a sleep restarted on every turn: a loop kept busy by handed jobs still
     // looks for retries that have come due.
     let mut poll = tokio::time::interval(shared.settings.poll_interval);
-    // Told by the recorder once a delivery is recorded done: a job held behind it may be due now.
-    let released = Arc::new(Notify::new());
-    // A wake-up (jobs written pending, a job released) asks for a lease as soon as there is room for
-    // one, without stopping the jobs handed from the intake: the lease says whether anything is due,
-    // and one that comes back full stops them until the backlog is through. Only the poll stops them
-    // first, so that a loop kept full by handed jobs still looks for due ones once per poll.
-    let mut recheck = false;
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // A wake-up (jobs written pending, or, from the recorder, a job recorded done that may have held
+    // others) asks for a lease as soon as there is room for one, without stopping the jobs handed
+    // from the intake: the lease says whether anything is due, and one that comes back full stops
+    // them until the backlog is through. Only the poll stops them first, so that a loop kept full by
+    // handed jobs still looks for due ones once per poll.
+    let mut recheck = false;
 
     while !shutdown.is_cancelled() {
         let now = Instant::now();
@@ -130,9 +129,8 @@ pub async fn run(spec: Spec, shared: Arc<Shared>, wake: Arc<Notify>, shutdown: C
                 continue;
             }
             probe_out |= probe;
-            let (shared, deadline, released, meters) =
-                (shared.clone(), spec.deadline, released.clone(), meters.clone());
-            sends.spawn(async move { (probe, send(&shared, &meters, job, deadline, released).await) });
+            let (shared, deadline, wake, meters) = (shared.clone(), spec.deadline, wake.clone(), meters.clone());
+            sends.spawn(async move { (probe, send(&shared, &meters, job, deadline, wake).await) });
         }
         // A paused destination keeps nothing leased that it will not send soon.
         if matches!(admit, Admit::Nothing(Some(_))) {
@@ -197,7 +195,6 @@ pub async fn run(spec: Spec, shared: Arc<Shared>, wake: Arc<Notify>, shutdown: C
             }
             n = inbox.receive(&mut queue) => meters.handed.increment(n as u64),
             _ = wake.notified() => recheck = true,
-            _ = released.notified() => recheck = true,
             _ = poll.tick() => {
                 drained = false;
                 inbox.offer(0);
@@ -263,7 +260,7 @@ fn release(shared: &Shared, job: Job) {
 
 /// Sends one job within `deadline` and reports its outcome; returns whether the destination
 /// answered (a permanent refusal is an answer; a timeout or a transient failure is not).
-async fn send(shared: &Shared, meters: &Meters, job: Job, deadline: Duration, released: Arc<Notify>) -> bool {
+async fn send(shared: &Shared, meters: &Meters, job: Job, deadline: Duration, wake: Arc<Notify>) -> bool {
     let settings = &shared.settings;
     let result = match super::worker::suppressed_recipient(&*shared.store, &job).await {
         Some(address) => Err(SendError::Unreachable {
@@ -328,7 +325,7 @@ async fn send(shared: &Shared, meters: &Meters, job: Job, deadline: Duration, re
             (kind, !e.is_transient())
         }
     };
-    let wake = matches!(kind, OutcomeKind::Done { .. }).then_some(released);
+    let wake = matches!(kind, OutcomeKind::Done { .. }).then_some(wake);
     let outcome = JobOutcome { id: job.id, attempts: job.attempts, kind };
     if shared.recorder.send(Recorded { outcome, wake }).is_err() {
         tracing::error!(job = %job.id, "The outcome recorder is gone; the job will be sent again when its lease ends.");
