@@ -149,7 +149,7 @@ EOF
 }
 
 vm_kib() { awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/status" 2>/dev/null || true; }
-mib() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
+mib() { awk -v k="$1" 'BEGIN { if (k == k + 0) printf "%.1f", k / 1024; else print "nan" }'; }
 
 # The earshot_batch_size histogram from /metrics, as "mean=X count=N p50<=B p99<=B".
 batch_stats() {
@@ -383,7 +383,8 @@ fi
 if [[ $SKIP_SEED == 1 ]]; then
     log "seeded store skipped (SKIP_SEED=1)"
     SEED_ROWS=0 SEED_RATE=nan BIG_SIZE_MIB=0 STARTUP_MS=nan BIG_RATE=nan BIG_BATCH=skipped
-    PEAK_HWM=0 FINAL_RSS=0
+    # nan, so that the summary says n/a, not a PASS for a figure never taken.
+    PEAK_HWM=nan FINAL_RSS=0
 else
     BIG_FILE="$WORK/seeded.db"
     log "seeding $SEED_CASES cases into $BIG_FILE"
