@@ -166,12 +166,9 @@ pub struct IntakeConfig {
     /// Most submissions committed in one transaction. Default 256.
     #[serde(default = "default_max_batch")]
     pub max_batch: usize,
-    /// Batches committed at the same time. Default 2 on SQLite, 1 on PostgreSQL.
-    /// SQLite commits on one connection, so it allows at most 2: while one batch commits, the
-    /// next is prepared and queued behind it, and the connection goes from one to the other
-    /// without waiting (3.7% more complaints/s on the whole path, six alternating pairs).
-    /// On PostgreSQL more writers overlap their round trips, which pays when the database is on
-    /// another host; on one 2-core machine they measured slower than one.
+    /// Batches committed at the same time. Default 1. SQLite allows only 1 (one writer
+    /// connection). On PostgreSQL more writers overlap their round trips, which pays when the
+    /// database is on another host; on one 2-core machine they measured no faster than one.
     pub writers: Option<usize>,
 }
 

@@ -207,21 +207,18 @@ pub fn resolve(cfg: &Config, base: &Path) -> Result<Settings, Vec<Problem>> {
         c.problem("intake.max_batch", "must be between 1 and 1000");
     }
     let postgres = cfg.database.url.starts_with("postgres:") || cfg.database.url.starts_with("postgresql:");
-    // SQLite: two, so that the next batch is prepared and queued on the writer connection while
-    // one commits (see `intake.writers` in config/mod.rs).
     let writers = match cfg.intake.writers {
-        None if postgres => 1,
-        None => 2,
+        None => 1,
         Some(n) if !(1..=32).contains(&n) => {
             c.problem("intake.writers", "must be between 1 and 32");
             1
         }
-        Some(n) if n > 2 && !postgres => {
+        Some(n) if n > 1 && !postgres => {
             c.problem(
                 "intake.writers",
-                "SQLite has one writer connection: at most 2 (one batch committing, the next queued behind it; PostgreSQL allows more)",
+                "SQLite has one writer connection: only 1 is possible (PostgreSQL allows more)",
             );
-            2
+            1
         }
         Some(n) => n,
     };
@@ -444,14 +441,11 @@ mod tests {
     }
 
     #[test]
-    fn intake_writers_default_to_two_on_sqlite_one_on_postgres_and_only_postgres_takes_more() {
-        assert_eq!(check("").expect("defaults").writers, 2);
-        assert_eq!(check("[intake]\nwriters = 1\n").expect("one on SQLite").writers, 1);
-        let sqlite = check("[intake]\nwriters = 3\n").expect_err("SQLite has one writer connection");
+    fn intake_writers_default_to_one_and_only_postgres_takes_more() {
+        assert_eq!(check("").expect("defaults").writers, 1);
+        let sqlite = check("[intake]\nwriters = 2\n").expect_err("SQLite has one writer");
         assert!(sqlite.iter().any(|p| p.starts_with("intake.writers: SQLite")), "{sqlite:?}");
-        let pg_url = "[database]\nurl = \"postgres://db.internal/earshot\"\n";
-        assert_eq!(check(pg_url).expect("PostgreSQL defaults").writers, 1);
-        let pg = check(&format!("{pg_url}[intake]\nwriters = 3\n"));
+        let pg = check("[database]\nurl = \"postgres://db.internal/earshot\"\n[intake]\nwriters = 3\n");
         assert_eq!(pg.expect("PostgreSQL").writers, 3);
         assert!(check("[intake]\nwriters = 0\n").is_err());
     }

@@ -27,15 +27,11 @@ struct Group {
 
 /// Runs `ctx.writers` writer loops on one queue; returns when the queue is closed and drained.
 ///
-/// With more than one, a batch is prepared and sent while another commits. On SQLite (two by
-/// default) the second waits in the writer thread's queue and runs right after the first, in the
-/// same transaction or the next, so the one connection never waits for the next batch to be
-/// formed; a message sent to both is stored once, since the second batch sees the first's rows.
-/// On PostgreSQL their network round trips overlap (worth it when the database is on another host;
-/// on one 2-core machine it measured slower). Concurrent batches cannot deadlock there, because
-/// each locks the rows it inserts in one global order (see the stores' batch commits), and a
-/// message sent to two batches at once is still stored once: the second waits on the first's
-/// unique key.
+/// With more than one (PostgreSQL only), a batch is prepared and committed while another commits,
+/// so their network round trips overlap (worth it when the database is on another host; on one
+/// 2-core machine it measured no faster). Concurrent batches cannot deadlock, because
+/// each locks the rows it inserts in one global order (see the stores' batch commits), and a message sent to
+/// two batches at once is still stored once: the second waits on the first's unique key.
 pub(super) async fn run_all(rx: mpsc::Receiver<Submission>, ctx: WriterContext) {
     let rx = Arc::new(tokio::sync::Mutex::new(rx));
     let ctx = Arc::new(ctx);
