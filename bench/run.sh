@@ -149,7 +149,7 @@ EOF
 }
 
 vm_kib() { awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/status" 2>/dev/null || true; }
-mib() { awk -v k="$1" 'BEGIN { if (k == k + 0) printf "%.1f", k / 1024; else print "nan" }'; }
+mib() { awk -v k="$1" 'BEGIN { if (k == k + 0) printf "%.1f", k / 1024; else print k }'; }
 
 # The earshot_batch_size histogram from /metrics, as "mean=X count=N p50<=B p99<=B".
 batch_stats() {
@@ -382,9 +382,10 @@ fi
 
 if [[ $SKIP_SEED == 1 ]]; then
     log "seeded store skipped (SKIP_SEED=1)"
-    SEED_ROWS=0 SEED_RATE=nan BIG_SIZE_MIB=0 STARTUP_MS=nan BIG_RATE=nan BIG_BATCH=skipped
-    # nan, so that the summary says n/a, not a PASS for a figure never taken.
-    PEAK_HWM=nan FINAL_RSS=0
+    SEED_ROWS=0 SEED_RATE=skipped BIG_SIZE_MIB=0 STARTUP_MS=skipped BIG_RATE=skipped BIG_BATCH=skipped
+    # Not a number, so that the summary says n/a, not a verdict on a figure never taken ("nan" would
+    # not do: mawk reads it as a number).
+    PEAK_HWM=skipped FINAL_RSS=0
 else
     BIG_FILE="$WORK/seeded.db"
     log "seeding $SEED_CASES cases into $BIG_FILE"
