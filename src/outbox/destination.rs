@@ -94,8 +94,7 @@ pub async fn run(spec: Spec, shared: Arc<Shared>, wake: Arc<Notify>, shutdown: C
     let mut queue: VecDeque<Job> = VecDeque::new();
     let mut sends: JoinSet<(bool, bool)> = JoinSet::new();
     let mut probe_out = false;
-    // The last lease found fewer jobs than it asked for: none is due until a wake-up or the poll
-    // (a wake-up asks for a lease through `recheck`; the poll also stops the hand-off).
+    // The last lease found fewer jobs than it asked for: none is due until a wake-up or the poll.
     let mut drained = false;
     let mut lease_failures = 0u32;
     set_breaker_gauge(&dest, false);
@@ -146,9 +145,11 @@ pub async fn run(spec: Spec, shared: Arc<Shared>, wake: Arc<Notify>, shutdown: C
         let free = max - sends.len().min(max);
         let idle = sends.is_empty() && queue.is_empty();
         let room = (free + max / 2).saturating_sub(queue.len());
+        // Something may be due: the last lease was full, the poll came, or a wake-up asked.
+        let look = !drained || recheck;
         let want = match breaker.admit(now, probe_out) {
-            Admit::Any if (!drained || recheck) && (free >= max.div_ceil(4) || idle) => room,
-            Admit::Probe if (!drained || recheck) && queue.is_empty() => 1,
+            Admit::Any if look && (free >= max.div_ceil(4) || idle) => room,
+            Admit::Probe if look && queue.is_empty() => 1,
             _ => 0,
         };
         if want > 0 {
