@@ -10,7 +10,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-pub use resolve::{DbSettings, Endpoint, OutboxSettings, Problem, Settings, resolve};
+pub use resolve::{DbSettings, Endpoint, MAX_WRITERS, OutboxSettings, Problem, Settings, resolve};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -107,8 +107,8 @@ pub struct DatabaseConfig {
     /// `sqlite://path` (relative to the working directory; created if missing) or `postgres://…`.
     #[serde(default = "default_db_url")]
     pub url: String,
-    /// Connection pool size (readers on SQLite; all connections on PostgreSQL, plus a quarter of
-    /// this, at least 2, for the intake writer's batch statements once the tables are large). Default 8.
+    /// Connection pool size (readers on SQLite; all connections on PostgreSQL, plus one per intake
+    /// writer for its batch statements). Default 8.
     #[serde(default = "default_max_connections")]
     pub max_connections: u32,
 }

@@ -8,6 +8,9 @@ use std::time::Duration;
 
 use earshot_channel::config::Checker;
 pub use earshot_channel::config::Problem;
+
+/// The most intake writers (`intake.writers`) a gateway runs.
+pub const MAX_WRITERS: usize = 32;
 use earshot_channel::webhooks::SigningKeys;
 use secrecy::SecretString;
 
@@ -209,8 +212,8 @@ pub fn resolve(cfg: &Config, base: &Path) -> Result<Settings, Vec<Problem>> {
     let postgres = cfg.database.url.starts_with("postgres:") || cfg.database.url.starts_with("postgresql:");
     let writers = match cfg.intake.writers {
         None => 1,
-        Some(n) if !(1..=32).contains(&n) => {
-            c.problem("intake.writers", "must be between 1 and 32");
+        Some(n) if !(1..=MAX_WRITERS).contains(&n) => {
+            c.problem("intake.writers", format!("must be between 1 and {MAX_WRITERS}"));
             1
         }
         Some(n) if n > 1 && !postgres => {

@@ -19,82 +19,51 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres
 
 pub struct PgStore {
     pool: PgPool,
-    batch: BatchPlans,
+    batch: BatchConns,
 }
 
-/// Connections for the intake writer's batch statement, with plans kept once the tables are large.
+/// Connections for the intake writer's batch statement, which keep its plan.
 ///
-/// Every statement is planned afresh (`connect_options`), which is right for small tables but costs
-/// the batch statement, with its ten parts, about 0.4 ms per batch: with a kept (generic) plan the
-/// writer commits 12-15% more complaints/s on a populated database, and 19-20% more in 20 s runs
-/// from a new one, measured in alternating runs. Once `identities` takes `generic_from` bytes on
-/// disk, a generic plan (which the planner makes from the table's size on disk at that moment)
-/// looks contacts up by index for good, as the tables only grow; so from then on batches run on a
-/// second, small pool whose connections keep their plans. The size is read once every
-/// `CHECK_EVERY` batches until then.
-struct BatchPlans {
-    /// The server's default `plan_cache_mode` (`auto`): plans are kept after five runs.
-    options: PgConnectOptions,
-    max_connections: u32,
-    generic_from: i64,
-    batches: std::sync::atomic::AtomicU64,
-    pool: std::sync::OnceLock<PgPool>,
-    /// Connections the writers keep between batches, each marked with whether it keeps plans.
-    /// sqlx pings a connection given back to its pool (a round trip, and a wake-up of its server
-    /// process, on every batch); a kept connection is given back only when a statement on it fails.
-    held: std::sync::Mutex<Vec<(bool, PoolConnection<Postgres>)>>,
+/// Every other statement is planned afresh on each run (`connect_options`). Planning the batch
+/// statement, with its ten parts, each time was about a quarter of the server's CPU on the whole
+/// path, so its connections keep one generic plan from its first run (`force_generic_plan`). That
+/// plan must not depend on the table sizes of the moment, which it would keep as the tables grow:
+/// the statement reads one table, `identities`, one contact at a time by its whole key (a
+/// `LATERAL ... LIMIT 1` lookup: a plain join, planned with 30 rows in the table, became a hash
+/// join over the whole index), and sequential scans are off on these connections
+/// (`enable_seqscan`), which a plan made on an empty table would otherwise choose. Every other
+/// part inserts or reads the statement's own arrays.
+///
+/// Duplicates are looked up afterwards on the main pool: that lookup joins two tables, and its
+/// best plan does depend on their sizes.
+struct BatchConns {
+    pool: PgPool,
+    /// Connections the writers keep between batches. sqlx pings a connection given back to its
+    /// pool (a round trip, and a wake-up of its server process, on every batch); a kept connection
+    /// is given back only when a statement on it fails.
+    held: std::sync::Mutex<Vec<PoolConnection<Postgres>>>,
 }
 
-impl BatchPlans {
-    const CHECK_EVERY: u64 = 256;
-
-    /// The pool for the next batch statement.
-    async fn pool<'a>(&'a self, main: &'a PgPool) -> &'a PgPool {
-        if let Some(p) = self.pool.get() {
-            return p;
-        }
-        let n = self.batches.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if !n.is_multiple_of(Self::CHECK_EVERY) {
-            return main;
-        }
-        let size: std::result::Result<i64, sqlx::Error> =
-            sqlx::query_scalar("SELECT pg_relation_size('identities')").fetch_one(main).await;
-        match size {
-            Ok(size) if size >= self.generic_from => self.pool.get_or_init(|| {
-                tracing::info!(
-                    identities_bytes = size,
-                    "Batch statements now keep their plans: the tables are large enough for one plan to fit all."
-                );
-                pool_options(self.max_connections).connect_lazy_with(self.options.clone())
-            }),
-            Ok(_) => main,
-            Err(e) => {
-                tracing::debug!(error = %e, "Could not read the size of identities; batch statements stay planned each time.");
-                main
-            }
-        }
+impl BatchConns {
+    /// The settings of a batch connection (see above).
+    fn options(url: &str) -> Result<PgConnectOptions> {
+        Ok(PgConnectOptions::from_str(url)?
+            .options([("plan_cache_mode", "force_generic_plan"), ("enable_seqscan", "off")]))
     }
 
-    /// A connection for the next batch statement, and whether it keeps plans: one a writer kept,
-    /// else a new one from the pool `pool` chooses. Kept connections from before the switch to
-    /// kept plans go back to their pool.
-    async fn acquire(&self, main: &PgPool) -> Result<(bool, PoolConnection<Postgres>)> {
-        let pool = self.pool(main).await;
-        let keeps_plans = self.pool.get().is_some();
-        loop {
-            let held = self.held.lock().ok().and_then(|mut h| h.pop());
-            match held {
-                Some((k, conn)) if k == keeps_plans => return Ok((keeps_plans, conn)),
-                Some(_) => continue,
-                None => return Ok((keeps_plans, pool.acquire().await?)),
-            }
+    /// A connection for the next batch statement: one a writer kept, else a new one.
+    async fn acquire(&self) -> Result<PoolConnection<Postgres>> {
+        let held = self.held.lock().ok().and_then(|mut h| h.pop());
+        match held {
+            Some(conn) => Ok(conn),
+            None => Ok(self.pool.acquire().await?),
         }
     }
 
     /// Keeps a connection whose statement succeeded for the next batch.
-    fn keep(&self, keeps_plans: bool, conn: PoolConnection<Postgres>) {
+    fn keep(&self, conn: PoolConnection<Postgres>) {
         if let Ok(mut held) = self.held.lock() {
-            held.push((keeps_plans, conn));
+            held.push(conn);
         }
     }
 
@@ -102,9 +71,7 @@ impl BatchPlans {
         // Given back first: a pool closes once its connections are back.
         let held = self.held.lock().map(|mut h| std::mem::take(&mut *h)).unwrap_or_default();
         drop(held);
-        if let Some(p) = self.pool.get() {
-            p.close().await;
-        }
+        self.pool.close().await;
     }
 }
 
@@ -130,35 +97,29 @@ fn pool_options(max_connections: u32) -> PgPoolOptions {
         .test_before_acquire(false)
 }
 
-/// The size of `identities` from which batch statements keep their plans (see `BatchPlans`): 8 MiB,
-/// about 100,000 contacts, when an index lookup of a batch's contacts is cheaper than any scan by a
-/// wide margin.
-const GENERIC_PLANS_FROM: i64 = 8 << 20;
-
 impl PgStore {
     pub async fn connect(url: &str, max_connections: u32) -> Result<PgStore> {
-        Self::connect_with_generic_plans_from(url, max_connections, GENERIC_PLANS_FROM).await
-    }
-
-    /// Whether batch statements run on the connections that keep their plans (see `BatchPlans`).
-    pub fn keeps_batch_plans(&self) -> bool {
-        self.batch.pool.get().is_some()
-    }
-
-    /// As `connect`, with batch statements keeping their plans once `identities` takes `bytes` on
-    /// disk (see `BatchPlans`); for tests, which cannot wait for 8 MiB of contacts.
-    pub async fn connect_with_generic_plans_from(url: &str, max_connections: u32, bytes: i64) -> Result<PgStore> {
         let pool = pool_options(max_connections.max(2)).connect_with(connect_options(url)?).await?;
-        let batch = BatchPlans {
-            options: PgConnectOptions::from_str(url)?,
-            // The intake writers' share: one connection per writer is what they use at most.
-            max_connections: (max_connections / 4).max(2),
-            generic_from: bytes,
-            batches: Default::default(),
-            pool: Default::default(),
-            held: Default::default(),
-        };
-        Ok(PgStore { pool, batch })
+        // One connection per intake writer, which keeps it (`BatchConns::held`), so the pool opens
+        // no more than there are writers; its limit is the most writers config allows. A smaller
+        // limit would leave a writer waiting for a connection that another one holds.
+        let batch_pool = pool_options(crate::config::MAX_WRITERS as u32).connect_lazy_with(BatchConns::options(url)?);
+        Ok(PgStore { pool, batch: BatchConns { pool: batch_pool, held: Default::default() } })
+    }
+
+    /// The plan a batch connection keeps for the batch statement, as `EXPLAIN` prints it: for tests,
+    /// which check that it looks contacts up by index whatever the table sizes when it was made.
+    #[doc(hidden)]
+    pub async fn batch_plan(&self) -> Result<String> {
+        use sqlx::Executor;
+        let mut conn = self.batch.acquire().await?;
+        let args = vec!["'{}'"; BATCH_PARAMS].join(", ");
+        conn.execute(format!("PREPARE earshot_batch_plan AS {BATCH_SQL}").as_str()).await?;
+        let lines: std::result::Result<Vec<String>, sqlx::Error> =
+            sqlx::query_scalar(&format!("EXPLAIN EXECUTE earshot_batch_plan({args})")).fetch_all(&mut *conn).await;
+        conn.execute("DEALLOCATE earshot_batch_plan").await?;
+        self.batch.keep(conn);
+        Ok(lines?.join("\n"))
     }
 }
 
@@ -201,16 +162,25 @@ impl super::Store for PgStore {
     async fn commit_batch(&self, items: Arc<Vec<NewCase>>) -> Result<Vec<Committed>> {
         let items = items.as_slice();
         if !needs_extras(items) {
-            // One statement, its own transaction.
-            let (keeps_plans, mut conn) = self.batch.acquire(&self.pool).await?;
-            let out = commit_in_one_statement(&mut conn, items).await;
-            if out.is_ok() {
-                self.batch.keep(keeps_plans, conn);
-            }
-            return out;
+            // One statement, its own transaction. The cases of duplicates are looked up after it,
+            // on the main pool (see `BatchConns`).
+            let mut conn = self.batch.acquire().await?;
+            let written = insert_batch(&mut conn, items).await?;
+            self.batch.keep(conn);
+            let duplicates = written.duplicates(items);
+            let existing = if duplicates.is_empty() {
+                HashMap::new()
+            } else {
+                existing_cases(&mut *self.pool.acquire().await?, &duplicates).await?
+            };
+            return written.outcomes(items, &existing);
         }
         let mut tx = self.pool.begin().await?;
-        let out = commit_in_one_statement(&mut tx, items).await?;
+        let written = insert_batch(&mut tx, items).await?;
+        let duplicates = written.duplicates(items);
+        let existing =
+            if duplicates.is_empty() { HashMap::new() } else { existing_cases(&mut tx, &duplicates).await? };
+        let out = written.outcomes(items, &existing)?;
         commit_extras(&mut tx, items, &out).await?;
         tx.commit().await?;
         Ok(out)
@@ -580,83 +550,99 @@ fn needs_extras(items: &[NewCase]) -> bool {
     items.iter().any(|it| it.raw.is_some() || !it.attachments.is_empty() || it.ack_address.is_some() || it.follow_up)
 }
 
+/// The batch statement's parameters, `$1` to `$27`.
+const BATCH_PARAMS: usize = 27;
+
 /// The messages, contacts (which are the customers), cases and outbox jobs of a batch in one
 /// statement, as data-modifying CTEs over arrays: one round trip, and its own transaction unless
-/// the caller has one open. Every part sees which messages were new through `m`, the messages
+/// the caller has one open (see [`insert_batch`]). Every part sees which messages were new through `m`, the messages
 /// insert that decides them. Rows go in in key order, so concurrent batches (several writers or
 /// instances) lock them in one order. A case with `check_customer` whose contact is known is written not at all
 /// ([`Committed::OtherCustomer`]).
-async fn commit_in_one_statement(conn: &mut sqlx::PgConnection, items: &[NewCase]) -> Result<Vec<Committed>> {
+const BATCH_SQL: &str = "\
+    WITH given AS ( \
+        SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int8[], $7::bool[], \
+                             $8::int8[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], \
+                             $23::bool[], $24::text[], $25::text[], $26::int8[]) \
+            WITH ORDINALITY AS t(message_id, case_id, channel, external_id, message_json, at, follow_up, \
+                                 seq, case_ref, status, source, customer_id, case_json, \
+                                 check_customer, digest, reply_route, sla_due, n) \
+    ), contacts AS ( \
+        SELECT * FROM unnest($14::text[], $15::text[], $16::text[]) WITH ORDINALITY AS i(kind, value, message_id, n) \
+    ), known AS ( \
+        SELECT DISTINCT ON (c.message_id) c.message_id, ident.customer_id \
+        FROM contacts c CROSS JOIN LATERAL ( \
+            SELECT customer_id FROM identities WHERE kind = c.kind AND value = c.value LIMIT 1 \
+        ) ident \
+        ORDER BY c.message_id, c.n \
+    ), other AS ( \
+        SELECT g.message_id, k.customer_id FROM given g JOIN known k ON k.message_id = g.message_id \
+        WHERE g.check_customer AND NOT g.follow_up AND k.customer_id <> g.customer_id \
+    ), input AS ( \
+        SELECT * FROM given WHERE message_id NOT IN (SELECT message_id FROM other) \
+    ), m AS ( \
+        INSERT INTO messages (id, case_id, channel, external_id, direction, data, received_at, digest) \
+        SELECT message_id, case_id, channel, external_id, 'inbound', message_json, at, digest FROM input \
+        ORDER BY channel, external_id \
+        ON CONFLICT (channel, external_id) DO NOTHING RETURNING id \
+    ), new AS ( \
+        SELECT input.* FROM input JOIN m ON m.id = input.message_id \
+    ), id AS ( \
+        INSERT INTO identities (kind, value, customer_id, created_at) \
+        SELECT * FROM (SELECT DISTINCT ON (i.kind, i.value) i.kind, i.value, new.customer_id, new.at \
+                       FROM contacts i \
+                       JOIN new ON new.message_id = i.message_id AND NOT new.follow_up \
+                       ORDER BY i.kind, i.value, i.n) x \
+        ORDER BY 1, 2 \
+        ON CONFLICT (kind, value) DO NOTHING \
+    ), ca AS ( \
+        INSERT INTO cases (id, seq, case_ref, status, channel, source, customer_id, data, created_at, updated_at, \
+                           reply_route, sla_due) \
+        SELECT case_id, seq, case_ref, status, channel, source, customer_id, case_json, at, at, \
+               reply_route, sla_due FROM new \
+        WHERE NOT follow_up ORDER BY n \
+    ), given_jobs AS ( \
+        SELECT * FROM unnest($17::text[], $18::text[], $19::text[], $20::text[], $21::text[], $22::int8[], \
+                             $27::int8[]) \
+            WITH ORDINALITY AS j(event_id, message_id, kind, destination, payload, max_attempts, lease_until, n) \
+    ), jobs AS ( \
+        INSERT INTO outbox (event_id, case_id, kind, destination, state, attempts, max_attempts, \
+                            next_attempt_at, created_at, updated_at) \
+        SELECT j.event_id, new.case_id, j.kind, j.destination, \
+               CASE WHEN j.lease_until IS NULL THEN 'pending' ELSE 'leased' END, \
+               CASE WHEN j.lease_until IS NULL THEN 0 ELSE 1 END, j.max_attempts, \
+               COALESCE(j.lease_until, new.at), new.at, new.at \
+        FROM given_jobs j \
+        JOIN new ON new.message_id = j.message_id \
+        ORDER BY j.n \
+        RETURNING id, event_id, state \
+    ), payloads AS ( \
+        INSERT INTO outbox_payloads (job_id, payload) \
+        SELECT jobs.id, j.payload FROM jobs JOIN given_jobs j ON j.event_id = jobs.event_id \
+    ) \
+    SELECT id, NULL::text, NULL::int8 FROM m UNION ALL SELECT message_id, customer_id, NULL FROM other \
+    UNION ALL SELECT event_id, NULL, id FROM jobs WHERE state = 'leased'";
+
+/// What the batch statement wrote: the items whose message was new, the items not written because
+/// their contact belongs to another customer, and the jobs leased at once.
+struct Written {
+    inserted: HashSet<String>,
+    others: HashMap<String, String>,
+    leased: HashMap<String, super::JobId>,
+}
+
+/// Runs the batch statement ([`BATCH_SQL`]).
+async fn insert_batch(conn: &mut sqlx::PgConnection, items: &[NewCase]) -> Result<Written> {
+    let mut written = Written { inserted: HashSet::new(), others: HashMap::new(), leased: HashMap::new() };
     if items.is_empty() {
-        return Ok(Vec::new());
+        return Ok(written);
     }
-    const SQL: &str = "\
-        WITH given AS ( \
-            SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int8[], $7::bool[], \
-                                 $8::int8[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], \
-                                 $23::bool[], $24::text[], $25::text[], $26::int8[]) \
-                WITH ORDINALITY AS t(message_id, case_id, channel, external_id, message_json, at, follow_up, \
-                                     seq, case_ref, status, source, customer_id, case_json, \
-                                     check_customer, digest, reply_route, sla_due, n) \
-        ), contacts AS ( \
-            SELECT * FROM unnest($14::text[], $15::text[], $16::text[]) WITH ORDINALITY AS i(kind, value, message_id, n) \
-        ), known AS ( \
-            SELECT DISTINCT ON (c.message_id) c.message_id, ident.customer_id \
-            FROM contacts c JOIN identities ident ON ident.kind = c.kind AND ident.value = c.value \
-            ORDER BY c.message_id, c.n \
-        ), other AS ( \
-            SELECT g.message_id, k.customer_id FROM given g JOIN known k ON k.message_id = g.message_id \
-            WHERE g.check_customer AND NOT g.follow_up AND k.customer_id <> g.customer_id \
-        ), input AS ( \
-            SELECT * FROM given WHERE message_id NOT IN (SELECT message_id FROM other) \
-        ), m AS ( \
-            INSERT INTO messages (id, case_id, channel, external_id, direction, data, received_at, digest) \
-            SELECT message_id, case_id, channel, external_id, 'inbound', message_json, at, digest FROM input \
-            ORDER BY channel, external_id \
-            ON CONFLICT (channel, external_id) DO NOTHING RETURNING id \
-        ), new AS ( \
-            SELECT input.* FROM input JOIN m ON m.id = input.message_id \
-        ), id AS ( \
-            INSERT INTO identities (kind, value, customer_id, created_at) \
-            SELECT * FROM (SELECT DISTINCT ON (i.kind, i.value) i.kind, i.value, new.customer_id, new.at \
-                           FROM contacts i \
-                           JOIN new ON new.message_id = i.message_id AND NOT new.follow_up \
-                           ORDER BY i.kind, i.value, i.n) x \
-            ORDER BY 1, 2 \
-            ON CONFLICT (kind, value) DO NOTHING \
-        ), ca AS ( \
-            INSERT INTO cases (id, seq, case_ref, status, channel, source, customer_id, data, created_at, updated_at, \
-                               reply_route, sla_due) \
-            SELECT case_id, seq, case_ref, status, channel, source, customer_id, case_json, at, at, \
-                   reply_route, sla_due FROM new \
-            WHERE NOT follow_up ORDER BY n \
-        ), given_jobs AS ( \
-            SELECT * FROM unnest($17::text[], $18::text[], $19::text[], $20::text[], $21::text[], $22::int8[], \
-                                 $27::int8[]) \
-                WITH ORDINALITY AS j(event_id, message_id, kind, destination, payload, max_attempts, lease_until, n) \
-        ), jobs AS ( \
-            INSERT INTO outbox (event_id, case_id, kind, destination, state, attempts, max_attempts, \
-                                next_attempt_at, created_at, updated_at) \
-            SELECT j.event_id, new.case_id, j.kind, j.destination, \
-                   CASE WHEN j.lease_until IS NULL THEN 'pending' ELSE 'leased' END, \
-                   CASE WHEN j.lease_until IS NULL THEN 0 ELSE 1 END, j.max_attempts, \
-                   COALESCE(j.lease_until, new.at), new.at, new.at \
-            FROM given_jobs j \
-            JOIN new ON new.message_id = j.message_id \
-            ORDER BY j.n \
-            RETURNING id, event_id, state \
-        ), payloads AS ( \
-            INSERT INTO outbox_payloads (job_id, payload) \
-            SELECT jobs.id, j.payload FROM jobs JOIN given_jobs j ON j.event_id = jobs.event_id \
-        ) \
-        SELECT id, NULL::text, NULL::int8 FROM m UNION ALL SELECT message_id, customer_id, NULL FROM other \
-        UNION ALL SELECT event_id, NULL, id FROM jobs WHERE state = 'leased'";
 
     let idents: Vec<(&NewCase, &earshot_channel::Identity)> =
         items.iter().flat_map(|it| it.identities.iter().map(move |i| (it, i))).collect();
     let jobs: Vec<(&NewCase, &super::NewJob)> =
         items.iter().flat_map(|it| it.jobs.iter().map(move |j| (it, j))).collect();
-    let rows: Vec<(String, Option<String>, Option<i64>)> = sqlx::query_as(SQL)
+    let rows: Vec<(String, Option<String>, Option<i64>)> = sqlx::query_as(BATCH_SQL)
         .bind(items.iter().map(|it| it.message_id.as_str()).collect::<Vec<_>>())
         .bind(items.iter().map(|it| it.case_id.as_str()).collect::<Vec<_>>())
         .bind(items.iter().map(|it| it.channel).collect::<Vec<_>>())
@@ -686,40 +672,53 @@ async fn commit_in_one_statement(conn: &mut sqlx::PgConnection, items: &[NewCase
         .bind(jobs.iter().map(|(_, j)| j.lease_until).collect::<Vec<_>>())
         .fetch_all(&mut *conn)
         .await?;
-    let mut inserted: HashSet<String> = HashSet::new();
-    let mut others: HashMap<String, String> = HashMap::new();
     // Rows are a new message's id, an item's other customer, or a leased job's event id and id.
-    let mut leased: HashMap<String, super::JobId> = HashMap::new();
     for (key, other, job) in rows {
         match (other, job) {
             (_, Some(id)) => {
-                leased.insert(key, super::JobId(id));
+                written.leased.insert(key, super::JobId(id));
             }
             (Some(customer_id), None) => {
-                others.insert(key, customer_id);
+                written.others.insert(key, customer_id);
             }
             (None, None) => {
-                inserted.insert(key);
+                written.inserted.insert(key);
             }
         }
     }
-    let duplicates: Vec<&NewCase> =
-        items.iter().filter(|it| !inserted.contains(&it.message_id) && !others.contains_key(&it.message_id)).collect();
-    let existing = if duplicates.is_empty() { HashMap::new() } else { existing_cases(conn, &duplicates).await? };
-    items
-        .iter()
-        .map(|it| match others.remove(&it.message_id) {
-            Some(customer_id) => Ok(Committed::OtherCustomer { customer_id }),
-            None => match outcome(it, &inserted, &existing)? {
-                Committed::Created { .. } => Ok(Committed::Created {
-                    leased: it
-                        .jobs
-                        .iter()
-                        .filter_map(|j| leased.remove(&j.event_id).map(|id| (j.event_id.clone(), id)))
-                        .collect(),
-                }),
-                other => Ok(other),
-            },
-        })
-        .collect()
+    Ok(written)
+}
+
+impl Written {
+    /// The items whose message was already stored.
+    fn duplicates<'a>(&self, items: &'a [NewCase]) -> Vec<&'a NewCase> {
+        items
+            .iter()
+            .filter(|it| !self.inserted.contains(&it.message_id) && !self.others.contains_key(&it.message_id))
+            .collect()
+    }
+
+    /// What became of each item, given the cases of the duplicates.
+    fn outcomes(
+        mut self,
+        items: &[NewCase],
+        existing: &HashMap<(String, String), Committed>,
+    ) -> Result<Vec<Committed>> {
+        items
+            .iter()
+            .map(|it| match self.others.remove(&it.message_id) {
+                Some(customer_id) => Ok(Committed::OtherCustomer { customer_id }),
+                None => match outcome(it, &self.inserted, existing)? {
+                    Committed::Created { .. } => Ok(Committed::Created {
+                        leased: it
+                            .jobs
+                            .iter()
+                            .filter_map(|j| self.leased.remove(&j.event_id).map(|id| (j.event_id.clone(), id)))
+                            .collect(),
+                    }),
+                    other => Ok(other),
+                },
+            })
+            .collect()
+    }
 }
