@@ -107,8 +107,9 @@ pub struct DatabaseConfig {
     /// `sqlite://path` (relative to the working directory; created if missing) or `postgres://…`.
     #[serde(default = "default_db_url")]
     pub url: String,
-    /// Connection pool size (readers on SQLite; all connections on PostgreSQL, plus one per intake
-    /// writer for its batch statements). Default 8.
+    /// Connection pool size (readers on SQLite; on PostgreSQL the main pool, as many again at most
+    /// for the outbox's lease and outcome statements, and one per intake writer for its batch
+    /// statements). Default 8.
     #[serde(default = "default_max_connections")]
     pub max_connections: u32,
 }

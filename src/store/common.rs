@@ -36,18 +36,18 @@ pub(super) fn like_pattern(text: &str) -> String {
 pub(super) const HOLDER: &str = "(SELECT MIN(p.id) FROM outbox p WHERE p.case_id = o.case_id \
     AND p.destination = o.destination AND p.state IN ('pending', 'leased', 'dead') AND p.id < o.id)";
 
-/// The lease statement, ordered by due time over the partial index of unfinished jobs (which leads
-/// with the destination, so one destination's lease never walks past another's backlog). A job
-/// waits while an earlier one of its case and destination is pending, leased or dead. `lock` is
-/// `FOR UPDATE SKIP LOCKED` on PostgreSQL and empty on SQLite, where the single writer connection
 /// A stored case reference read back; one that is not valid is corrupt data.
 pub(super) fn stored_ref(text: String) -> super::Result<earshot_channel::CaseRef> {
     earshot_channel::CaseRef::parse(&text)
         .map_err(|e| super::StoreError::Corrupt(format!("case reference {text:?}: {e}")))
 }
 
-/// already serialises leasing; with `by_destination`, `$4` is the destination.
-pub(super) fn lease_sql(lock: &str, by_destination: bool) -> String {
+/// SQLite's lease statement, ordered by due time over the partial index of unfinished jobs (which
+/// leads with the destination, so one destination's lease never walks past another's backlog). A
+/// job waits while an earlier one of its case and destination is pending, leased or dead. The
+/// single writer connection serialises leasing. With `by_destination`, `$4` is the destination.
+/// (PostgreSQL's, which locks rows and keeps its plan, is `postgres::lease_sql`.)
+pub(super) fn lease_sql(by_destination: bool) -> String {
     let dest = if by_destination { "o.destination = $4 AND " } else { "" };
     format!(
         "UPDATE outbox SET state = 'leased', attempts = attempts + 1, next_attempt_at = $1, updated_at = $2 \
@@ -55,7 +55,7 @@ pub(super) fn lease_sql(lock: &str, by_destination: bool) -> String {
             WHERE {dest}o.state IN ('pending', 'leased') AND o.next_attempt_at <= $2 \
               AND NOT EXISTS (SELECT 1 FROM outbox p WHERE p.case_id = o.case_id AND p.destination = o.destination \
                               AND p.state IN ('pending', 'leased', 'dead') AND p.id < o.id) \
-            ORDER BY o.next_attempt_at, o.id LIMIT $3 {lock}) \
+            ORDER BY o.next_attempt_at, o.id LIMIT $3) \
          RETURNING {JOB_FIELDS}"
     )
 }
@@ -659,26 +659,6 @@ macro_rules! write_queries {
             existing.get(&(it.channel.to_owned(), it.external_id.clone())).cloned().ok_or_else(|| {
                 super::StoreError::Corrupt(format!("message {}:{} exists without its case", it.channel, it.external_id))
             })
-        }
-
-        pub(super) async fn lease(
-            conn: &mut Conn,
-            lock: &str,
-            destination: Option<&str>,
-            now_ms: i64,
-            until_ms: i64,
-            limit: i64,
-        ) -> Result<Vec<Job>> {
-            // The leased rows with their payloads, in one statement.
-            let sql = format!(
-                "WITH l AS ({}) SELECT l.*, p.payload FROM l JOIN outbox_payloads p ON p.job_id = l.id",
-                super::common::lease_sql(lock, destination.is_some())
-            );
-            let mut q = sqlx::query_as::<_, Job>(&sql).bind(until_ms).bind(now_ms).bind(limit);
-            if let Some(d) = destination {
-                q = q.bind(d);
-            }
-            Ok(q.fetch_all(&mut *conn).await?)
         }
 
         pub(super) async fn discard(conn: &mut Conn, id: super::JobId, now_ms: i64) -> Result<bool> {

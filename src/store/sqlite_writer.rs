@@ -528,7 +528,7 @@ pub(super) fn lease(
     until_ms: i64,
     limit: i64,
 ) -> Result<Vec<Job>> {
-    let mut stmt = prepared(conn, &lease_sql("", destination.is_some()))?;
+    let mut stmt = prepared(conn, &lease_sql(destination.is_some()))?;
     let jobs: rusqlite::Result<Vec<Job>> = match destination {
         Some(d) => stmt.query_map(params![until_ms, now_ms, limit, d], job_from_row)?.collect(),
         None => stmt.query_map(params![until_ms, now_ms, limit], job_from_row)?.collect(),

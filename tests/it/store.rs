@@ -134,45 +134,97 @@ async fn postgres_concurrent_leasing() {
     db.cleanup().await;
 }
 
-/// PostgreSQL batch statements keep one plan from their first run. The plan must look contacts up
-/// by index whatever the table held when it was made: a plain join, planned with 30 analyzed rows,
-/// became a hash join over the whole of `identities`, and would have stayed one as it grew.
+/// PostgreSQL's hot statements (the intake batch, the outbox's lease and outcomes) keep one plan
+/// from their first run. Each plan must reach every table through an index condition on the
+/// statement's own values, whatever the tables held when it was made: a plain join, planned with
+/// 30 analyzed rows, became a hash join over the whole of `identities`, and a lease planned on an
+/// empty table scanned `outbox_order` by destination alone for every due job. Either would have
+/// stayed so as the tables grew.
 #[tokio::test]
-async fn postgres_kept_batch_plan_looks_contacts_up_by_index() {
+async fn postgres_kept_plans_reach_every_table_by_an_index_condition() {
     let Some(db) = TestDb::postgres().await else {
         return;
     };
     let store = earshot::store::PgStore::connect(&db.url, 4).await.expect("connect");
     store.migrate().await.expect("migrate");
-    let by_index = |plan: &str| {
-        let lines: Vec<&str> = plan.lines().map(str::trim).collect();
-        let scans: Vec<usize> = lines
-            .iter()
-            .enumerate()
-            .filter(|(_, l)| l.contains("Scan") && l.contains(" on identities"))
-            .map(|(i, _)| i)
-            .collect();
-        !scans.is_empty()
-            && scans.iter().all(|&i| {
-                lines[i].starts_with("->  Index Scan using identities_pkey on identities")
-                    && lines
-                        .get(i + 1)
-                        .is_some_and(|l| l.starts_with("Index Cond: ((kind = c.kind) AND (value = c.value))"))
-            })
+    let leading: HashMap<String, String> = {
+        use sqlx::Connection;
+        let mut conn = sqlx::PgConnection::connect(&db.url).await.expect("connect to the test database");
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT i.indexrelid::regclass::text, a.attname::text FROM pg_index i \
+             JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]",
+        )
+        .fetch_all(&mut conn)
+        .await
+        .expect("index columns");
+        let _ = conn.close().await;
+        rows.into_iter().collect()
     };
-    let empty = store.batch_plan().await.expect("plan on an empty table");
-    assert!(by_index(&empty), "empty table:\n{empty}");
+    let check = |when: &str, plans: Vec<(&str, String)>| {
+        for (name, plan) in plans {
+            let whole = (name == "lease of every destination").then_some("outbox_due");
+            let problems = unbounded_scans(&plan, &leading, whole);
+            assert!(problems.is_empty(), "{name}, {when}: {problems:?} in\n{plan}");
+            if name == "batch" {
+                assert!(
+                    plan.contains("Index Cond: ((kind = c.kind) AND (value = c.value))"),
+                    "{name}, {when}: contacts looked up by their key:\n{plan}"
+                );
+            }
+        }
+    };
+    check("new database", store.kept_plans().await.expect("plans"));
     raw_exec(
         &db.url,
         "INSERT INTO identities (kind, value, customer_id, created_at) \
-         SELECT 'email', 'c' || g || '@example.com', 'cust-' || g, 0 FROM generate_series(1, 30) g",
+            SELECT 'email', 'c' || g || '@example.com', 'cust-' || g, 0 FROM generate_series(1, 30) g; \
+         INSERT INTO cases (id, seq, case_ref, status, channel, source, customer_id, data, created_at, updated_at) \
+            SELECT 'case-' || g, g, 'R' || g, 'new', 'web', 'site', 'cust-' || g, '{}', 0, 0 \
+            FROM generate_series(1, 30) g; \
+         INSERT INTO outbox (event_id, case_id, kind, destination, state, attempts, max_attempts, \
+                             next_attempt_at, created_at, updated_at) \
+            SELECT 'evt-' || g, 'case-' || (g % 7), 'case.created', 'webhook:tickets', \
+                   (ARRAY['pending', 'leased', 'done', 'dead'])[1 + g % 4], 0, 5, g, g, g \
+            FROM generate_series(1, 30) g; \
+         INSERT INTO outbox_payloads (job_id, payload) SELECT id, '{}' FROM outbox; \
+         ANALYZE",
     )
     .await;
-    raw_exec(&db.url, "ANALYZE identities").await;
-    let small = store.batch_plan().await.expect("plan on a small table");
-    assert!(by_index(&small), "30 rows:\n{small}");
+    check("30 rows, analyzed", store.kept_plans().await.expect("plans"));
     store.close().await;
     db.cleanup().await;
+}
+
+/// The scans in an `EXPLAIN` plan that read a table other than by an index condition on the
+/// index's first column (`leading`: index name to column): a sequential scan, or an index read
+/// whole or by a later column alone. `whole` names an index that may be read in order by a later
+/// column: `outbox_due` by due time, for a lease of every destination.
+fn unbounded_scans(plan: &str, leading: &HashMap<String, String>, whole: Option<&str>) -> Vec<String> {
+    let lines: Vec<&str> = plan.lines().map(str::trim).collect();
+    let mut problems = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        let node = line.trim_start_matches("->  ");
+        let reads_table = ["Seq Scan", "Index Scan", "Index Only Scan", "Bitmap Index Scan", "Tid"]
+            .iter()
+            .any(|kind| node.starts_with(kind));
+        if !reads_table {
+            continue;
+        }
+        // The index, and the node's own detail lines, up to its first child or sibling.
+        let index = node.split_whitespace().skip_while(|w| *w != "using" && *w != "on").nth(1).unwrap_or("");
+        let cond = lines[i + 1..]
+            .iter()
+            .take_while(|l| !l.starts_with("->") && !l.starts_with("SubPlan"))
+            .find(|l| l.starts_with("Index Cond:"));
+        let by_first_column = match (leading.get(index), cond) {
+            (Some(column), Some(cond)) => cond.contains(&format!("({column} = ")),
+            _ => false,
+        };
+        if !by_first_column && whole != Some(index) {
+            problems.push(node.to_owned());
+        }
+    }
+    problems
 }
 
 /// What a batch commits with the kept plan, past the runs after which PostgreSQL would choose one
