@@ -81,7 +81,9 @@ impl BatchConns {
     }
 }
 
-/// The server plans every statement with the table sizes of the moment (`force_custom_plan`).
+/// The main pool's settings: the server plans every statement with the table sizes of the moment
+/// (`force_custom_plan`). (The few statements written to keep one plan run on connections of their
+/// own: `kept_plan_options`.)
 ///
 /// sqlx keeps each statement prepared on its connection, and PostgreSQL, by default, switches a
 /// prepared statement to one generic plan after five runs and keeps it. On a new or small
