@@ -1,5 +1,6 @@
 //! The `earshot` command line.
 
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -179,21 +180,32 @@ const NO_CREDENTIAL_TRACES: &str = "async_imap::imap_stream=debug";
 /// `earshot_log_lines_dropped_total`) rather than making a request or a delivery wait.
 const LOG_BUFFER_LINES: usize = 128_000;
 
+/// Bytes the log thread gathers before it writes them to stderr.
+const LOG_WRITE_BYTES: usize = 64 * 1024;
+
 /// Logs go to stderr from a thread of their own: a slow terminal or log collector must never hold
 /// up intake or delivery. The guard flushes what is buffered when `main` returns.
 fn init_logs(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
+    let stderr = std::io::stderr();
+    // Colours only for a person at a terminal: in a file or a log collector the escape codes are
+    // noise that breaks grep (`case_id=...` would not match). NO_COLOR (no-color.org) turns them off
+    // at a terminal too.
+    let ansi = stderr.is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    // The log thread writes each line it takes off the queue, then flushes once the queue is empty
+    // (tracing-appender's worker does both). Buffered, a burst of lines under load is one write(2)
+    // instead of one per line, and no line waits in the buffer while the queue is empty.
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(true)
         .buffered_lines_limit(LOG_BUFFER_LINES)
         .thread_name("earshot-log")
-        .finish(std::io::stderr());
+        .finish(std::io::BufWriter::with_capacity(LOG_WRITE_BYTES, stderr));
     earshot::set_log_drop_counter(writer.error_counter());
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"))
         // async-imap traces every command it sends, `LOGIN user password` included: never below
         // debug for it, whatever RUST_LOG asks.
         .add_directive(NO_CREDENTIAL_TRACES.parse().unwrap_or_else(|e| unreachable!("a valid directive: {e}")));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer).with_ansi(ansi);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),

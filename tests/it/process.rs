@@ -492,6 +492,48 @@ async fn trace_logs_never_show_the_imap_password() {
     db.cleanup().await;
 }
 
+/// A log written to a file is plain text an operator can grep: no terminal colour codes, one whole
+/// line per case, each written while the gateway runs (the log thread's buffer is flushed whenever
+/// its queue is empty, not only when it fills or the process exits).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_in_a_file_are_plain_lines_written_at_once() {
+    let db = TestDb::sqlite();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let port = free_port();
+    let cfg = write_config(dir.path(), "plain.toml", port, &db.url, "");
+    let mut p = Proc::start(&cfg, port, "plain-log").await;
+    let mut refs = Vec::new();
+    for i in 0..20 {
+        let (status, body) =
+            within(10, "complaint", p.web().send(&complaint(&format!("Parcel {i} arrived crushed.")))).await;
+        assert_eq!(status, 202, "complaint accepted: {body}");
+        refs.push(body["case_ref"].as_str().expect("case_ref").to_owned());
+    }
+    // Still running: every line must be in the file already.
+    let log = within(10, "20 case lines in the log", async {
+        loop {
+            let log = p.log_text();
+            if log.matches("Case created.").count() >= 20 {
+                return log;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(!log.contains('\u{1b}'), "no escape codes in a log file:\n{log}");
+    for case_ref in &refs {
+        let lines: Vec<&str> = log.lines().filter(|l| l.contains(&format!("case_ref={case_ref} "))).collect();
+        assert_eq!(lines.len(), 1, "one line for case {case_ref}:\n{log}");
+        assert!(
+            lines[0].contains(" INFO ") && lines[0].contains("Case created.") && lines[0].ends_with("source=site"),
+            "a whole line: {}",
+            lines[0]
+        );
+    }
+    p.stop().await;
+    db.cleanup().await;
+}
+
 /// A database URL's password is never printed: not by `check-config`, not when `serve` cannot open
 /// the database.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
