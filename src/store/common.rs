@@ -627,26 +627,6 @@ macro_rules! write_queries {
             Ok(())
         }
 
-        /// The cases of messages already stored, by (channel, external id).
-        async fn existing_cases(conn: &mut Conn, items: &[&NewCase]) -> Result<HashMap<(String, String), Committed>> {
-            let rows: Vec<(String, String, super::CaseId, String, String, Option<String>)> = sqlx::query_as(
-                "SELECT m.channel, m.external_id, c.id, c.case_ref, c.status, m.digest \
-                 FROM unnest($1::text[], $2::text[]) AS k(channel, external_id) \
-                 JOIN messages m ON m.channel = k.channel AND m.external_id = k.external_id \
-                 JOIN cases c ON c.id = m.case_id",
-            )
-            .bind(items.iter().map(|it| it.channel).collect::<Vec<_>>())
-            .bind(items.iter().map(|it| it.external_id.as_str()).collect::<Vec<_>>())
-            .fetch_all(&mut *conn)
-            .await?;
-            rows.into_iter()
-                .map(|(channel, ext, case_id, case_ref, status, digest)| {
-                    let case_ref = super::common::stored_ref(case_ref)?;
-                    Ok(((channel, ext), Committed::Duplicate { case_id, case_ref, status, digest }))
-                })
-                .collect()
-        }
-
         /// What became of `it`: new if its message was inserted, else the case that has it.
         fn outcome(
             it: &NewCase,

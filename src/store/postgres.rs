@@ -38,8 +38,8 @@ pub struct PgStore {
 /// (`enable_seqscan`), which a plan made on an empty table would otherwise choose. Every other
 /// part inserts or reads the statement's own arrays.
 ///
-/// Duplicates are looked up afterwards on the main pool: that lookup joins two tables, and its
-/// best plan does depend on their sizes.
+/// The cases of duplicates are looked up afterwards on the same connection, by a statement
+/// written the same way (`EXISTING_SQL`).
 struct BatchConns {
     pool: PgPool,
     /// Connections the writers keep between batches. sqlx pings a connection given back to its
@@ -117,10 +117,10 @@ impl PgStore {
     }
 
     /// The plans that connections keep for their statements, as `EXPLAIN` prints them, by
-    /// statement: for tests, which check that each reaches every table by an index condition
-    /// whatever the table sizes when it was made.
+    /// statement, and whether each is generic: for tests, which check that each reaches every
+    /// table by an index condition whatever the table sizes when it was made.
     #[doc(hidden)]
-    pub async fn kept_plans(&self) -> Result<Vec<(&'static str, String)>> {
+    pub async fn kept_plans(&self) -> Result<Vec<(&'static str, (String, bool))>> {
         let batch_args = vec!["'{}'"; BATCH_PARAMS].join(", ");
         let outcome_args = vec!["'{}'"; 13]
             .iter()
@@ -130,10 +130,12 @@ impl PgStore {
             .join(", ");
         let mut conn = self.batch.acquire().await?;
         let batch = explain_generic(&mut conn, BATCH_SQL, &batch_args).await;
+        let existing = explain_generic(&mut conn, EXISTING_SQL, "'{}', '{}'").await;
         self.batch.keep(conn);
         let mut conn = self.outbox.acquire().await?;
         Ok(vec![
             ("batch", batch?),
+            ("cases of duplicates", existing?),
             ("lease", explain_generic(&mut conn, &lease_sql(true), "0, 0, 1, 'webhook:tickets'").await?),
             ("lease of every destination", explain_generic(&mut conn, &lease_sql(false), "0, 0, 1").await?),
             ("outcomes", explain_generic(&mut conn, OUTCOMES_SQL, &outcome_args).await?),
@@ -141,14 +143,23 @@ impl PgStore {
     }
 }
 
-/// The plan `conn` makes and keeps for `sql` (`PREPARE`, then `EXPLAIN EXECUTE` with `args`).
-async fn explain_generic(conn: &mut sqlx::PgConnection, sql: &str, args: &str) -> Result<String> {
+/// The plan `conn` makes and keeps for `sql` (`PREPARE`, then `EXPLAIN EXECUTE` with `args`), and
+/// whether it is a generic one (PostgreSQL counts the plans a prepared statement was given).
+async fn explain_generic(conn: &mut sqlx::PgConnection, sql: &str, args: &str) -> Result<(String, bool)> {
     use sqlx::Executor;
     conn.execute(format!("PREPARE earshot_kept_plan AS {sql}").as_str()).await?;
     let lines: std::result::Result<Vec<String>, sqlx::Error> =
         sqlx::query_scalar(&format!("EXPLAIN EXECUTE earshot_kept_plan({args})")).fetch_all(&mut *conn).await;
-    conn.execute("DEALLOCATE earshot_kept_plan").await?;
-    Ok(lines?.join("\n"))
+    let counts: std::result::Result<(i64, i64), sqlx::Error> = sqlx::query_as(
+        "SELECT generic_plans, custom_plans FROM pg_prepared_statements WHERE name = 'earshot_kept_plan'",
+    )
+    .fetch_one(&mut *conn)
+    .await;
+    // The statement's own error first: the ones after it may only follow from it.
+    let deallocated = conn.execute("DEALLOCATE earshot_kept_plan").await;
+    let (lines, (generic, custom)) = (lines?, counts?);
+    deallocated?;
+    Ok((lines.join("\n"), generic == 1 && custom == 0))
 }
 
 #[async_trait]
@@ -190,17 +201,15 @@ impl super::Store for PgStore {
     async fn commit_batch(&self, items: Arc<Vec<NewCase>>) -> Result<Vec<Committed>> {
         let items = items.as_slice();
         if !needs_extras(items) {
-            // One statement, its own transaction. The cases of duplicates are looked up after it,
-            // on the main pool (see `BatchConns`).
+            // One statement, its own transaction; the cases of duplicates are looked up after it.
             let mut conn = self.batch.acquire().await?;
             let written = insert_batch(&mut conn, items).await?;
-            self.batch.keep(conn);
             let duplicates = written.duplicates(items);
-            let existing = if duplicates.is_empty() {
-                HashMap::new()
-            } else {
-                existing_cases(&mut *self.pool.acquire().await?, &duplicates).await?
-            };
+            // On the same connection: the batch has committed, and waiting for another one (the
+            // main pool may be busy with readers) could only turn its success into a 503.
+            let existing =
+                if duplicates.is_empty() { HashMap::new() } else { existing_cases(&mut conn, &duplicates).await? };
+            self.batch.keep(conn);
             return written.outcomes(items, &existing);
         }
         let mut tx = self.pool.begin().await?;
@@ -503,9 +512,37 @@ fn lease_sql(by_destination: bool) -> String {
                 ORDER BY o.next_attempt_at, o.id LIMIT $3::int8 FOR UPDATE SKIP LOCKED)) \
             RETURNING {} \
         ) \
-        SELECT l.*, (SELECT p.payload FROM outbox_payloads p WHERE p.job_id = l.id) AS payload FROM l",
+        SELECT l.*, COALESCE((SELECT p.payload FROM outbox_payloads p WHERE p.job_id = l.id), '') AS payload FROM l",
         super::common::JOB_FIELDS
     )
+}
+
+/// The cases of messages already stored, by (channel, external id). It runs on a connection that
+/// keeps its plan (after a batch statement) as well as in a transaction on the main pool: each
+/// message and its case are reached by a lookup per key (`LATERAL ... LIMIT 1` cannot become a
+/// join, which, planned on small tables, would read `messages` or `cases` whole).
+const EXISTING_SQL: &str = "\
+    SELECT k.channel, k.external_id, c.id, c.case_ref, c.status, m.digest \
+    FROM unnest($1::text[], $2::text[]) AS k(channel, external_id) \
+    CROSS JOIN LATERAL (SELECT case_id, digest FROM messages \
+                        WHERE channel = k.channel AND external_id = k.external_id LIMIT 1) m \
+    CROSS JOIN LATERAL (SELECT id, case_ref, status FROM cases WHERE id = m.case_id LIMIT 1) c";
+
+async fn existing_cases(
+    conn: &mut sqlx::PgConnection,
+    items: &[&NewCase],
+) -> Result<HashMap<(String, String), Committed>> {
+    let rows: Vec<(String, String, super::CaseId, String, String, Option<String>)> = sqlx::query_as(EXISTING_SQL)
+        .bind(items.iter().map(|it| it.channel).collect::<Vec<_>>())
+        .bind(items.iter().map(|it| it.external_id.as_str()).collect::<Vec<_>>())
+        .fetch_all(&mut *conn)
+        .await?;
+    rows.into_iter()
+        .map(|(channel, ext, case_id, case_ref, status, digest)| {
+            let case_ref = super::common::stored_ref(case_ref)?;
+            Ok(((channel, ext), Committed::Duplicate { case_id, case_ref, status, digest }))
+        })
+        .collect()
 }
 
 /// The outcomes statement (see [`record_outcomes`]), on a connection that keeps its plan: jobs and
