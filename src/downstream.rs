@@ -15,7 +15,7 @@ pub async fn deliver(
     event_id: &str,
     body: String,
 ) -> Result<Option<String>, SendError> {
-    let answer = post_signed(client, &ep.url, &ep.keys, event_id, body.into(), ep.timeout).await?;
+    let answer = post_signed(client, ep.url.clone(), &ep.keys, event_id, body.into(), ep.timeout).await?;
     Ok(ticket_id(&answer.body))
 }
 

@@ -19,63 +19,75 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres
 
 pub struct PgStore {
     pool: PgPool,
-    batch: BatchConns,
+    /// Connections for the intake writer's batch statement, which keep its plan.
+    ///
+    /// Every other statement is planned afresh on each run (`connect_options`). Planning the batch
+    /// statement, with its ten parts, each time was about a quarter of the server's CPU on the
+    /// whole path, so its connections keep one generic plan from its first run
+    /// (`force_generic_plan`). That plan must not depend on the table sizes of the moment, which it
+    /// would keep as the tables grow: the statement reads one table, `identities`, one contact at a
+    /// time by its whole key (a `LATERAL ... LIMIT 1` lookup: a plain join, planned with 30 rows in
+    /// the table, became a hash join over the whole index), and sequential scans are off on these
+    /// connections (`enable_seqscan`), which a plan made on an empty table would otherwise choose.
+    /// Every other part inserts or reads the statement's own arrays.
+    ///
+    /// The cases of duplicates are looked up afterwards on the same connection, by a statement
+    /// written the same way (`EXISTING_SQL`).
+    batch: KeptConns,
     /// Connections for the outbox's lease and outcome statements, which keep their plans too
     /// (`kept_plan_options`): each runs a few hundred times a second under load, and planning one
     /// took four to seven times as long as running it.
-    outbox: PgPool,
+    outbox: KeptConns,
 }
 
-/// Connections for the intake writer's batch statement, which keep its plan.
-///
-/// Every other statement is planned afresh on each run (`connect_options`). Planning the batch
-/// statement, with its ten parts, each time was about a quarter of the server's CPU on the whole
-/// path, so its connections keep one generic plan from its first run (`force_generic_plan`). That
-/// plan must not depend on the table sizes of the moment, which it would keep as the tables grow:
-/// the statement reads one table, `identities`, one contact at a time by its whole key (a
-/// `LATERAL ... LIMIT 1` lookup: a plain join, planned with 30 rows in the table, became a hash
-/// join over the whole index), and sequential scans are off on these connections
-/// (`enable_seqscan`), which a plan made on an empty table would otherwise choose. Every other
-/// part inserts or reads the statement's own arrays.
-///
-/// The cases of duplicates are looked up afterwards on the same connection, by a statement
-/// written the same way (`EXISTING_SQL`).
-struct BatchConns {
+/// A pool whose connections are kept by their users between statements. sqlx pings a connection
+/// given back to its pool: a round trip, and a wake-up of its server process, after every batch,
+/// lease and outcome statement (measured: the ping and the return were 4.5% of the gateway's CPU
+/// on the whole path). A kept connection goes back to the pool only when a statement on it fails,
+/// so that a broken one is dropped.
+struct KeptConns {
     pool: PgPool,
-    /// Connections the writers keep between batches. sqlx pings a connection given back to its
-    /// pool (a round trip, and a wake-up of its server process, on every batch); a kept connection
-    /// is given back only when a statement on it fails.
-    held: std::sync::Mutex<Vec<PoolConnection<Postgres>>>,
+    /// `None` once closing: a connection kept after that goes back to the pool, which waits for it.
+    held: std::sync::Mutex<Option<Vec<PoolConnection<Postgres>>>>,
 }
 
 /// The settings of a connection whose statements keep one plan from their first run (see
-/// `BatchConns`). Only statements written for it run there: every table they read is reached by an
-/// index condition on the statement's own arrays or parameters, whatever the planner thinks of the
-/// tables' sizes, and sequential scans are off.
+/// `PgStore::batch`). Only statements written for it run there: every table they read is reached
+/// by an index condition on the statement's own arrays or parameters, whatever the planner thinks
+/// of the tables' sizes, and sequential scans are off.
 fn kept_plan_options(url: &str) -> Result<PgConnectOptions> {
     Ok(PgConnectOptions::from_str(url)?.options([("plan_cache_mode", "force_generic_plan"), ("enable_seqscan", "off")]))
 }
 
-impl BatchConns {
-    /// A connection for the next batch statement: one a writer kept, else a new one.
+impl KeptConns {
+    fn new(pool: PgPool) -> KeptConns {
+        KeptConns { pool, held: std::sync::Mutex::new(Some(Vec::new())) }
+    }
+
+    /// A connection for the next statement: one kept, else one from the pool.
     async fn acquire(&self) -> Result<PoolConnection<Postgres>> {
-        let held = self.held.lock().ok().and_then(|mut h| h.pop());
+        let held = self.held.lock().ok().and_then(|mut h| h.as_mut().and_then(Vec::pop));
         match held {
             Some(conn) => Ok(conn),
             None => Ok(self.pool.acquire().await?),
         }
     }
 
-    /// Keeps a connection whose statement succeeded for the next batch.
+    /// Keeps a connection whose statement succeeded for the next one.
     fn keep(&self, conn: PoolConnection<Postgres>) {
-        if let Ok(mut held) = self.held.lock() {
-            held.push(conn);
+        let mut conn = Some(conn);
+        if let Ok(mut held) = self.held.lock()
+            && let Some(held) = held.as_mut()
+        {
+            held.extend(conn.take());
         }
+        // Closing (or a poisoned lock): back to the pool, outside the lock.
+        drop(conn);
     }
 
     async fn close(&self) {
         // Given back first: a pool closes once its connections are back.
-        let held = self.held.lock().map(|mut h| std::mem::take(&mut *h)).unwrap_or_default();
+        let held = self.held.lock().ok().and_then(|mut h| h.take()).unwrap_or_default();
         drop(held);
         self.pool.close().await;
     }
@@ -108,12 +120,12 @@ fn pool_options(max_connections: u32) -> PgPoolOptions {
 impl PgStore {
     pub async fn connect(url: &str, max_connections: u32) -> Result<PgStore> {
         let pool = pool_options(max_connections.max(2)).connect_with(connect_options(url)?).await?;
-        // One connection per intake writer, which keeps it (`BatchConns::held`), so the pool opens
+        // One connection per intake writer, which keeps it (`KeptConns::held`), so the pool opens
         // no more than there are writers; its limit is the most writers config allows. A smaller
         // limit would leave a writer waiting for a connection that another one holds.
-        let batch_pool = pool_options(crate::config::MAX_WRITERS as u32).connect_lazy_with(kept_plan_options(url)?);
+        let batch = pool_options(crate::config::MAX_WRITERS as u32).connect_lazy_with(kept_plan_options(url)?);
         let outbox = pool_options(max_connections.max(2)).connect_lazy_with(kept_plan_options(url)?);
-        Ok(PgStore { pool, batch: BatchConns { pool: batch_pool, held: Default::default() }, outbox })
+        Ok(PgStore { pool, batch: KeptConns::new(batch), outbox: KeptConns::new(outbox) })
     }
 
     /// The plans that connections keep for their statements, as `EXPLAIN` prints them, by
@@ -129,17 +141,23 @@ impl PgStore {
             .collect::<Vec<_>>()
             .join(", ");
         let mut conn = self.batch.acquire().await?;
-        let batch = explain_generic(&mut conn, BATCH_SQL, &batch_args).await;
-        let existing = explain_generic(&mut conn, EXISTING_SQL, "'{}', '{}'").await;
+        let plans = vec![
+            ("batch", explain_generic(&mut conn, BATCH_SQL, &batch_args).await?),
+            ("cases of duplicates", explain_generic(&mut conn, EXISTING_SQL, "'{}', '{}'").await?),
+        ];
         self.batch.keep(conn);
         let mut conn = self.outbox.acquire().await?;
-        Ok(vec![
-            ("batch", batch?),
-            ("cases of duplicates", existing?),
-            ("lease", explain_generic(&mut conn, &lease_sql(true), "0, 0, 1, 'webhook:tickets'").await?),
-            ("lease of every destination", explain_generic(&mut conn, &lease_sql(false), "0, 0, 1").await?),
-            ("outcomes", explain_generic(&mut conn, OUTCOMES_SQL, &outcome_args).await?),
-        ])
+        let plans = [
+            plans,
+            vec![
+                ("lease", explain_generic(&mut conn, &lease_sql(true), "0, 0, 1, 'webhook:tickets'").await?),
+                ("lease of every destination", explain_generic(&mut conn, &lease_sql(false), "0, 0, 1").await?),
+                ("outcomes", explain_generic(&mut conn, OUTCOMES_SQL, &outcome_args).await?),
+            ],
+        ]
+        .concat();
+        self.outbox.keep(conn);
+        Ok(plans)
     }
 }
 
@@ -235,11 +253,17 @@ impl super::Store for PgStore {
         if let Some(d) = destination {
             q = q.bind(d.to_string());
         }
-        Ok(q.fetch_all(&mut *self.outbox.acquire().await?).await?)
+        let mut conn = self.outbox.acquire().await?;
+        let jobs = q.fetch_all(&mut *conn).await?;
+        self.outbox.keep(conn);
+        Ok(jobs)
     }
 
     async fn record_outcomes(&self, outcomes: Vec<JobOutcome>, now_ms: i64) -> Result<Vec<bool>> {
-        record_outcomes(&mut *self.outbox.acquire().await?, &outcomes, now_ms).await
+        let mut conn = self.outbox.acquire().await?;
+        let recorded = record_outcomes(&mut conn, &outcomes, now_ms).await?;
+        self.outbox.keep(conn);
+        Ok(recorded)
     }
 
     async fn discard_job(&self, id: super::JobId, now_ms: i64) -> Result<bool> {

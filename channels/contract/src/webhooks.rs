@@ -250,7 +250,7 @@ const MAX_ANSWER_BYTES: usize = 64 * 1024;
 /// `client` must not follow redirects (`reqwest::redirect::Policy::none()`).
 pub async fn post_signed(
     client: &reqwest::Client,
-    url: &str,
+    url: impl reqwest::IntoUrl,
     key: &SigningKeys,
     id: &str,
     body: bytes::Bytes,
