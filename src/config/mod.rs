@@ -109,7 +109,7 @@ pub struct DatabaseConfig {
     pub url: String,
     /// Connection pool size (readers on SQLite; on PostgreSQL the main pool, as many again at most
     /// for the outbox's lease and outcome statements, and one per intake writer for its batch
-    /// statements). Default 8.
+    /// statements, plus one for reserving case numbers). Default 8.
     #[serde(default = "default_max_connections")]
     pub max_connections: u32,
 }

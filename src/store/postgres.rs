@@ -120,10 +120,11 @@ fn pool_options(max_connections: u32) -> PgPoolOptions {
 impl PgStore {
     pub async fn connect(url: &str, max_connections: u32) -> Result<PgStore> {
         let pool = pool_options(max_connections.max(2)).connect_with(connect_options(url)?).await?;
-        // One connection per intake writer, which keeps it (`KeptConns::held`), so the pool opens
-        // no more than there are writers; its limit is the most writers config allows. A smaller
-        // limit would leave a writer waiting for a connection that another one holds.
-        let batch = pool_options(crate::config::MAX_WRITERS as u32).connect_lazy_with(kept_plan_options(url)?);
+        // One connection per intake writer, which keeps it (`KeptConns::held`), and one for a block
+        // of case numbers reserved meanwhile, so the pool opens about as many as there are writers;
+        // its limit is the most writers config allows, plus one. A smaller limit would leave a
+        // writer waiting for a connection that another one holds.
+        let batch = pool_options(crate::config::MAX_WRITERS as u32 + 1).connect_lazy_with(kept_plan_options(url)?);
         let outbox = pool_options(max_connections.max(2)).connect_lazy_with(kept_plan_options(url)?);
         Ok(PgStore { pool, batch: KeptConns::new(batch), outbox: KeptConns::new(outbox) })
     }
@@ -206,10 +207,15 @@ impl super::Store for PgStore {
         if n == 0 {
             return Ok(Vec::new());
         }
-        Ok(sqlx::query_scalar("SELECT nextval('case_seq') FROM generate_series(1, $1)")
+        // On a kept connection (no ping after each block); the statement reads no table, so its
+        // plan cannot go stale.
+        let mut conn = self.batch.acquire().await?;
+        let seqs = sqlx::query_scalar("SELECT nextval('case_seq') FROM generate_series(1, $1)")
             .bind(n as i32)
-            .fetch_all(&self.pool)
-            .await?)
+            .fetch_all(&mut *conn)
+            .await?;
+        self.batch.keep(conn);
+        Ok(seqs)
     }
 
     async fn customers_for(&self, identities: &[Identity]) -> Result<HashMap<Identity, String>> {
