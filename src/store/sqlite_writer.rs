@@ -12,10 +12,17 @@
 //! closed before this one opens), so SQLite still sees one writer per file.
 //!
 //! Group commit at the connection: the thread takes every call already queued (an intake batch, an
-//! outbox lease, a batch of delivery outcomes, …), runs them in one transaction, each in a savepoint
-//! of its own, and answers them after the one `COMMIT`: one fsync for all of them. A call that
-//! fails rolls back its own savepoint only; a commit that fails fails every call of the group, none
-//! of whose writes then exist.
+//! outbox lease, a batch of delivery outcomes, …), runs them in one transaction, and answers them
+//! after the one `COMMIT`: one fsync for all of them. A call that fails (an error or a panic) rolls
+//! the whole transaction back, and then every call of the group runs again in a transaction of its
+//! own, so that it fails alone; a commit that fails fails every call of the group, none of whose
+//! writes then exist. Calls are therefore written to run again after a rollback (`FnMut`).
+//!
+//! Why not a savepoint per call, which would let a failing call roll back only its own writes:
+//! while a savepoint is open, SQLite copies every page a call first changes into a sub-journal,
+//! to restore it on a rollback to the savepoint. Under the whole-path load `perf` put those copies
+//! and their allocations at about 3% of the gateway's CPU (most of it on this thread, the one
+//! serial step of intake), for failures that almost never happen.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -69,7 +76,13 @@ impl rusqlite::types::FromSql for Destination {
 
 /// Answers a call once the transaction that holds its writes has committed (`None`) or failed.
 type Answer = Box<dyn FnOnce(Option<&str>) + Send>;
-type Call = Box<dyn FnOnce(&mut Connection) -> Answer + Send>;
+
+/// One call on the writer connection. `run` writes, keeps its result for `answer`, and says whether
+/// it succeeded; it may run a second time after a rollback (see `run_group`).
+struct Call {
+    run: Box<dyn FnMut(&mut Connection) -> bool + Send>,
+    answer: Answer,
+}
 
 /// Most calls committed in one transaction.
 const MAX_GROUP: usize = 64;
@@ -132,23 +145,14 @@ impl WriterThread {
         Ok(WriterThread { tx: std::sync::Mutex::new(Some(tx)), done: std::sync::Mutex::new(Some(handle)) })
     }
 
-    /// Runs `f` on the writer connection and returns its result.
+    /// Runs `f` on the writer connection and returns its result. `f` may run twice: its first run's
+    /// writes are rolled back when another call of its group fails (see `run_group`).
     pub(super) async fn call<R, F>(&self, f: F) -> Result<R>
     where
         R: Send + 'static,
-        F: FnOnce(&mut Connection) -> Result<R> + Send + 'static,
+        F: FnMut(&mut Connection) -> Result<R> + Send + 'static,
     {
-        let (tx, rx) = oneshot::channel();
-        let call: Call = Box::new(move |conn| {
-            let result = f(conn);
-            Box::new(move |commit_failed: Option<&str>| {
-                let result = match (result, commit_failed) {
-                    (Ok(_), Some(e)) => Err(StoreError::Sqlite(format!("the transaction did not commit: {e}"))),
-                    (r, _) => r,
-                };
-                let _ = tx.send(result);
-            })
-        });
+        let (call, rx) = new_call(f);
         let sender = self.tx.lock().ok().and_then(|s| s.clone()).ok_or(StoreError::Closed)?;
         sender.send(call).map_err(|_| StoreError::Closed)?;
         // Not held while waiting, so that `close` does not wait for callers.
@@ -217,49 +221,160 @@ pub(super) fn apply_change(conn: &mut Connection, ch: &super::CaseChange) -> Res
     Ok(ChangeOutcome::Applied)
 }
 
-/// Runs `group` in one transaction and answers every call after its `COMMIT`.
-fn run_group(conn: &mut Connection, group: Vec<Call>) {
+/// A call of `f`, and where its answer will arrive.
+fn new_call<R, F>(mut f: F) -> (Call, oneshot::Receiver<Result<R>>)
+where
+    R: Send + 'static,
+    F: FnMut(&mut Connection) -> Result<R> + Send + 'static,
+{
+    let (tx, rx) = oneshot::channel();
+    let kept: std::sync::Arc<std::sync::Mutex<Option<Result<R>>>> = Default::default();
+    let result = kept.clone();
+    let call = Call {
+        run: Box::new(move |conn| {
+            // A run that panics leaves no result behind, not the one of a run rolled back.
+            let _ = kept.lock().map(|mut k| k.take());
+            let r = f(conn);
+            let ok = r.is_ok();
+            if let Ok(mut k) = kept.lock() {
+                *k = Some(r);
+            }
+            ok
+        }),
+        answer: Box::new(move |commit_failed: Option<&str>| {
+            // No result: the call panicked; dropping `tx` tells the caller it was abandoned.
+            let Some(result) = result.lock().ok().and_then(|mut k| k.take()) else { return };
+            let result = match (result, commit_failed) {
+                (Ok(_), Some(e)) => Err(StoreError::Sqlite(format!("the transaction did not commit: {e}"))),
+                (r, _) => r,
+            };
+            let _ = tx.send(result);
+        }),
+    };
+    (call, rx)
+}
+
+/// Runs `group` in one transaction and answers every call after its `COMMIT`; if a call fails,
+/// runs each call again in a transaction of its own.
+fn run_group(conn: &mut Connection, mut group: Vec<Call>) {
     // A transaction left open (a ROLLBACK that failed while a call unwound) would swallow every
     // later write without making it durable: end it first.
     if !conn.is_autocommit() {
         tracing::error!("The SQLite writer found a transaction left open; rolling it back.");
         let _ = conn.execute_batch("ROLLBACK");
     }
-    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
-        let e = e.to_string();
-        tracing::error!(error = %e, calls = group.len(), "The SQLite writer could not begin a transaction.");
-        // Not run: nothing of theirs was written.
-        drop(group);
-        return;
-    }
-    let mut answers: Vec<Answer> = Vec::with_capacity(group.len());
-    for call in group {
-        if conn.is_autocommit() {
-            // An error (disk full, I/O) rolled the whole transaction back: what ran before is gone,
-            // and nothing more runs in this group; the callers see their call abandoned.
-            continue;
-        }
-        // A panic inside a call rolls its savepoint back (the guard's drop) and fails that call alone
-        // (its answer channel is dropped); the thread goes on.
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| call(conn))) {
-            Ok(answer) => answers.push(answer),
-            Err(_) => tracing::error!("A store write panicked; it was rolled back."),
+    if group.len() > 1 {
+        match run_together(conn, &mut group) {
+            Together::Committed(failed) => {
+                for call in group {
+                    (call.answer)(failed.as_deref());
+                }
+                return;
+            }
+            Together::NotBegun => {
+                // Not run: nothing of theirs was written; the callers see their calls abandoned.
+                return;
+            }
+            Together::CallFailed => {
+                tracing::debug!(calls = group.len(), "A write of a group failed; running each call alone.");
+            }
         }
     }
-    let committed = if conn.is_autocommit() {
-        Err("the transaction was rolled back by an error".to_owned())
-    } else {
-        conn.execute_batch("COMMIT").map_err(|e| e.to_string())
-    };
-    if let Err(e) = &committed {
-        tracing::error!(error = %e, calls = answers.len(), "An SQLite write transaction did not commit.");
-        if !conn.is_autocommit() {
-            let _ = conn.execute_batch("ROLLBACK");
+    for mut call in group {
+        if let Some(failed) = run_alone(conn, &mut call) {
+            (call.answer)(failed.as_deref());
         }
     }
-    let failed = committed.err();
-    for answer in answers {
-        answer(failed.as_deref());
+}
+
+enum Together {
+    /// Every call ran; the `COMMIT` succeeded (`None`) or failed with this error.
+    Committed(Option<String>),
+    /// `BEGIN` failed; nothing ran.
+    NotBegun,
+    /// A call failed or panicked; the transaction was rolled back.
+    CallFailed,
+}
+
+fn begin(conn: &Connection, calls: usize) -> bool {
+    match conn.execute_batch("BEGIN IMMEDIATE") {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::error!(error = %e, calls, "The SQLite writer could not begin a transaction.");
+            false
+        }
+    }
+}
+
+/// How one run of a call ended.
+enum Ran {
+    Ok,
+    /// It returned an error; the transaction is still open.
+    Failed,
+    /// An error (disk full, I/O) made SQLite roll the whole transaction back.
+    Ended,
+    Panicked,
+}
+
+fn run_one(conn: &mut Connection, call: &mut Call) -> Ran {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (call.run)(conn))) {
+        Ok(_) if conn.is_autocommit() => Ran::Ended,
+        Ok(true) => Ran::Ok,
+        Ok(false) => Ran::Failed,
+        Err(_) => {
+            tracing::error!("A store write panicked; it was rolled back.");
+            Ran::Panicked
+        }
+    }
+}
+
+fn rollback(conn: &Connection) {
+    if !conn.is_autocommit() {
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+}
+
+fn commit(conn: &Connection, calls: usize) -> Option<String> {
+    let failed = conn.execute_batch("COMMIT").err().map(|e| e.to_string());
+    if let Some(e) = &failed {
+        tracing::error!(error = %e, calls, "An SQLite write transaction did not commit.");
+        rollback(conn);
+    }
+    failed
+}
+
+fn run_together(conn: &mut Connection, group: &mut [Call]) -> Together {
+    if !begin(conn, group.len()) {
+        return Together::NotBegun;
+    }
+    for call in group.iter_mut() {
+        if !matches!(run_one(conn, call), Ran::Ok) {
+            rollback(conn);
+            return Together::CallFailed;
+        }
+    }
+    Together::Committed(commit(conn, group.len()))
+}
+
+/// Runs `call` in a transaction of its own: what to answer it with, or `None` if it must not be
+/// answered (it panicked, or `BEGIN` failed: abandoned).
+fn run_alone(conn: &mut Connection, call: &mut Call) -> Option<Option<String>> {
+    if !begin(conn, 1) {
+        return None;
+    }
+    match run_one(conn, call) {
+        Ran::Ok => Some(commit(conn, 1)),
+        // Its writes are rolled back, and the caller gets the error it returned.
+        Ran::Failed => {
+            rollback(conn);
+            Some(None)
+        }
+        Ran::Ended => Some(Some("the transaction was rolled back by an error".to_owned())),
+        // No result is left: the answer drops its channel, and the caller sees the call abandoned.
+        Ran::Panicked => {
+            rollback(conn);
+            Some(None)
+        }
     }
 }
 
@@ -304,12 +419,11 @@ fn matching(conn: &Connection, sql: &str, addresses: &[String], at: i64) -> Resu
 /// Commits a batch in one transaction: the same rows, in the same order and with the same
 /// conflict rules, as the PostgreSQL backend's batch statement (`postgres.rs`), written here
 /// one prepared row at a time, which costs nothing without a network between.
-pub(super) fn commit_batch(conn: &mut Connection, items: &[NewCase]) -> Result<Vec<Committed>> {
-    let tx = conn.savepoint()?;
-    let known = customers_for(&tx, &checked_identities(items))?;
+/// Its writes are undone by the writer's rollback if it fails (see `run_group`).
+pub(super) fn commit_batch(conn: &Connection, items: &[NewCase]) -> Result<Vec<Committed>> {
+    let known = customers_for(conn, &checked_identities(items))?;
     let (kept, others) = split_checked(items, &known);
-    let out = if kept.is_empty() { Vec::new() } else { commit_items(&tx, &kept)? };
-    tx.commit()?;
+    let out = if kept.is_empty() { Vec::new() } else { commit_items(conn, &kept)? };
     merge_checked(others, out)
 }
 
@@ -541,14 +655,13 @@ pub(super) fn lease(
     Ok(jobs)
 }
 
-/// The outcomes of a batch of deliveries, all or none (a savepoint in the writer's transaction).
-pub(super) fn record_outcomes(conn: &mut Connection, outcomes: &[JobOutcome], now_ms: i64) -> Result<Vec<bool>> {
-    let tx = conn.savepoint()?;
+/// The outcomes of a batch of deliveries, all or none (the writer rolls back a call that fails).
+pub(super) fn record_outcomes(conn: &Connection, outcomes: &[JobOutcome], now_ms: i64) -> Result<Vec<bool>> {
     let mut counted = Vec::with_capacity(outcomes.len());
     {
-        let mut stmt = prepared(&tx, sql::RECORD_OUTCOME)?;
-        let mut ticket = tx.prepare_cached("UPDATE cases SET ticket_id = ?2, updated_at = ?3 WHERE id = ?1")?;
-        let mut acked = tx.prepare_cached(
+        let mut stmt = prepared(conn, sql::RECORD_OUTCOME)?;
+        let mut ticket = conn.prepare_cached("UPDATE cases SET ticket_id = ?2, updated_at = ?3 WHERE id = ?1")?;
+        let mut acked = conn.prepare_cached(
             "UPDATE cases SET status = 'acknowledged', version = version + 1, updated_at = ?2 \
              WHERE id = ?1 AND status = 'new'",
         )?;
@@ -572,7 +685,6 @@ pub(super) fn record_outcomes(conn: &mut Connection, outcomes: &[JobOutcome], no
             }
         }
     }
-    tx.commit()?;
     Ok(counted)
 }
 
@@ -716,4 +828,73 @@ fn merge_checked(others: Vec<Option<String>>, done: Vec<Committed>) -> Result<Ve
 /// The contacts of the items whose customer the store has to check.
 fn checked_identities(items: &[NewCase]) -> Vec<Identity> {
     items.iter().filter(|it| it.check_customer && !it.follow_up).flat_map(|it| it.identities.iter().cloned()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table() -> Connection {
+        let conn = Connection::open_in_memory().expect("open");
+        conn.execute_batch("CREATE TABLE t (v INTEGER)").expect("create");
+        conn
+    }
+
+    fn values(conn: &Connection) -> Vec<i64> {
+        let mut stmt = conn.prepare("SELECT v FROM t ORDER BY v").expect("prepare");
+        stmt.query_map([], |r| r.get(0)).expect("query").collect::<rusqlite::Result<_>>().expect("rows")
+    }
+
+    /// Inserts `v`; counts its runs.
+    fn insert(
+        v: i64,
+        runs: &std::sync::Arc<std::sync::atomic::AtomicU32>,
+    ) -> impl FnMut(&mut Connection) -> Result<i64> + Send + use<> {
+        let runs = runs.clone();
+        move |c| {
+            runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            c.execute("INSERT INTO t VALUES (?1)", [v])?;
+            Ok(v)
+        }
+    }
+
+    #[test]
+    fn a_group_runs_each_call_once_and_commits_once() {
+        let mut conn = table();
+        let runs = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let (a, ra) = new_call(insert(1, &runs));
+        let (b, rb) = new_call(insert(2, &runs));
+        run_group(&mut conn, vec![a, b]);
+        assert_eq!(ra.blocking_recv().expect("answered").expect("ok"), 1);
+        assert_eq!(rb.blocking_recv().expect("answered").expect("ok"), 2);
+        assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 2, "no call ran twice");
+        assert_eq!(values(&conn), [1, 2]);
+        assert!(conn.is_autocommit(), "committed");
+    }
+
+    #[test]
+    fn a_call_that_fails_or_panics_fails_alone_and_leaves_no_writes() {
+        let mut conn = table();
+        let runs = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let (a, ra) = new_call(insert(1, &runs));
+        let (failing, rf) = new_call(|c: &mut Connection| -> Result<i64> {
+            c.execute("INSERT INTO t VALUES (20)", [])?;
+            Err(StoreError::Sqlite("refused after writing".into()))
+        });
+        let (panicking, rp) = new_call(|c: &mut Connection| -> Result<i64> {
+            c.execute("INSERT INTO t VALUES (30)", [])?;
+            panic!("a bug in a write")
+        });
+        let (d, rd) = new_call(insert(4, &runs));
+        run_group(&mut conn, vec![a, failing, panicking, d]);
+        assert_eq!(ra.blocking_recv().expect("answered").expect("ok"), 1);
+        match rf.blocking_recv().expect("answered") {
+            Err(StoreError::Sqlite(e)) => assert_eq!(e, "refused after writing"),
+            other => panic!("the failing call gets its own error: {other:?}"),
+        }
+        assert!(rp.blocking_recv().is_err(), "the panicking call is abandoned");
+        assert_eq!(rd.blocking_recv().expect("answered").expect("ok"), 4);
+        assert_eq!(values(&conn), [1, 4], "only the calls that succeeded wrote, once each");
+        assert!(conn.is_autocommit());
+    }
 }
