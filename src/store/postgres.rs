@@ -73,6 +73,14 @@ impl KeptConns {
         }
     }
 
+    /// Runs `f` on a kept connection, and keeps the connection if `f` succeeded.
+    async fn with<R>(&self, f: impl AsyncFnOnce(&mut sqlx::PgConnection) -> Result<R>) -> Result<R> {
+        let mut conn = self.acquire().await?;
+        let r = f(&mut conn).await?;
+        self.keep(conn);
+        Ok(r)
+    }
+
     /// Keeps a connection whose statement succeeded for the next one.
     fn keep(&self, conn: PoolConnection<Postgres>) {
         let mut conn = Some(conn);
@@ -141,23 +149,26 @@ impl PgStore {
             .map(|(i, a)| if i == 6 { "0" } else { a })
             .collect::<Vec<_>>()
             .join(", ");
-        let mut conn = self.batch.acquire().await?;
-        let plans = vec![
-            ("batch", explain_generic(&mut conn, BATCH_SQL, &batch_args).await?),
-            ("cases of duplicates", explain_generic(&mut conn, EXISTING_SQL, "'{}', '{}'").await?),
-        ];
-        self.batch.keep(conn);
-        let mut conn = self.outbox.acquire().await?;
-        let plans = [
-            plans,
-            vec![
-                ("lease", explain_generic(&mut conn, &lease_sql(true), "0, 0, 1, 'webhook:tickets'").await?),
-                ("lease of every destination", explain_generic(&mut conn, &lease_sql(false), "0, 0, 1").await?),
-                ("outcomes", explain_generic(&mut conn, OUTCOMES_SQL, &outcome_args).await?),
-            ],
-        ]
-        .concat();
-        self.outbox.keep(conn);
+        let mut plans = self
+            .batch
+            .with(async |conn| {
+                Ok(vec![
+                    ("batch", explain_generic(conn, BATCH_SQL, &batch_args).await?),
+                    ("cases of duplicates", explain_generic(conn, EXISTING_SQL, "'{}', '{}'").await?),
+                ])
+            })
+            .await?;
+        plans.extend(
+            self.outbox
+                .with(async |conn| {
+                    Ok([
+                        ("lease", explain_generic(conn, &lease_sql(true), "0, 0, 1, 'webhook:tickets'").await?),
+                        ("lease of every destination", explain_generic(conn, &lease_sql(false), "0, 0, 1").await?),
+                        ("outcomes", explain_generic(conn, OUTCOMES_SQL, &outcome_args).await?),
+                    ])
+                })
+                .await?,
+        );
         Ok(plans)
     }
 }
@@ -209,13 +220,14 @@ impl super::Store for PgStore {
         }
         // On a kept connection (no ping after each block); the statement reads no table, so its
         // plan cannot go stale.
-        let mut conn = self.batch.acquire().await?;
-        let seqs = sqlx::query_scalar("SELECT nextval('case_seq') FROM generate_series(1, $1)")
-            .bind(n as i32)
-            .fetch_all(&mut *conn)
-            .await?;
-        self.batch.keep(conn);
-        Ok(seqs)
+        self.batch
+            .with(async |conn| {
+                Ok(sqlx::query_scalar("SELECT nextval('case_seq') FROM generate_series(1, $1)")
+                    .bind(n as i32)
+                    .fetch_all(conn)
+                    .await?)
+            })
+            .await
     }
 
     async fn customers_for(&self, identities: &[Identity]) -> Result<HashMap<Identity, String>> {
@@ -226,15 +238,18 @@ impl super::Store for PgStore {
         let items = items.as_slice();
         if !needs_extras(items) {
             // One statement, its own transaction; the cases of duplicates are looked up after it.
-            let mut conn = self.batch.acquire().await?;
-            let written = insert_batch(&mut conn, items).await?;
-            let duplicates = written.duplicates(items);
-            // On the same connection: the batch has committed, and waiting for another one (the
-            // main pool may be busy with readers) could only turn its success into a 503.
-            let existing =
-                if duplicates.is_empty() { HashMap::new() } else { existing_cases(&mut conn, &duplicates).await? };
-            self.batch.keep(conn);
-            return written.outcomes(items, &existing);
+            return self
+                .batch
+                .with(async |conn| {
+                    let written = insert_batch(conn, items).await?;
+                    let duplicates = written.duplicates(items);
+                    // On the same connection: the batch has committed, and waiting for another one
+                    // (the main pool may be busy with readers) could only turn its success into a 503.
+                    let existing =
+                        if duplicates.is_empty() { HashMap::new() } else { existing_cases(conn, &duplicates).await? };
+                    written.outcomes(items, &existing)
+                })
+                .await;
         }
         let mut tx = self.pool.begin().await?;
         let written = insert_batch(&mut tx, items).await?;
@@ -259,17 +274,11 @@ impl super::Store for PgStore {
         if let Some(d) = destination {
             q = q.bind(d.to_string());
         }
-        let mut conn = self.outbox.acquire().await?;
-        let jobs = q.fetch_all(&mut *conn).await?;
-        self.outbox.keep(conn);
-        Ok(jobs)
+        self.outbox.with(async |conn| Ok(q.fetch_all(conn).await?)).await
     }
 
     async fn record_outcomes(&self, outcomes: Vec<JobOutcome>, now_ms: i64) -> Result<Vec<bool>> {
-        let mut conn = self.outbox.acquire().await?;
-        let recorded = record_outcomes(&mut conn, &outcomes, now_ms).await?;
-        self.outbox.keep(conn);
-        Ok(recorded)
+        self.outbox.with(async |conn| record_outcomes(conn, &outcomes, now_ms).await).await
     }
 
     async fn discard_job(&self, id: super::JobId, now_ms: i64) -> Result<bool> {

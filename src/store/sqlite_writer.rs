@@ -364,14 +364,10 @@ fn run_alone(conn: &mut Connection, call: &mut Call) -> Option<Option<String>> {
     }
     match run_one(conn, call) {
         Ran::Ok => Some(commit(conn, 1)),
-        // Its writes are rolled back, and the caller gets the error it returned.
-        Ran::Failed => {
-            rollback(conn);
-            Some(None)
-        }
         Ran::Ended => Some(Some("the transaction was rolled back by an error".to_owned())),
-        // No result is left: the answer drops its channel, and the caller sees the call abandoned.
-        Ran::Panicked => {
+        // Its writes are rolled back. The caller gets the error it returned; a panic left no result,
+        // so the answer drops its channel, and the caller sees the call abandoned.
+        Ran::Failed | Ran::Panicked => {
             rollback(conn);
             Some(None)
         }
