@@ -140,6 +140,64 @@ async fn postgres_concurrent_leasing() {
 /// 30 analyzed rows, became a hash join over the whole of `identities`, and a lease planned on an
 /// empty table scanned `outbox_order` by destination alone for every due job. Either would have
 /// stayed so as the tables grew.
+/// Every outbox write checks `state` (its CHECK, and the WHERE of the partial indexes), and SQLite
+/// evaluated an `IN` list of three or more values by building a temporary B-tree of them for each
+/// row written: about five per complaint, on the one writer thread. The migrated schema checks
+/// `state` with comparisons only, so none of the outbox's writes opens one; the CHECK still refuses
+/// an unknown state; and a wait for an earlier unfinished job written as the store writes it
+/// (`store/common.rs`) still reads `outbox_order`, whose WHERE a query must hold in the same words.
+#[tokio::test]
+async fn sqlite_outbox_writes_build_no_temporary_table_and_the_lease_keeps_its_index() {
+    use sqlx::Connection;
+    let db = TestDb::sqlite();
+    let store = db.store().await;
+    let mut conn = sqlx::SqliteConnection::connect(&db.url).await.expect("open the test database");
+    let writes = [
+        "INSERT INTO outbox (event_id, case_id, kind, destination, state, attempts, max_attempts, \
+         next_attempt_at, created_at, updated_at) VALUES ('e', 'c', 'k', 'd', 'pending', 0, 1, 1, 1, 1)",
+        "UPDATE outbox SET state = 'leased', attempts = attempts + 1, next_attempt_at = 2 WHERE id = 1",
+        "UPDATE outbox SET state = 'done', next_attempt_at = 3 WHERE id = 1",
+        "UPDATE outbox SET state = 'dead' WHERE id = 1",
+    ];
+    for sql in writes {
+        let ops: Vec<String> = sqlx::query(&format!("EXPLAIN {sql}"))
+            .fetch_all(&mut conn)
+            .await
+            .unwrap_or_else(|e| panic!("EXPLAIN {sql}: {e}"))
+            .iter()
+            .map(|r| sqlx::Row::get::<String, _>(r, "opcode"))
+            .collect();
+        assert!(!ops.is_empty(), "EXPLAIN {sql} gave no program");
+        assert!(!ops.iter().any(|op| op == "OpenEphemeral"), "{sql} builds a temporary table: {ops:?}");
+    }
+    let bad = sqlx::query(
+        "INSERT INTO outbox (event_id, case_id, kind, destination, state, attempts, max_attempts, \
+         next_attempt_at, created_at, updated_at) VALUES ('e2', 'c', 'k', 'd', 'sent', 0, 1, 1, 1, 1)",
+    )
+    .execute(&mut conn)
+    .await;
+    assert!(bad.is_err_and(|e| e.to_string().contains("CHECK")), "an unknown state must be refused");
+
+    // The store's lease runs on the migrated schema (the one job is dead, so nothing is due), and
+    // the wait for an earlier unfinished job, in the store's words, reads the order index.
+    assert!(lease(&*store, T0, 10).await.is_empty());
+    let plan: Vec<String> = sqlx::query(
+        "EXPLAIN QUERY PLAN SELECT 1 FROM outbox o WHERE NOT EXISTS (SELECT 1 FROM outbox p \
+         WHERE p.case_id = o.case_id AND p.destination = o.destination \
+         AND (p.state = 'pending' OR p.state = 'leased' OR p.state = 'dead') AND p.id < o.id)",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .expect("explain the wait for an earlier job")
+    .iter()
+    .map(|r| sqlx::Row::get::<String, _>(r, "detail"))
+    .collect();
+    assert!(plan.iter().any(|d| d.contains("USING INDEX outbox_order")), "{plan:?}");
+    let _ = conn.close().await;
+    store.close().await;
+    db.cleanup().await;
+}
+
 #[tokio::test]
 async fn postgres_kept_plans_reach_every_table_by_an_index_condition() {
     let Some(db) = TestDb::postgres().await else {
