@@ -550,6 +550,28 @@ pub async fn open(url: &str, max_connections: u32) -> Result<Arc<dyn Store>> {
     } else {
         Arc::new(SqliteStore::open(url, max_connections).await?)
     };
-    store.migrate().await?;
+    migrate_saying_when_slow(&*store).await?;
     Ok(store)
+}
+
+/// How long migrations may take before the log says they are running.
+const SLOW_MIGRATION: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Applies migrations, and says so in the log only when they take a while. They are instant on a
+/// current store, but one that rebuilds a table (SQLite's 0012 rewrites the outbox) takes seconds
+/// per million rows, once, at the first start after an upgrade: without a line, that start just
+/// looks hung.
+async fn migrate_saying_when_slow(store: &dyn Store) -> Result<()> {
+    let started = std::time::Instant::now();
+    let mut migrate = std::pin::pin!(store.migrate());
+    if let Ok(done) = tokio::time::timeout(SLOW_MIGRATION, &mut migrate).await {
+        return done;
+    }
+    tracing::info!(
+        backend = store.backend(),
+        "Applying store migrations; one that rebuilds a table takes a few seconds per million rows (run `earshot migrate` to do it ahead of a start)."
+    );
+    migrate.await?;
+    tracing::info!(took_ms = started.elapsed().as_millis() as u64, "Store migrations applied.");
+    Ok(())
 }
