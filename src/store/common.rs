@@ -31,17 +31,27 @@ pub(super) fn like_pattern(text: &str) -> String {
     p
 }
 
+/// "Unfinished" (pending, leased or dead) for the outbox row named `$t`, in the words of the WHERE
+/// of the partial index `outbox_order`: SQLite uses a partial index only for a query that holds its
+/// WHERE as written, and that WHERE is a chain of ORs rather than `IN (...)`, which SQLite evaluated
+/// with a temporary table for every row written (migrations/sqlite/0012_outbox_checks.sql).
+/// PostgreSQL proves either form from the other. One macro, so that every use stays in those words.
+macro_rules! unfinished {
+    ($t:literal) => {
+        concat!("(", $t, ".state = 'pending' OR ", $t, ".state = 'leased' OR ", $t, ".state = 'dead')")
+    };
+}
+
 /// The first unfinished job of the same case and destination that job `o` waits for, if any: the one
 /// that blocks the case (replay or discard it to release the others).
-///
-/// "Unfinished" is written in the words of the partial index `outbox_order`'s WHERE, here and in
-/// SQLite's lease and the backlog: SQLite uses a partial index only for a query that holds its WHERE
-/// as written, and that WHERE is a chain of ORs rather than `IN (...)`, which SQLite evaluated with a
-/// temporary table for every row written (migrations/sqlite/0012_outbox_checks.sql). PostgreSQL
-/// proves either form from the other.
-pub(super) const HOLDER: &str = "(SELECT MIN(p.id) FROM outbox p WHERE p.case_id = o.case_id \
-    AND p.destination = o.destination AND (p.state = 'pending' OR p.state = 'leased' OR p.state = 'dead') \
-    AND p.id < o.id)";
+pub(super) const HOLDER: &str = concat!(
+    "(SELECT MIN(p.id) FROM outbox p WHERE p.case_id = o.case_id AND p.destination = o.destination AND ",
+    unfinished!("p"),
+    " AND p.id < o.id)"
+);
+
+/// Job `o` is unfinished (the backlog).
+pub(super) const UNFINISHED_O: &str = unfinished!("o");
 
 /// A stored case reference read back; one that is not valid is corrupt data.
 pub(super) fn stored_ref(text: String) -> super::Result<earshot_channel::CaseRef> {
@@ -61,9 +71,10 @@ pub(super) fn lease_sql(by_destination: bool) -> String {
          WHERE id IN (SELECT o.id FROM outbox o \
             WHERE {dest}o.state IN ('pending', 'leased') AND o.next_attempt_at <= $2 \
               AND NOT EXISTS (SELECT 1 FROM outbox p WHERE p.case_id = o.case_id AND p.destination = o.destination \
-                              AND (p.state = 'pending' OR p.state = 'leased' OR p.state = 'dead') AND p.id < o.id) \
+                              AND {unfinished} AND p.id < o.id) \
             ORDER BY o.next_attempt_at, o.id LIMIT $3) \
-         RETURNING {JOB_FIELDS}"
+         RETURNING {JOB_FIELDS}",
+        unfinished = unfinished!("p")
     )
 }
 
@@ -186,9 +197,9 @@ macro_rules! shared_queries {
                 "SELECT o.destination, o.state, \
                         CAST(CASE WHEN o.state = 'pending' AND {} IS NOT NULL THEN 1 ELSE 0 END AS BIGINT) AS held, \
                         COUNT(*), MIN(o.created_at) \
-                 FROM outbox o WHERE (o.state = 'pending' OR o.state = 'leased' OR o.state = 'dead') \
-                 GROUP BY 1, 2, 3",
-                super::common::HOLDER
+                 FROM outbox o WHERE {} GROUP BY 1, 2, 3",
+                super::common::HOLDER,
+                super::common::UNFINISHED_O
             ))
             .fetch_all(&mut *conn)
             .await?;

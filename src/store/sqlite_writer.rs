@@ -74,14 +74,48 @@ impl rusqlite::types::FromSql for Destination {
     }
 }
 
-/// Answers a call once the transaction that holds its writes has committed (`None`) or failed.
-type Answer = Box<dyn FnOnce(Option<&str>) + Send>;
+/// One call on the writer connection, as the writer thread sees it: it may run a second time after
+/// a rollback (see `run_group`), and is answered once the transaction that holds the writes of its
+/// last run has committed or failed.
+type Call = Box<dyn Run + Send>;
 
-/// One call on the writer connection. `run` writes, keeps its result for `answer`, and says whether
-/// it succeeded; it may run a second time after a rollback (see `run_group`).
-struct Call {
-    run: Box<dyn FnMut(&mut Connection) -> bool + Send>,
-    answer: Answer,
+trait Run {
+    /// Writes, keeps the result for `answer`, and says whether it succeeded.
+    fn run(&mut self, conn: &mut Connection) -> bool;
+    /// Sends the kept result, or the error of a `COMMIT` that failed (`commit_failed`).
+    fn answer(self: Box<Self>, commit_failed: Option<&str>);
+}
+
+/// A call of `f`: its result, kept until its transaction ends, and where the caller waits for it.
+struct Pending<R, F> {
+    f: F,
+    result: Option<Result<R>>,
+    tx: oneshot::Sender<Result<R>>,
+}
+
+impl<R, F> Run for Pending<R, F>
+where
+    R: Send,
+    F: FnMut(&mut Connection) -> Result<R> + Send,
+{
+    fn run(&mut self, conn: &mut Connection) -> bool {
+        // A run that panics leaves no result behind, not that of a run rolled back.
+        self.result = None;
+        let r = (self.f)(conn);
+        let ok = r.is_ok();
+        self.result = Some(r);
+        ok
+    }
+
+    fn answer(self: Box<Self>, commit_failed: Option<&str>) {
+        // No result: the call panicked; dropping `tx` tells the caller it was abandoned.
+        let Some(result) = self.result else { return };
+        let result = match (result, commit_failed) {
+            (Ok(_), Some(e)) => Err(StoreError::Sqlite(format!("the transaction did not commit: {e}"))),
+            (r, _) => r,
+        };
+        let _ = self.tx.send(result);
+    }
 }
 
 /// Most calls committed in one transaction.
@@ -222,36 +256,13 @@ pub(super) fn apply_change(conn: &mut Connection, ch: &super::CaseChange) -> Res
 }
 
 /// A call of `f`, and where its answer will arrive.
-fn new_call<R, F>(mut f: F) -> (Call, oneshot::Receiver<Result<R>>)
+fn new_call<R, F>(f: F) -> (Call, oneshot::Receiver<Result<R>>)
 where
     R: Send + 'static,
     F: FnMut(&mut Connection) -> Result<R> + Send + 'static,
 {
     let (tx, rx) = oneshot::channel();
-    let kept: std::sync::Arc<std::sync::Mutex<Option<Result<R>>>> = Default::default();
-    let result = kept.clone();
-    let call = Call {
-        run: Box::new(move |conn| {
-            // A run that panics leaves no result behind, not the one of a run rolled back.
-            let _ = kept.lock().map(|mut k| k.take());
-            let r = f(conn);
-            let ok = r.is_ok();
-            if let Ok(mut k) = kept.lock() {
-                *k = Some(r);
-            }
-            ok
-        }),
-        answer: Box::new(move |commit_failed: Option<&str>| {
-            // No result: the call panicked; dropping `tx` tells the caller it was abandoned.
-            let Some(result) = result.lock().ok().and_then(|mut k| k.take()) else { return };
-            let result = match (result, commit_failed) {
-                (Ok(_), Some(e)) => Err(StoreError::Sqlite(format!("the transaction did not commit: {e}"))),
-                (r, _) => r,
-            };
-            let _ = tx.send(result);
-        }),
-    };
-    (call, rx)
+    (Box::new(Pending { f, result: None, tx }), rx)
 }
 
 /// Runs `group` in one transaction and answers every call after its `COMMIT`; if a call fails,
@@ -267,7 +278,7 @@ fn run_group(conn: &mut Connection, mut group: Vec<Call>) {
         match run_together(conn, &mut group) {
             Together::Committed(failed) => {
                 for call in group {
-                    (call.answer)(failed.as_deref());
+                    call.answer(failed.as_deref());
                 }
                 return;
             }
@@ -282,7 +293,7 @@ fn run_group(conn: &mut Connection, mut group: Vec<Call>) {
     }
     for mut call in group {
         if let Some(failed) = run_alone(conn, &mut call) {
-            (call.answer)(failed.as_deref());
+            call.answer(failed.as_deref());
         }
     }
 }
@@ -317,7 +328,7 @@ enum Ran {
 }
 
 fn run_one(conn: &mut Connection, call: &mut Call) -> Ran {
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (call.run)(conn))) {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| call.run(conn))) {
         Ok(_) if conn.is_autocommit() => Ran::Ended,
         Ok(true) => Ran::Ok,
         Ok(false) => Ran::Failed,
