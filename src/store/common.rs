@@ -42,6 +42,14 @@ macro_rules! unfinished {
     };
 }
 
+/// The channels whose cases are looked up by contact (a chat's `/status`, the follow-up rule of
+/// chat channels, a survey answered by SMS, an opt-in again), in the words of the WHERE of the
+/// partial index `cases_customer`, which keeps only their cases: every query by customer holds it
+/// as written, so that SQLite, and PostgreSQL's kept plans, which do not know the channel's value,
+/// can use that index. A query for another channel's cases by contact finds none, as no channel
+/// asks for them (migrations/sqlite/0013_customer_cases_chat.sql).
+pub(super) const CONTACT_CHANNELS: &str = "(channel = 'telegram' OR channel = 'phone')";
+
 /// The first unfinished job of the same case and destination that job `o` waits for, if any: the one
 /// that blocks the case (replay or discard it to release the others).
 pub(super) const HOLDER: &str = concat!(
@@ -162,7 +170,7 @@ macro_rules! shared_queries {
         use earshot_channel::{Identity, IdentityKind};
         use sqlx::QueryBuilder;
 
-        use super::common::{CASE_COLUMNS, JOB_COLUMNS};
+        use super::common::{CASE_COLUMNS, CONTACT_CHANNELS, JOB_COLUMNS};
         #[allow(unused_imports)]
         use super::{CaseRow, Committed, Job, JobOutcome, NewCase, Result};
 
@@ -263,8 +271,8 @@ macro_rules! shared_queries {
         ) -> Result<Vec<CaseRow>> {
             let seq_filter = if seq.is_some() { "AND seq = $4 " } else { "" };
             let sql = format!(
-                "SELECT {CASE_COLUMNS} FROM cases WHERE customer_id = $1 AND channel = $2 {seq_filter}\
-                 ORDER BY seq DESC LIMIT $3"
+                "SELECT {CASE_COLUMNS} FROM cases WHERE customer_id = $1 AND channel = $2 AND {CONTACT_CHANNELS} \
+                 {seq_filter}ORDER BY seq DESC LIMIT $3"
             );
             let mut q = sqlx::query_as(&sql)
             .bind(customer_id)
@@ -282,10 +290,10 @@ macro_rules! shared_queries {
             channel: &str,
             since_ms: i64,
         ) -> Result<Option<super::CaseId>> {
-            Ok(sqlx::query_scalar(
-                "SELECT id FROM cases WHERE customer_id = $1 AND channel = $2 AND updated_at >= $3 \
-                 AND status NOT IN ('resolved', 'closed') ORDER BY seq DESC LIMIT 1",
-            )
+            Ok(sqlx::query_scalar(&format!(
+                "SELECT id FROM cases WHERE customer_id = $1 AND channel = $2 AND {CONTACT_CHANNELS} \
+                 AND updated_at >= $3 AND status NOT IN ('resolved', 'closed') ORDER BY seq DESC LIMIT 1"
+            ))
             .bind(customer_id)
             .bind(channel)
             .bind(since_ms)

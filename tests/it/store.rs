@@ -88,6 +88,7 @@ on_both_backends!(store check_channel_state_is_idempotent => sqlite_channel_stat
 on_both_backends!(store check_case_changes => sqlite_case_changes, postgres_case_changes);
 on_both_backends!(store check_acknowledged_and_provider_id => sqlite_acknowledged_and_provider_id, postgres_acknowledged_and_provider_id);
 on_both_backends!(store check_sla_due_and_search => sqlite_sla_due_and_search, postgres_sla_due_and_search);
+on_both_backends!(db check_customer_cases_only_on_chat_channels => sqlite_customer_cases_only_on_chat_channels, postgres_customer_cases_only_on_chat_channels);
 
 // Concurrency: SQLite is written by one process, so its concurrent callers share one store; on
 // PostgreSQL they are two stores (two pools, as two gateway instances) on one database.
@@ -1196,6 +1197,72 @@ async fn check_customers_for(store: &dyn Store) {
         store.customers_for(&[email.clone(), b_own.clone()]).await.expect("customers_for"),
         HashMap::from([(email, a.customer_id.clone()), (b_own, b.customer_id.clone())])
     );
+}
+
+/// A customer's cases by contact: found on the chat channels (Telegram, phone), through the partial
+/// index `cases_customer`, which holds no web or email case (each was a random index page written
+/// for a lookup no web or email message makes).
+async fn check_customer_cases_only_on_chat_channels(db: &TestDb) {
+    let store = db.store().await;
+    let s = seqs(&*store, 3).await;
+    let mut cases = Vec::new();
+    for (i, channel) in ["web", "telegram", "phone"].into_iter().enumerate() {
+        let mut c = new_case(s[i], T0 + i as i64, &[]);
+        c.channel = channel;
+        if i > 0 {
+            c.customer_id = cases.first().map(|w: &NewCase| w.customer_id.clone()).expect("the web case");
+        }
+        cases.push(c);
+    }
+    commit(&*store, &cases).await;
+    let customer = cases[0].customer_id.clone();
+    for c in &cases[1..] {
+        let found = store.customer_cases(&customer, c.channel, None, 10).await.expect("customer_cases");
+        assert_eq!(found.iter().map(|r| r.id.clone()).collect::<Vec<_>>(), vec![c.case_id.clone()], "{}", c.channel);
+        let open = store.open_case_of(&customer, c.channel, T0).await.expect("open_case_of");
+        assert_eq!(open.as_ref(), Some(&c.case_id), "{}", c.channel);
+    }
+    store.close().await;
+
+    // The index is partial, and the query, in the store's words (`CONTACT_CHANNELS`), reads it
+    // also in a plan made without the channel's value (PostgreSQL's generic plan).
+    let query = "SELECT id FROM cases WHERE customer_id = $1 AND channel = $2 \
+                 AND (channel = 'telegram' OR channel = 'phone') ORDER BY seq DESC LIMIT 1";
+    use sqlx::Connection;
+    let (definition, plan): (String, Vec<String>) = if db.url.starts_with("postgres") {
+        let mut conn = sqlx::PgConnection::connect(&db.url).await.expect("connect to the test database");
+        let definition = sqlx::query_scalar("SELECT indexdef FROM pg_indexes WHERE indexname = 'cases_customer'")
+            .fetch_one(&mut conn)
+            .await
+            .expect("the index");
+        sqlx::raw_sql(&format!("SET plan_cache_mode = force_generic_plan; PREPARE q(text, text) AS {query}"))
+            .execute(&mut conn)
+            .await
+            .expect("prepare");
+        let plan =
+            sqlx::query_scalar("EXPLAIN EXECUTE q('cus_x', 'telegram')").fetch_all(&mut conn).await.expect("plan");
+        let _ = conn.close().await;
+        (definition, plan)
+    } else {
+        let mut conn = sqlx::SqliteConnection::connect(&db.url).await.expect("open the test database");
+        let definition = sqlx::query_scalar("SELECT sql FROM sqlite_schema WHERE name = 'cases_customer'")
+            .fetch_one(&mut conn)
+            .await
+            .expect("the index");
+        let plan = sqlx::query(&format!("EXPLAIN QUERY PLAN {query}"))
+            .bind("cus_x")
+            .bind("telegram")
+            .fetch_all(&mut conn)
+            .await
+            .expect("plan")
+            .iter()
+            .map(|r| sqlx::Row::get::<String, _>(r, "detail"))
+            .collect();
+        let _ = conn.close().await;
+        (definition, plan)
+    };
+    assert!(definition.contains("WHERE"), "not a partial index: {definition}");
+    assert!(plan.iter().any(|d| d.contains("cases_customer")), "{plan:?}");
 }
 
 /// A case rendered ahead as a new customer's (`check_customer`) whose contact is already known is
