@@ -45,7 +45,7 @@ macro_rules! unfinished {
 /// The channels whose cases are looked up by contact (a chat's `/status`, the follow-up rule of
 /// chat channels, a survey answered by SMS, an opt-in again), in the words of the WHERE of the
 /// partial index `cases_customer`, which keeps only their cases: every query by customer holds it
-/// as written, so that SQLite, and PostgreSQL's kept plans, which do not know the channel's value,
+/// as written, so that SQLite, and PostgreSQL's generic plans (made without the channel's value),
 /// can use that index. A query for another channel's cases by contact finds none, as no channel
 /// asks for them (migrations/sqlite/0013_customer_cases_chat.sql).
 pub(super) const CONTACT_CHANNELS: &str = "(channel = 'telegram' OR channel = 'phone')";
