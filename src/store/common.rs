@@ -48,7 +48,7 @@ macro_rules! unfinished {
 /// as written, so that SQLite, and PostgreSQL's generic plans (made without the channel's value),
 /// can use that index. A query for another channel's cases by contact finds none, as no channel
 /// asks for them (migrations/sqlite/0013_customer_cases_chat.sql).
-pub(super) const CONTACT_CHANNELS: &str = "(channel = 'telegram' OR channel = 'phone')";
+pub const CONTACT_CHANNELS: &str = "(channel = 'telegram' OR channel = 'phone')";
 
 /// The first unfinished job of the same case and destination that job `o` waits for, if any: the one
 /// that blocks the case (replay or discard it to release the others).

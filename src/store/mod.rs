@@ -19,6 +19,8 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::outbox::Destination;
 pub use crate::schema::CaseId;
+/// Tests check that the queries by contact, in these words, read the partial index.
+pub use common::CONTACT_CHANNELS;
 
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;

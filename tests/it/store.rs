@@ -182,17 +182,13 @@ async fn sqlite_outbox_writes_build_no_temporary_table_and_the_lease_keeps_its_i
     // The store's lease runs on the migrated schema (the one job is dead, so nothing is due), and
     // the wait for an earlier unfinished job, in the store's words, reads the order index.
     assert!(lease(&*store, T0, 10).await.is_empty());
-    let plan: Vec<String> = sqlx::query(
-        "EXPLAIN QUERY PLAN SELECT 1 FROM outbox o WHERE NOT EXISTS (SELECT 1 FROM outbox p \
+    let plan = sqlite_plan(
+        &mut conn,
+        "SELECT 1 FROM outbox o WHERE NOT EXISTS (SELECT 1 FROM outbox p \
          WHERE p.case_id = o.case_id AND p.destination = o.destination \
          AND (p.state = 'pending' OR p.state = 'leased' OR p.state = 'dead') AND p.id < o.id)",
     )
-    .fetch_all(&mut conn)
-    .await
-    .expect("explain the wait for an earlier job")
-    .iter()
-    .map(|r| sqlx::Row::get::<String, _>(r, "detail"))
-    .collect();
+    .await;
     assert!(plan.iter().any(|d| d.contains("USING INDEX outbox_order")), "{plan:?}");
     let _ = conn.close().await;
     store.close().await;
@@ -494,6 +490,17 @@ async fn raw_exec(url: &str, sql: &str) {
     if let Err(e) = result {
         panic!("{sql}: {e}");
     }
+}
+
+/// The `detail` lines of SQLite's `EXPLAIN QUERY PLAN` for `sql` (parameters left unbound).
+async fn sqlite_plan(conn: &mut sqlx::SqliteConnection, sql: &str) -> Vec<String> {
+    sqlx::query(&format!("EXPLAIN QUERY PLAN {sql}"))
+        .fetch_all(conn)
+        .await
+        .unwrap_or_else(|e| panic!("EXPLAIN QUERY PLAN {sql}: {e}"))
+        .iter()
+        .map(|r| sqlx::Row::get::<String, _>(r, "detail"))
+        .collect()
 }
 
 /// Committed rows of `table`, counted on a connection of its own (so only what was really committed).
@@ -1205,17 +1212,16 @@ async fn check_customers_for(store: &dyn Store) {
 async fn check_customer_cases_only_on_chat_channels(db: &TestDb) {
     let store = db.store().await;
     let s = seqs(&*store, 3).await;
-    let mut cases = Vec::new();
-    for (i, channel) in ["web", "telegram", "phone"].into_iter().enumerate() {
+    let web = new_case(s[0], T0, &[]);
+    let customer = web.customer_id.clone();
+    let mut cases = vec![web];
+    for (i, channel) in [(1, "telegram"), (2, "phone")] {
         let mut c = new_case(s[i], T0 + i as i64, &[]);
         c.channel = channel;
-        if i > 0 {
-            c.customer_id = cases.first().map(|w: &NewCase| w.customer_id.clone()).expect("the web case");
-        }
+        c.customer_id = customer.clone();
         cases.push(c);
     }
     commit(&*store, &cases).await;
-    let customer = cases[0].customer_id.clone();
     for c in &cases[1..] {
         let found = store.customer_cases(&customer, c.channel, None, 10).await.expect("customer_cases");
         assert_eq!(found.iter().map(|r| r.id.clone()).collect::<Vec<_>>(), vec![c.case_id.clone()], "{}", c.channel);
@@ -1224,10 +1230,12 @@ async fn check_customer_cases_only_on_chat_channels(db: &TestDb) {
     }
     store.close().await;
 
-    // The index is partial, and the query, in the store's words (`CONTACT_CHANNELS`), reads it
-    // also in a plan made without the channel's value (PostgreSQL's generic plan).
-    let query = "SELECT id FROM cases WHERE customer_id = $1 AND channel = $2 \
-                 AND (channel = 'telegram' OR channel = 'phone') ORDER BY seq DESC LIMIT 1";
+    // The index is partial, and a query in the store's words (`CONTACT_CHANNELS`) reads it, also
+    // in a plan made without the channel's value (PostgreSQL's generic plan).
+    let query = format!(
+        "SELECT id FROM cases WHERE customer_id = $1 AND channel = $2 AND {} ORDER BY seq DESC LIMIT 1",
+        earshot::store::CONTACT_CHANNELS
+    );
     use sqlx::Connection;
     let (definition, plan): (String, Vec<String>) = if db.url.starts_with("postgres") {
         let mut conn = sqlx::PgConnection::connect(&db.url).await.expect("connect to the test database");
@@ -1249,15 +1257,7 @@ async fn check_customer_cases_only_on_chat_channels(db: &TestDb) {
             .fetch_one(&mut conn)
             .await
             .expect("the index");
-        let plan = sqlx::query(&format!("EXPLAIN QUERY PLAN {query}"))
-            .bind("cus_x")
-            .bind("telegram")
-            .fetch_all(&mut conn)
-            .await
-            .expect("plan")
-            .iter()
-            .map(|r| sqlx::Row::get::<String, _>(r, "detail"))
-            .collect();
+        let plan = sqlite_plan(&mut conn, &query).await;
         let _ = conn.close().await;
         (definition, plan)
     };
