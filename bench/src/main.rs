@@ -13,6 +13,7 @@
 //! Every summary is printed on stdout as `key=value` pairs after a fixed prefix, so that scripts can
 //! grep one line and split it; notes for humans (first error seen and so on) go to stderr.
 
+mod conn;
 mod delivery;
 mod lifecycle;
 mod phone;
@@ -242,6 +243,10 @@ struct Load {
     client: reqwest::Client,
     /// Parsed once: parsing it for every request was a few per cent of the generator's CPU.
     url: reqwest::Url,
+    /// `host:port` of the URL: the Host header, and where a worker's own connection goes.
+    authority: String,
+    /// A closed-loop worker's timeout, for its own connection.
+    timeout: Duration,
     key: SigningKey,
     /// The N of the next complaint body.
     seq: AtomicU64,
@@ -268,9 +273,15 @@ impl Load {
         }
         let url = format!("{base}{}", INBOUND_ROUTE.replace("{source}", &target.source));
         let url = reqwest::Url::parse(&url).with_context(|| format!("target URL {url:?}"))?;
+        let authority = match (url.host_str(), url.port_or_known_default()) {
+            (Some(host), Some(port)) => format!("{host}:{port}"),
+            _ => bail!("--url {base:?} names no host"),
+        };
         Ok(Arc::new(Load {
             client,
             url,
+            authority,
+            timeout,
             key,
             seq: AtomicU64::new(0),
             noted_answer: AtomicBool::new(false),
@@ -279,21 +290,28 @@ impl Load {
         }))
     }
 
-    /// Sends one fresh, signed complaint and reads the whole answer. `since` is the instant latency
-    /// is measured from: the send itself in the closed loop, the scheduled instant in the open loop.
-    async fn send(&self, since: Instant) -> Sample {
-        let started = Instant::now();
+    /// The next fresh complaint: its body and the three signature headers' values.
+    fn next_complaint(&self) -> (Bytes, String, String, String) {
         let n = self.seq.fetch_add(1, Ordering::Relaxed);
         let body = Bytes::from(complaint_body(n));
         let id = format!("msg_{}", uuid::Uuid::new_v4().simple());
         let ts = unix_now();
         let signature = self.key.sign(&id, ts, &body);
+        (body, id, ts.to_string(), signature)
+    }
+
+    /// Sends one fresh, signed complaint through the shared reqwest client and reads the whole
+    /// answer. `since` is the instant latency is measured from: the send itself in the closed loop,
+    /// the scheduled instant in the open loop.
+    async fn send(&self, since: Instant) -> Sample {
+        let started = Instant::now();
+        let (body, id, ts, signature) = self.next_complaint();
         let result = self
             .client
             .post(self.url.clone())
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .header(HEADER_ID, id)
-            .header(HEADER_TIMESTAMP, ts.to_string())
+            .header(HEADER_TIMESTAMP, ts)
             .header(HEADER_SIGNATURE, signature)
             .body(body)
             .send()
@@ -303,23 +321,37 @@ impl Load {
                 let status = resp.status();
                 // Read the answer to the end so the connection goes back to the pool.
                 match resp.bytes().await {
-                    Ok(answer) => {
-                        if status != StatusCode::ACCEPTED && !self.noted_answer.swap(true, Ordering::Relaxed) {
-                            let snippet: String = String::from_utf8_lossy(&answer).chars().take(200).collect();
-                            eprintln!("note: first answer other than 202: HTTP {status}: {}", snippet.trim());
-                        }
-                        if let Some(tracker) = self.tracker.as_ref().filter(|_| status == StatusCode::ACCEPTED)
-                            && let Ok(receipt) = serde_json::from_slice::<CaseIdOnly>(&answer)
-                        {
-                            tracker.accepted(&receipt.case_id, Instant::now());
-                        }
-                        Outcome::Answer(status.as_u16())
-                    }
+                    Ok(answer) => self.answered(status, &answer),
                     Err(e) => self.error(&e),
                 }
             }
             Err(e) => self.error(&e),
         };
+        Self::sample(outcome, since, started)
+    }
+
+    /// The same as [`Load::send`], on a worker's own connection (`conn.rs`), for plain HTTP.
+    async fn send_on(&self, conn: &mut conn::Conn, since: Instant) -> Sample {
+        let started = Instant::now();
+        let (body, id, ts, signature) = self.next_complaint();
+        let req = http::Request::post(self.url.path())
+            .header(http::header::HOST, &self.authority)
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .header(HEADER_ID, id)
+            .header(HEADER_TIMESTAMP, ts)
+            .header(HEADER_SIGNATURE, signature)
+            .body(http_body_util::Full::new(body));
+        let outcome = match req {
+            Ok(req) => match conn.send(req).await {
+                Ok((status, answer)) => self.answered(status, &answer),
+                Err(kind) => self.failed(kind, || kind.to_owned()),
+            },
+            Err(e) => self.failed("other", || e.to_string()),
+        };
+        Self::sample(outcome, since, started)
+    }
+
+    fn sample(outcome: Outcome, since: Instant, started: Instant) -> Sample {
         let done = Instant::now();
         Sample {
             outcome,
@@ -328,11 +360,30 @@ impl Load {
         }
     }
 
-    fn error(&self, e: &reqwest::Error) -> Outcome {
-        if !self.noted_error.swap(true, Ordering::Relaxed) {
-            eprintln!("note: first transport error: {}", error_chain(e));
+    /// A whole answer: noted if it is the first other than 202, and its case id handed to the
+    /// tracker if it is a 202.
+    fn answered(&self, status: StatusCode, answer: &[u8]) -> Outcome {
+        if status != StatusCode::ACCEPTED && !self.noted_answer.swap(true, Ordering::Relaxed) {
+            let snippet: String = String::from_utf8_lossy(answer).chars().take(200).collect();
+            eprintln!("note: first answer other than 202: HTTP {status}: {}", snippet.trim());
         }
-        Outcome::Error(if e.is_timeout() {
+        if let Some(tracker) = self.tracker.as_ref().filter(|_| status == StatusCode::ACCEPTED)
+            && let Ok(receipt) = serde_json::from_slice::<CaseIdOnly>(answer)
+        {
+            tracker.accepted(&receipt.case_id, Instant::now());
+        }
+        Outcome::Answer(status.as_u16())
+    }
+
+    fn failed(&self, kind: &'static str, detail: impl FnOnce() -> String) -> Outcome {
+        if !self.noted_error.swap(true, Ordering::Relaxed) {
+            eprintln!("note: first transport error: {}", detail());
+        }
+        Outcome::Error(kind)
+    }
+
+    fn error(&self, e: &reqwest::Error) -> Outcome {
+        let kind = if e.is_timeout() {
             "timeout"
         } else if e.is_connect() {
             "connect"
@@ -340,7 +391,8 @@ impl Load {
             "body"
         } else {
             "other"
-        })
+        };
+        self.failed(kind, || error_chain(e))
     }
 }
 
@@ -531,8 +583,15 @@ async fn closed(
         let budget = Arc::clone(&budget);
         workers.spawn(async move {
             let mut stats = Stats::default();
+            // Plain HTTP goes over the worker's own connection (see conn.rs); HTTPS through reqwest.
+            let mut conn = (load.url.scheme() == "http").then(|| conn::Conn::new(load.authority.clone(), load.timeout));
             while Instant::now() < deadline && take_one(&budget) {
-                stats.record(load.send(Instant::now()).await);
+                let now = Instant::now();
+                let sample = match conn.as_mut() {
+                    Some(conn) => load.send_on(conn, now).await,
+                    None => load.send(now).await,
+                };
+                stats.record(sample);
             }
             stats
         });
