@@ -21,11 +21,12 @@ impl Channels {
     pub fn from_settings(
         settings: &Settings,
         client: &reqwest::Client,
+        webhooks: &earshot_channel::webhooks::WebhookClient,
         public_url: &str,
     ) -> Result<Channels, ChannelError> {
         let mut map: HashMap<ChannelKind, Arc<dyn Channel>> = HashMap::new();
         #[cfg(feature = "web")]
-        let web = settings.web.as_ref().map(|w| earshot_channel_web::WebChannel::new(w.clone(), client.clone()));
+        let web = settings.web.as_ref().map(|w| earshot_channel_web::WebChannel::new(w.clone(), webhooks.clone()));
         for kind in ChannelKind::ALL {
             let channel: Option<Arc<dyn Channel>> = match kind {
                 #[cfg(feature = "web")]
@@ -55,7 +56,7 @@ impl Channels {
                 map.insert(kind, c);
             }
         }
-        let _ = (settings, client, public_url);
+        let _ = (settings, client, webhooks, public_url);
         Ok(Channels {
             map,
             #[cfg(feature = "web")]

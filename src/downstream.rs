@@ -10,12 +10,12 @@ use crate::config::Endpoint;
 
 /// Delivers one event body; returns the ticket id the store answered with, if any.
 pub async fn deliver(
-    client: &reqwest::Client,
+    client: &earshot_channel::webhooks::WebhookClient,
     ep: &Endpoint,
     event_id: &str,
     body: String,
 ) -> Result<Option<String>, SendError> {
-    let answer = post_signed(client, ep.url.clone(), &ep.keys, event_id, body.into(), ep.timeout).await?;
+    let answer = post_signed(client, &ep.url, &ep.keys, event_id, body.into(), ep.timeout).await?;
     Ok(ticket_id(&answer.body))
 }
 

@@ -124,13 +124,19 @@ pub async fn run_full(
         // a 200 from wherever it leads would count as delivered.
         .redirect(reqwest::redirect::Policy::none())
         .build()?;
+    // Signed webhooks (downstream deliveries, web callbacks) go out on hyper's client instead; it
+    // never follows a redirect either.
+    let webhooks = earshot_channel::webhooks::WebhookClient::new(
+        concat!("Earshot/", env!("CARGO_PKG_VERSION")),
+        Duration::from_secs(10),
+    );
     // Survey links and the phone provider's callbacks point here: the configured public URL, else
     // the address actually bound (which differs from `server.listen` when that asks for port 0).
     let public_url = match (settings.public_url_set, listener.local_addr()) {
         (false, Ok(addr)) => format!("http://{addr}"),
         _ => settings.public_url.clone(),
     };
-    let mut channels = channels::Channels::from_settings(&settings, &client, &public_url)?;
+    let mut channels = channels::Channels::from_settings(&settings, &client, &webhooks, &public_url)?;
     for c in extra {
         channels = channels.with(c)?;
     }
@@ -187,7 +193,7 @@ pub async fn run_full(
     let deliverer = Arc::new(Deliverer {
         endpoints: endpoints.clone(),
         channels: channels.clone(),
-        client,
+        client: webhooks,
         lifecycle: lifecycle.clone(),
     });
     let workers = tokio::spawn(outbox::run_workers(

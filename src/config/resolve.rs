@@ -21,7 +21,7 @@ use super::Config;
 pub struct Endpoint {
     pub name: String,
     /// Parsed once here: parsing it for every delivery was 3% of the gateway's CPU under load.
-    pub url: reqwest::Url,
+    pub url: http::Uri,
     /// Every secret in force; deliveries are signed with each.
     pub keys: SigningKeys,
     pub timeout: Duration,
@@ -140,7 +140,13 @@ pub fn resolve(cfg: &Config, base: &Path) -> Result<Settings, Vec<Problem>> {
         let url = c
             .required(&format!("{p}.url"), d.url.as_deref())
             .and_then(|u| c.http_url(&format!("{p}.url"), u))
-            .and_then(|u| reqwest::Url::parse(&u).ok());
+            .and_then(|u| match earshot_channel::webhooks::webhook_uri(&u) {
+                Ok(uri) => Some(uri),
+                Err(e) => {
+                    c.problem(format!("{p}.url"), e);
+                    None
+                }
+            });
         let keys = c.whsec_keys(&p, d.secret.as_deref(), d.secrets.as_deref());
         c.positive(&format!("{p}.timeout_secs"), d.timeout_secs);
         c.positive(&format!("{p}.max_attempts"), u64::from(d.max_attempts));

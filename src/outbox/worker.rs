@@ -20,7 +20,8 @@ pub struct Deliverer {
     /// Swapped on SIGHUP (new secrets, URLs and timeouts of the endpoints configured at start).
     pub endpoints: Arc<crate::live::Live<Vec<Endpoint>>>,
     pub channels: Arc<Channels>,
-    pub client: reqwest::Client,
+    /// Where downstream deliveries go out.
+    pub client: earshot_channel::webhooks::WebhookClient,
     /// Told when a channel says a customer cannot be reached.
     pub lifecycle: Arc<crate::lifecycle::Lifecycle>,
 }

@@ -158,6 +158,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn webhook_urls_become_uris_the_way_a_browser_reads_them() {
+        let uri = webhook_uri("https://tickets.example.com/hooks?x=1").expect("https");
+        assert_eq!(
+            (uri.scheme_str(), uri.host(), uri.path(), uri.query()),
+            (Some("https"), Some("tickets.example.com"), "/hooks", Some("x=1"))
+        );
+        // A bare host gets its root path; a host in Unicode its punycode; a space is encoded.
+        assert_eq!(webhook_uri("http://127.0.0.1:8080").expect("bare").to_string(), "http://127.0.0.1:8080/");
+        assert_eq!(
+            webhook_uri("http://bücher.example/a b").expect("idn").to_string(),
+            "http://xn--bcher-kva.example/a%20b"
+        );
+        assert!(webhook_uri("ftp://example.com/x").expect_err("ftp").contains("not an http(s) URL"));
+        assert!(webhook_uri("not a url").expect_err("junk").contains("not a URL"));
+    }
+
+    #[test]
     fn several_secrets_sign_with_each_and_accept_any() {
         let new = SigningKey::from_whsec("whsec_bmV3LXNlY3JldC1mb3Itcm90YXRpb24=").expect("new");
         let old = SigningKey::from_whsec(SECRET).expect("old");
@@ -244,13 +261,75 @@ pub struct Delivered {
 /// Longest answer body kept from a receiver.
 const MAX_ANSWER_BYTES: usize = 64 * 1024;
 
+/// The client signed webhooks go out on: hyper's pooled HTTP/1.1 client, over TCP or rustls with
+/// the webpki roots (as reqwest's `rustls-tls`, which the rest of the gateway uses).
+///
+/// Not reqwest here, because this is the forwarding path: one delivery per complaint. For each
+/// request reqwest adds a redirect layer, a retry layer, a copy of its default headers and a parse
+/// of the URL again from the answer; swapping it for hyper's own connection in the load generator
+/// took a third off that program's CPU per request. hyper's client keeps the same per-host pool,
+/// and it never follows a redirect, which a webhook must not do (see [`post_signed`]).
+#[derive(Clone)]
+pub struct WebhookClient {
+    client: hyper_util::client::legacy::Client<
+        hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+        http_body_util::Full<bytes::Bytes>,
+    >,
+    user_agent: http::HeaderValue,
+}
+
+impl std::fmt::Debug for WebhookClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookClient").field("user_agent", &self.user_agent).finish_non_exhaustive()
+    }
+}
+
+impl WebhookClient {
+    /// `user_agent` goes on every request; a connection not made within `connect_timeout` fails
+    /// the attempt (which then counts against the request's own deadline anyway).
+    pub fn new(user_agent: &'static str, connect_timeout: std::time::Duration) -> WebhookClient {
+        let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(connect_timeout));
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_webpki_roots()
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .pool_idle_timeout(std::time::Duration::from_secs(90))
+            .build(https);
+        WebhookClient { client, user_agent: http::HeaderValue::from_static(user_agent) }
+    }
+}
+
+/// A webhook's URL as the client takes it, from an http(s) URL: parsed with the WHATWG rules
+/// (punycode hosts, percent-encoded paths), then as a URI.
+pub fn webhook_uri(url: &str) -> Result<http::Uri, String> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| format!("{url:?} is not a URL ({e})"))?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
+        return Err(format!("{url:?} is not an http(s) URL"));
+    }
+    http::Uri::try_from(parsed.as_str()).map_err(|e| format!("{url:?} is not a URI ({e})"))
+}
+
+/// An answer read within the deadline: its status, the two headers the outcome depends on, and a
+/// bounded prefix of its body.
+struct Answer {
+    status: http::StatusCode,
+    location: Option<String>,
+    retry_after: Option<std::time::Duration>,
+    body: Result<bytes::Bytes, String>,
+}
+
 /// POSTs one signed message and classifies the answer the way Standard Webhooks senders do:
 /// 2xx is success; 410 Gone is permanent; 429/502/503/504 back off (honouring `Retry-After`);
-/// every other answer, 3xx included, is a failure worth retrying; no answer is transient too.
-/// `client` must not follow redirects (`reqwest::redirect::Policy::none()`).
+/// every other answer, 3xx included, is a failure worth retrying; no answer within `timeout`
+/// (connecting, sending and reading the whole answer) is transient too.
 pub async fn post_signed(
-    client: &reqwest::Client,
-    url: impl reqwest::IntoUrl,
+    client: &WebhookClient,
+    url: &http::Uri,
     key: &SigningKeys,
     id: &str,
     body: bytes::Bytes,
@@ -259,54 +338,41 @@ pub async fn post_signed(
     use crate::SendError;
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let signature = key.sign(id, now, &body);
-    let result = client
-        .post(url)
-        .timeout(timeout)
+    let request = http::Request::post(url.clone())
+        .header(http::header::USER_AGENT, client.user_agent.clone())
         .header(http::header::CONTENT_TYPE, "application/json")
         .header(HEADER_ID, id)
-        .header(HEADER_TIMESTAMP, now.to_string())
+        .header(HEADER_TIMESTAMP, now)
         .header(HEADER_SIGNATURE, signature)
-        .body(body)
-        .send()
-        .await;
-    let mut resp = match result {
-        Ok(r) => r,
-        Err(e) if e.is_timeout() => {
+        .body(http_body_util::Full::new(body))
+        .map_err(|e| SendError::Permanent { reason: format!("cannot build the request: {e}") })?;
+    // One deadline over connecting, sending and reading: a receiver that accepts and never
+    // answers, or answers a byte at a time, fails the attempt all the same. Dropping the exchange
+    // at the deadline drops its connection, which is never given back to the pool half-read.
+    let answer = match tokio::time::timeout(timeout, exchange(client, request)).await {
+        Ok(Ok(answer)) => answer,
+        Ok(Err(e)) => return Err(SendError::Transient { reason: error_chain(&e), retry_after: None }),
+        Err(_) => {
             return Err(SendError::Transient {
                 retry_after: None,
                 reason: format!("no answer within {} s", timeout.as_secs_f32()),
             });
         }
-        Err(e) => {
-            return Err(SendError::Transient { reason: error_chain(&e), retry_after: None });
-        }
     };
-    let status = resp.status();
-    let location = resp.headers().get(http::header::LOCATION).and_then(|v| v.to_str().ok()).map(str::to_owned);
-    let retry_after =
-        resp.headers().get(http::header::RETRY_AFTER).and_then(|v| v.to_str().ok()).and_then(parse_retry_after);
-    // Read a bounded prefix of the answer: a receiver cannot make us buffer without limit.
-    let mut answer = bytes::BytesMut::new();
-    while answer.len() < MAX_ANSWER_BYTES {
-        match resp.chunk().await {
-            Ok(Some(chunk)) => answer.extend_from_slice(&chunk[..chunk.len().min(MAX_ANSWER_BYTES - answer.len())]),
-            Ok(None) => break,
-            Err(e) if status.is_success() => {
-                return Err(SendError::Transient {
-                    reason: format!("answer cut off: {}", error_chain(&e)),
-                    retry_after: None,
-                });
-            }
-            Err(_) => break,
+    let Answer { status, location, retry_after, body } = answer;
+    let answer = match body {
+        Ok(body) => body,
+        Err(e) if status.is_success() => {
+            return Err(SendError::Transient { reason: format!("answer cut off: {e}"), retry_after: None });
         }
-    }
-    let answer = answer.freeze();
+        Err(_) => bytes::Bytes::new(),
+    };
     if status.is_success() {
         return Ok(Delivered { status: status.as_u16(), body: answer });
     }
     let snippet: String = String::from_utf8_lossy(&answer).chars().take(200).collect();
-    // A redirect is never followed (the client must be built without redirects): a POST followed as
-    // a GET would reach something else, and a 2xx there would mark the event delivered.
+    // A redirect is never followed (hyper's client does not): a POST followed as a GET would reach
+    // something else, and a 2xx there would mark the event delivered.
     let reason = match location.filter(|_| status.is_redirection()) {
         Some(to) => format!("HTTP {status} to {to} (redirects are not followed): {}", snippet.trim()),
         None => format!("HTTP {status}: {}", snippet.trim()),
@@ -316,6 +382,38 @@ pub async fn post_signed(
         429 | 502 | 503 | 504 => Err(SendError::Transient { reason, retry_after }),
         _ => Err(SendError::Transient { reason, retry_after: None }),
     }
+}
+
+/// Sends the request and reads the answer, keeping at most [`MAX_ANSWER_BYTES`] of its body: a
+/// receiver cannot make us buffer without limit. A body cut off by the connection is an `Err`
+/// in [`Answer::body`], which only a 2xx answer cares about.
+async fn exchange(
+    client: &WebhookClient,
+    request: http::Request<http_body_util::Full<bytes::Bytes>>,
+) -> Result<Answer, hyper_util::client::legacy::Error> {
+    use http_body_util::BodyExt;
+    let resp = client.client.request(request).await?;
+    let status = resp.status();
+    let header = |name| resp.headers().get(name).and_then(|v: &http::HeaderValue| v.to_str().ok());
+    let location = header(http::header::LOCATION).map(str::to_owned);
+    let retry_after = header(http::header::RETRY_AFTER).and_then(parse_retry_after);
+    let mut incoming = resp.into_body();
+    let mut answer = bytes::BytesMut::new();
+    let body = loop {
+        if answer.len() >= MAX_ANSWER_BYTES {
+            break Ok(answer.freeze());
+        }
+        match incoming.frame().await {
+            Some(Ok(frame)) => {
+                if let Some(chunk) = frame.data_ref() {
+                    answer.extend_from_slice(&chunk[..chunk.len().min(MAX_ANSWER_BYTES - answer.len())]);
+                }
+            }
+            Some(Err(e)) => break Err(error_chain(&e)),
+            None => break Ok(answer.freeze()),
+        }
+    };
+    Ok(Answer { status, location, retry_after, body })
 }
 
 /// `Retry-After` as delay-seconds or an HTTP date.

@@ -80,11 +80,11 @@ struct Inner {
     callback_timeout: Duration,
     body_read_timeout: Duration,
     sources: HashMap<String, Source>,
-    client: reqwest::Client,
+    client: webhooks::WebhookClient,
 }
 
 impl WebChannel {
-    pub fn new(settings: WebSettings, client: reqwest::Client) -> WebChannel {
+    pub fn new(settings: WebSettings, client: webhooks::WebhookClient) -> WebChannel {
         let sources = settings
             .sources
             .into_iter()
@@ -189,7 +189,8 @@ impl Channel for WebChannel {
             survey,
         })
         .map_err(|e| SendError::Permanent { reason: e.to_string() })?;
-        webhooks::post_signed(&self.inner.client, url, &src.keys(), &msg.id, body.into(), self.inner.callback_timeout)
+        let url = webhooks::webhook_uri(url).map_err(|reason| SendError::Permanent { reason })?;
+        webhooks::post_signed(&self.inner.client, &url, &src.keys(), &msg.id, body.into(), self.inner.callback_timeout)
             .await?;
         Ok(Sent::default())
     }
