@@ -38,6 +38,34 @@ fn ms(t: OffsetDateTime) -> i64 {
     (t.unix_timestamp_nanos() / 1_000_000) as i64
 }
 
+/// The `case.created` event of a new case, put together from the case's JSON (with no messages)
+/// and its first message's JSON, both already serialized for the store: the same text as
+/// serializing a [`CaseEvent`] holding the case with that message, without serializing either a
+/// second time (each web complaint is serialized three times otherwise, on the request workers).
+/// `None` if the case's JSON does not end with the empty `messages` array before its two
+/// timestamps, as [`Case`] writes it.
+fn created_event(case_json: &str, message_json: &str, now: OffsetDateTime) -> Option<String> {
+    const EMPTY: &str = "\"messages\":[]";
+    // The last one: only the two timestamps follow `messages` in a case, so no text of the
+    // customer's (the metadata, which may have such a key) can come after it.
+    let at = case_json.rfind(EMPTY)?;
+    if !case_json[at + EMPTY.len()..].starts_with(",\"created_at\":") {
+        return None;
+    }
+    let timestamp = now.format(&time::format_description::well_known::Rfc3339).ok()?;
+    let mut out = String::with_capacity(case_json.len() + message_json.len() + 80);
+    out.push_str("{\"type\":\"case.created\",\"timestamp\":\"");
+    out.push_str(&timestamp);
+    out.push_str("\",\"data\":{\"case\":");
+    out.push_str(&case_json[..at]);
+    out.push_str("\"messages\":[");
+    out.push_str(message_json);
+    out.push(']');
+    out.push_str(&case_json[at + EMPTY.len()..]);
+    out.push_str("}}");
+    Some(out)
+}
+
 /// Whether an acknowledgement has to be sent (and so needs an outbox job) for this route. A web
 /// source without a `callback_url` gets its acknowledgement in the HTTP answer only.
 fn ack_needs_send(route: &ReplyRoute) -> bool {
@@ -240,7 +268,6 @@ impl Builder {
         };
         let case_json = serde_json::to_string(&case)?;
         let message_json = serde_json::to_string(&message)?;
-        case.messages.push(message.clone());
 
         let ack = self.ack_text(inbound, case_ref.as_str());
         let mut jobs = Vec::with_capacity(self.downstream.len() + 1);
@@ -270,8 +297,14 @@ impl Builder {
             });
         }
         if !self.downstream.is_empty() {
-            let event = CaseEvent { kind: EventType::CaseCreated, timestamp: now, data: CaseEventData::of(case) };
-            let payload = serde_json::to_string(&event)?;
+            let payload = match created_event(&case_json, &message_json, now) {
+                Some(payload) => payload,
+                None => {
+                    case.messages.push(message.clone());
+                    let data = CaseEventData::of(case);
+                    serde_json::to_string(&CaseEvent { kind: EventType::CaseCreated, timestamp: now, data })?
+                }
+            };
             for ep in self.downstream.iter() {
                 jobs.push(NewJob {
                     event_id: EventId::generate().0,
@@ -311,5 +344,48 @@ impl Builder {
             reachable_again: None,
         };
         Ok((new, ack))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The event put together from the two stored JSON texts is the event serialized whole, also
+    /// when the customer's metadata and text hold the very key it looks for.
+    #[test]
+    fn the_created_event_is_the_serialized_event() {
+        let now = time::macros::datetime!(2026-12-05 21:47:46.024852538 UTC);
+        let case: Case = serde_json::from_str(
+            r#"{"schema_version":2,"id":"case_01a2482d6be876339307f4515dee4c9c","case_ref":"7968-7863-1","status":"new",
+                "channel":"web","source":"bench","subject":"\"messages\":[] 订单延误","lang":"zh",
+                "customer":{"id":"cus_25a489cbfdcd2d3828f581c1","language":"zh","identities":[{"kind":"email","value":"u@example.com"}]},
+                "metadata":{"messages":[],"z":{"messages":[]}},
+                "sla":{"first_response_due":"2026-12-05T22:47:46.024852538Z","resolution_due":"2026-12-06T21:47:46Z"},
+                "messages":[],"created_at":"2026-12-05T21:47:46.024852538Z","updated_at":"2026-12-05T21:47:46.024852538Z"}"#,
+        )
+        .expect("case");
+        let message: Message = serde_json::from_str(
+            r#"{"id":"msgin_01a2482d6be876339307f45259af293d","direction":"inbound","channel":"web","source":"bench",
+                "external_id":"bench:msg_1","text":"\"messages\":[] 我的订单0还没有到","lang":"zh",
+                "metadata":{"messages":[]},"received_at":"2026-12-05T21:47:46.023604628Z"}"#,
+        )
+        .expect("message");
+        for (case, timestamp) in
+            [(case.clone(), now), (Case { metadata: Default::default(), ..case }, now + Duration::from_secs(1))]
+        {
+            let case_json = serde_json::to_string(&case).expect("case json");
+            let message_json = serde_json::to_string(&message).expect("message json");
+            let mut whole = case.clone();
+            whole.messages.push(message.clone());
+            let event = CaseEvent { kind: EventType::CaseCreated, timestamp, data: CaseEventData::of(whole) };
+            assert_eq!(
+                created_event(&case_json, &message_json, timestamp).as_deref(),
+                Some(serde_json::to_string(&event).expect("event").as_str())
+            );
+        }
+        // Not the shape it expects: the caller serializes the event whole instead.
+        assert_eq!(created_event(r#"{"messages":[1]}"#, "{}", now), None);
+        assert_eq!(created_event(r#"{"messages":[],"x":1}"#, "{}", now), None);
     }
 }
