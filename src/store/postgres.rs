@@ -8,6 +8,7 @@ use async_trait::async_trait;
 use std::str::FromStr;
 use std::sync::Arc;
 
+use sqlx::ConnectOptions;
 use sqlx::Postgres;
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
@@ -19,6 +20,8 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres
 
 pub struct PgStore {
     pool: PgPool,
+    /// Options of the short-lived connection that runs migrations.
+    migrate_opts: PgConnectOptions,
     /// Connections for the intake writer's batch statement, which keep its plan.
     ///
     /// Every other statement is planned afresh on each run (`connect_options`). Planning the batch
@@ -134,7 +137,9 @@ impl PgStore {
         // writer waiting for a connection that another one holds.
         let batch = pool_options(crate::config::MAX_WRITERS as u32 + 1).connect_lazy_with(kept_plan_options(url)?);
         let outbox = pool_options(max_connections.max(2)).connect_lazy_with(kept_plan_options(url)?);
-        Ok(PgStore { pool, batch: KeptConns::new(batch), outbox: KeptConns::new(outbox) })
+        let migrate_opts = connect_options(url)?
+            .log_slow_statements(super::MIGRATION_SLOW_STATEMENT_LEVEL, std::time::Duration::from_secs(1));
+        Ok(PgStore { pool, migrate_opts, batch: KeptConns::new(batch), outbox: KeptConns::new(outbox) })
     }
 
     /// The plans that connections keep for their statements, as `EXPLAIN` prints them, by
@@ -199,7 +204,11 @@ impl super::Store for PgStore {
     }
 
     async fn migrate(&self) -> Result<()> {
-        MIGRATOR.run(&self.pool).await?;
+        // On a connection of its own, closed afterwards, whose slow statements are not warnings.
+        let pool = PgPoolOptions::new().max_connections(1).connect_with(self.migrate_opts.clone()).await?;
+        let ran = MIGRATOR.run(&pool).await;
+        pool.close().await;
+        ran?;
         Ok(())
     }
 
