@@ -139,14 +139,7 @@ pub fn resolve(cfg: &Config, base: &Path) -> Result<Settings, Vec<Problem>> {
         }
         let url = c
             .required(&format!("{p}.url"), d.url.as_deref())
-            .and_then(|u| c.http_url(&format!("{p}.url"), u))
-            .and_then(|u| match earshot_channel::webhooks::webhook_uri(&u) {
-                Ok(uri) => Some(uri),
-                Err(e) => {
-                    c.problem(format!("{p}.url"), e);
-                    None
-                }
-            });
+            .and_then(|u| c.parsed(&format!("{p}.url"), earshot_channel::webhooks::webhook_uri(u)));
         let keys = c.whsec_keys(&p, d.secret.as_deref(), d.secrets.as_deref());
         c.positive(&format!("{p}.timeout_secs"), d.timeout_secs);
         c.positive(&format!("{p}.max_attempts"), u64::from(d.max_attempts));

@@ -556,10 +556,12 @@ pub async fn open(url: &str, max_connections: u32) -> Result<Arc<dyn Store>> {
     Ok(store)
 }
 
-/// How long migrations may take before the log says they are running. Their connections report
-/// slow statements at debug level only (sqlx warns of any statement over a second by default, with
-/// its whole text): a migration that rebuilds a table is slow by design, and this log line says so.
-pub(crate) const MIGRATION_SLOW_STATEMENT_LEVEL: log::LevelFilter = log::LevelFilter::Debug;
+/// The options of a connection that runs migrations: its slow statements are reported at debug
+/// level only. sqlx warns of any statement over a second by default, with its whole text; a
+/// migration that rebuilds a table is slow by design, and [`migrate_saying_when_slow`] says so.
+pub(crate) fn for_migrations<O: sqlx::ConnectOptions>(opts: O) -> O {
+    opts.log_slow_statements(log::LevelFilter::Debug, SLOW_MIGRATION)
+}
 
 /// How long migrations may take before the log says they are running.
 const SLOW_MIGRATION: std::time::Duration = std::time::Duration::from_secs(1);

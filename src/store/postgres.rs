@@ -8,7 +8,6 @@ use async_trait::async_trait;
 use std::str::FromStr;
 use std::sync::Arc;
 
-use sqlx::ConnectOptions;
 use sqlx::Postgres;
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
@@ -137,8 +136,7 @@ impl PgStore {
         // writer waiting for a connection that another one holds.
         let batch = pool_options(crate::config::MAX_WRITERS as u32 + 1).connect_lazy_with(kept_plan_options(url)?);
         let outbox = pool_options(max_connections.max(2)).connect_lazy_with(kept_plan_options(url)?);
-        let migrate_opts = connect_options(url)?
-            .log_slow_statements(super::MIGRATION_SLOW_STATEMENT_LEVEL, std::time::Duration::from_secs(1));
+        let migrate_opts = super::for_migrations(connect_options(url)?);
         Ok(PgStore { pool, migrate_opts, batch: KeptConns::new(batch), outbox: KeptConns::new(outbox) })
     }
 

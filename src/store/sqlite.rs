@@ -12,7 +12,6 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::ConnectOptions;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 use tokio::sync::OnceCell;
 
@@ -176,7 +175,7 @@ impl super::Store for SqliteStore {
     async fn migrate(&self) -> Result<()> {
         // On a connection of its own, closed afterwards: sqlx's migrator needs an sqlx connection,
         // and the writer thread does not take new work while it runs (nothing is queued yet).
-        let opts = self.opts.clone().log_slow_statements(super::MIGRATION_SLOW_STATEMENT_LEVEL, Duration::from_secs(1));
+        let opts = super::for_migrations(self.opts.clone());
         let pool = SqlitePoolOptions::new().max_connections(1).connect_with(opts).await?;
         let ran = MIGRATOR.run(&pool).await;
         pool.close().await;

@@ -106,22 +106,26 @@ impl Checker {
     }
 
     pub fn http_url(&mut self, key: &str, value: &str) -> Option<String> {
-        match reqwest::Url::parse(value) {
-            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Some(value.to_owned()),
-            Ok(_) => {
-                self.problem(key, format!("{value:?} is not an http(s) URL"));
-                None
-            }
-            Err(e) => {
-                self.problem(key, format!("{value:?} is not a URL ({e})"));
-                None
-            }
-        }
+        self.parsed(key, parse_http_url(value).map(|_| value.to_owned()))
+    }
+
+    /// The value of a check, or its problem under `key`.
+    pub fn parsed<T>(&mut self, key: &str, value: Result<T, String>) -> Option<T> {
+        value.map_err(|message| self.problem(key, message)).ok()
     }
 
     pub fn positive(&mut self, key: &str, value: u64) {
         if value == 0 {
             self.problem(key, "must be greater than 0");
         }
+    }
+}
+
+/// An http(s) URL with a host, read with the WHATWG rules; the error says what it is not.
+pub fn parse_http_url(value: &str) -> Result<reqwest::Url, String> {
+    match reqwest::Url::parse(value) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Ok(u),
+        Ok(_) => Err(format!("{value:?} is not an http(s) URL")),
+        Err(e) => Err(format!("{value:?} is not a URL ({e})")),
     }
 }

@@ -307,10 +307,7 @@ impl WebhookClient {
 /// A webhook's URL as the client takes it, from an http(s) URL: parsed with the WHATWG rules
 /// (punycode hosts, percent-encoded paths), then as a URI.
 pub fn webhook_uri(url: &str) -> Result<http::Uri, String> {
-    let parsed = reqwest::Url::parse(url).map_err(|e| format!("{url:?} is not a URL ({e})"))?;
-    if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
-        return Err(format!("{url:?} is not an http(s) URL"));
-    }
+    let parsed = crate::config::parse_http_url(url)?;
     http::Uri::try_from(parsed.as_str()).map_err(|e| format!("{url:?} is not a URI ({e})"))
 }
 
