@@ -208,6 +208,10 @@ pub struct OutboxConfig {
     /// Delivered (and discarded) jobs are deleted this long after they finished. Default `7d`.
     #[serde(default = "default_keep_done")]
     pub keep_done: String,
+    /// How long delivery outcomes are gathered before they are written together, at most `1s`.
+    /// Default: `5ms` on PostgreSQL, where each write is a statement and a commit of its own;
+    /// `0ms` on SQLite, whose one writer already writes whatever has queued in one transaction.
+    pub record_window: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -1,10 +1,11 @@
 //! The outcome recorder: delivery outcomes are written in batches, like intake.
 //!
 //! Every send reports its outcome here instead of committing it itself. The recorder takes whatever
-//! has queued (up to [`MAX_BATCH`]) and writes it with one `Store::record_outcomes` call: one
-//! transaction and one fsync on SQLite, one statement on PostgreSQL. While that commits, the next
-//! outcomes queue, so the batch grows with the load. A delivered job may release the next job of its
-//! case to the same destination, so that destination's loop is woken after the commit.
+//! has queued, and what arrives within `outbox.record_window` of the first (up to [`MAX_BATCH`]), and
+//! writes it with one `Store::record_outcomes` call: one transaction and one fsync on SQLite, one
+//! statement on PostgreSQL. While that commits, the next outcomes queue, so the batch grows with the
+//! load. A delivered job may release the next job of its case to the same destination, so that
+//! destination's loop is woken after the commit.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,10 +26,12 @@ pub struct Recorded {
     pub wake: Option<Arc<Notify>>,
 }
 
-/// Writes outcomes until every sender is gone and the queue is empty.
-pub async fn run(store: Arc<dyn Store>, mut rx: mpsc::UnboundedReceiver<Recorded>) {
+/// Writes outcomes until every sender is gone and the queue is empty, each batch gathered for
+/// `window` from its first outcome.
+pub async fn run(store: Arc<dyn Store>, mut rx: mpsc::UnboundedReceiver<Recorded>, window: Duration) {
     let mut batch: Vec<Recorded> = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        gather(&mut rx, &mut batch, window).await;
         let outcomes: Vec<JobOutcome> = batch.iter().map(|r| r.outcome.clone()).collect();
         let started = std::time::Instant::now();
         let mut tries = 0;
@@ -69,5 +72,23 @@ pub async fn run(store: Arc<dyn Store>, mut rx: mpsc::UnboundedReceiver<Recorded
             }
         }
         batch.clear();
+    }
+}
+
+/// Adds to `batch` what arrives within `window` (from now), until it holds [`MAX_BATCH`] or every
+/// sender is gone. Sends end a few at a time, so without a window a busy recorder writes a handful
+/// of outcomes per call; a call's fixed cost (a statement and a commit on PostgreSQL) is then most
+/// of its cost.
+async fn gather(rx: &mut mpsc::UnboundedReceiver<Recorded>, batch: &mut Vec<Recorded>, window: Duration) {
+    if window.is_zero() {
+        return;
+    }
+    let until = tokio::time::Instant::now() + window;
+    while batch.len() < MAX_BATCH {
+        // `recv_many` is cancel safe: an outcome is either in `batch` or still queued.
+        match tokio::time::timeout_at(until, rx.recv_many(batch, MAX_BATCH - batch.len())).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
     }
 }

@@ -148,7 +148,7 @@ pub async fn run_workers(
     }
 
     let (tx, rx) = mpsc::unbounded_channel();
-    let recorder = tokio::spawn(super::recorder::run(store.clone(), rx));
+    let recorder = tokio::spawn(super::recorder::run(store.clone(), rx, settings.record_window));
     let retention = tokio::spawn(super::retention::run(store.clone(), settings.keep_done, shutdown.clone()));
     let shared = Arc::new(Shared { store, deliverer, settings, recorder: tx, dispatch });
 

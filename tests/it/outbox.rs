@@ -490,3 +490,46 @@ async fn bad_admin_paths_and_queries_answer_json() {
     assert_eq!(gw.admin_post("/v1/outbox/12345/discard").await.0, 409);
     gw.stop().await;
 }
+
+/// `outbox.record_window`: outcomes that end within the window of the first are written together.
+/// Five cases sent one at a time, each delivered before the next, are all marked done by one write:
+/// never some of them done and not the others, and none sooner than the window after the first was
+/// delivered. (Without a window each would be written as it ends, a few milliseconds after.)
+#[tokio::test]
+async fn outcomes_within_the_record_window_are_written_together() {
+    const WINDOW: Duration = Duration::from_millis(800);
+    let db = TestDb::sqlite();
+    let rx = Receiver::start().await;
+    let config = config_toml(&db.url, &endpoint_toml("windowed", &rx.url, 2, "")).replacen(
+        "[outbox]\n",
+        &format!("[outbox]\nrecord_window = \"{}ms\"\n", WINDOW.as_millis()),
+        1,
+    );
+    let gw = Gateway::start(&config).await;
+    let store = db.store().await;
+    for i in 0..5 {
+        let (status, _) = gw.web().send(&complaint(&format!("recorded with the others {i}"))).await;
+        assert_eq!(status, 202);
+        rx.wait_until(5, "the case delivered", |r| r.iter().filter(|x| x.answered == 200).count() > i).await;
+    }
+    let got = rx.received();
+    let first = got[0].at;
+    assert!(
+        got[4].at - first < WINDOW / 2,
+        "the five deliveries took {:?}, too long for this test's window",
+        got[4].at - first
+    );
+    let started = Instant::now();
+    let all_done = loop {
+        let done = store.list_jobs(Some("done"), 100).await.expect("jobs").len();
+        assert!(done == 0 || done == 5, "{done} of the 5 jobs done: outcomes written apart");
+        if done == 5 {
+            break Instant::now();
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "the jobs not marked done within 5 s");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert!(all_done - first >= WINDOW, "marked done {:?} after the first delivery", all_done - first);
+    store.close().await;
+    gw.stop().await;
+}
