@@ -67,7 +67,7 @@ impl IntakeService {
         let (tx, rx) = mpsc::channel(ctx.max_batch * 4);
         let (store, builder, suppress_for) = (ctx.store.clone(), ctx.builder.clone(), ctx.suppress_for);
         let lifecycle = ctx.lifecycle.clone();
-        let seqs = SeqBlocks { store: store.clone(), reserved: tokio::sync::Mutex::new(Vec::new()) };
+        let seqs = SeqBlocks { store: store.clone(), reserved: tokio::sync::Mutex::new(Reserved::default()) };
         let handle = tokio::spawn(writer::run_all(rx, ctx));
         let service = IntakeService { queue: RwLock::new(Some(tx)), store, builder, seqs, suppress_for, lifecycle };
         (Arc::new(service), handle)
@@ -304,21 +304,49 @@ impl Intake for IntakeService {
 /// duplicate, a stop) leave gaps in case references, as a failed transaction already could.
 struct SeqBlocks {
     store: Arc<dyn Store>,
-    /// Reserved and not yet used, the next one last.
-    reserved: tokio::sync::Mutex<Vec<i64>>,
+    reserved: tokio::sync::Mutex<Reserved>,
 }
 
-const SEQ_BLOCK: usize = 64;
+#[derive(Default)]
+struct Reserved {
+    /// Reserved and not yet used, the next one last.
+    numbers: Vec<i64>,
+    /// The size of the last block, and when it was reserved.
+    last: Option<(usize, std::time::Instant)>,
+}
+
+/// The first block, and the block after one that lasted longer than [`SEQ_BLOCK_FAST`].
+const SEQ_BLOCK_MIN: usize = 64;
+/// The largest block: at most this many numbers skipped when the gateway stops.
+const SEQ_BLOCK_MAX: usize = 1024;
+/// A block used up faster than this is followed by one twice its size.
+const SEQ_BLOCK_FAST: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The size of the next block, given the last one's size and how long it lasted. Blocks grow with
+/// the load: at a few cases a minute each block is the smallest, so a stop skips few numbers; under
+/// load, 64 numbers lasted under 10 ms, and their reservations were one statement in five that
+/// PostgreSQL ran (the README has the measurements).
+fn next_block_size(last: Option<(usize, std::time::Duration)>) -> usize {
+    match last {
+        Some((size, lasted)) if lasted < SEQ_BLOCK_FAST => (size * 2).clamp(SEQ_BLOCK_MIN, SEQ_BLOCK_MAX),
+        _ => SEQ_BLOCK_MIN,
+    }
+}
 
 impl SeqBlocks {
     async fn take(&self) -> crate::store::Result<i64> {
         let mut reserved = self.reserved.lock().await;
-        if reserved.is_empty() {
-            let mut block = self.store.next_seqs(SEQ_BLOCK).await?;
+        if reserved.numbers.is_empty() {
+            let size = next_block_size(reserved.last.map(|(size, at)| (size, at.elapsed())));
+            let mut block = self.store.next_seqs(size).await?;
             block.reverse();
-            *reserved = block;
+            reserved.numbers = block;
+            reserved.last = Some((size, std::time::Instant::now()));
         }
-        reserved.pop().ok_or_else(|| crate::store::StoreError::Corrupt("no case sequence number reserved".into()))
+        reserved
+            .numbers
+            .pop()
+            .ok_or_else(|| crate::store::StoreError::Corrupt("no case sequence number reserved".into()))
     }
 }
 
@@ -415,5 +443,25 @@ impl IntakeService {
             tracing::warn!(address = %a, until_ms = until, "Address bounced one of our messages; no more acknowledgements to it for a while.");
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod seq_tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn blocks_double_while_they_run_out_within_a_second_and_start_small_again_after() {
+        assert_eq!(next_block_size(None), SEQ_BLOCK_MIN);
+        let mut size = SEQ_BLOCK_MIN;
+        let mut sizes = Vec::new();
+        for _ in 0..6 {
+            size = next_block_size(Some((size, Duration::from_millis(10))));
+            sizes.push(size);
+        }
+        assert_eq!(sizes, [128, 256, 512, 1024, 1024, 1024]);
+        assert_eq!(next_block_size(Some((1024, Duration::from_secs(2)))), SEQ_BLOCK_MIN);
     }
 }
