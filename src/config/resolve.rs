@@ -122,7 +122,8 @@ pub fn resolve(cfg: &Config, base: &Path) -> Result<Settings, Vec<Problem>> {
     }
 
     let url = cfg.database.url.trim();
-    if !(url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+    let postgres = crate::store::is_postgres_url(url);
+    if !(url.starts_with("sqlite:") || postgres) {
         c.problem("database.url", "must start with sqlite:// or postgres://");
     }
     if cfg.database.max_connections == 0 {
@@ -214,7 +215,6 @@ pub fn resolve(cfg: &Config, base: &Path) -> Result<Settings, Vec<Problem>> {
     if !(1..=1000).contains(&cfg.intake.max_batch) {
         c.problem("intake.max_batch", "must be between 1 and 1000");
     }
-    let postgres = cfg.database.url.starts_with("postgres:") || cfg.database.url.starts_with("postgresql:");
     let writers = match cfg.intake.writers {
         None => 1,
         Some(n) if !(1..=MAX_WRITERS).contains(&n) => {
@@ -250,7 +250,7 @@ pub fn resolve(cfg: &Config, base: &Path) -> Result<Settings, Vec<Problem>> {
     let keep_done = c.duration("outbox.keep_done", &o.keep_done);
     let record_window = match &o.record_window {
         Some(w) => c.duration("outbox.record_window", w),
-        None => Some(default_record_window(url)),
+        None => Some(default_record_window(postgres)),
     };
     if let Some(w) = record_window
         && w > MAX_RECORD_WINDOW
@@ -268,7 +268,7 @@ pub fn resolve(cfg: &Config, base: &Path) -> Result<Settings, Vec<Problem>> {
         // A send still running when its lease ends would be leased again and sent twice; so would one
         // whose outcome, gathered for `record_window`, is written after the lease ended.
         if lease <= deadline + window {
-            let plus = if o.record_window.is_some() && !window.is_zero() {
+            let plus = if !window.is_zero() {
                 format!(" plus outbox.record_window ({} ms)", window.as_millis())
             } else {
                 String::new()
@@ -354,12 +354,8 @@ const MAX_RECORD_WINDOW: Duration = Duration::from_secs(1);
 /// its size; without a window the recorder wrote about ten outcomes a time under load, with 5 ms
 /// about thirty (the measurements are in the README). SQLite's one writer already puts every call
 /// that has queued into one transaction, and a window there measured no gain.
-fn default_record_window(database_url: &str) -> Duration {
-    if database_url.starts_with("postgres:") || database_url.starts_with("postgresql:") {
-        Duration::from_millis(5)
-    } else {
-        Duration::ZERO
-    }
+fn default_record_window(postgres: bool) -> Duration {
+    if postgres { Duration::from_millis(5) } else { Duration::ZERO }
 }
 
 /// The longest deadline of any one send, with the key that sets it: every downstream endpoint's

@@ -545,9 +545,14 @@ pub trait Store: Send + Sync + 'static {
     async fn close(&self);
 }
 
+/// Whether `url` names a PostgreSQL store (else SQLite): the one place that decides it.
+pub fn is_postgres_url(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
+}
+
 /// Opens the store named by `url` (`sqlite://…` or `postgres://…`) and applies migrations.
 pub async fn open(url: &str, max_connections: u32) -> Result<Arc<dyn Store>> {
-    let store: Arc<dyn Store> = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+    let store: Arc<dyn Store> = if is_postgres_url(url) {
         Arc::new(PgStore::connect(url, max_connections).await?)
     } else {
         Arc::new(SqliteStore::open(url, max_connections).await?)
