@@ -116,12 +116,18 @@ async fn commit(ctx: &WriterContext, batch: Vec<Submission>) {
         release_unhanded(ctx, unhanded).await;
     }
     rerender_for_known_customers(ctx, &groups, &mut rows, &mut prepared, &mut outcomes).await;
-    // Jobs written pending wake the loops to lease them.
-    let pending = rows.iter().any(|it| match outcomes.get(&it.message_id) {
-        Some(Ok(Committed::Created { leased })) => it.jobs.len() > leased.len(),
-        _ => false,
-    });
-    if pending {
+    // Jobs written pending wake their destinations' loops to lease them (every loop, if one of
+    // those has none running).
+    let mut pending: Vec<&crate::outbox::Destination> = Vec::new();
+    for it in &rows {
+        let Some(Ok(Committed::Created { leased })) = outcomes.get(&it.message_id) else { continue };
+        for job in it.jobs.iter().filter(|j| !leased.iter().any(|(e, _)| *e == j.event_id)) {
+            if !pending.contains(&&job.destination) {
+                pending.push(&job.destination);
+            }
+        }
+    }
+    if !pending.is_empty() && !ctx.dispatch.wake(&pending) {
         ctx.outbox_wake.notify_one();
     }
     for it in rows.iter().filter(|it| matches!(outcomes.get(&it.message_id), Some(Ok(Committed::Created { .. })))) {

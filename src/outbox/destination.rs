@@ -100,7 +100,7 @@ pub async fn run(spec: Spec, shared: Arc<Shared>, wake: Arc<Notify>, shutdown: C
     set_breaker_gauge(&dest, false);
     let meters = Arc::new(Meters::new(&dest));
     let in_flight = metrics::gauge!("earshot_outbox_in_flight", "destination" => dest.clone());
-    let mut inbox = shared.dispatch.register(&spec.destination);
+    let mut inbox = shared.dispatch.register(&spec.destination, wake.clone());
     // A steady clock, not a sleep restarted on every turn: a loop kept busy by handed jobs still
     // looks for retries that have come due.
     let mut poll = tokio::time::interval(shared.settings.poll_interval);

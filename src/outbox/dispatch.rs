@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 
 use super::Destination;
 use crate::store::{CaseId, Job, JobId, NewJob};
@@ -32,6 +32,8 @@ pub struct Dispatch {
 struct Slot {
     tx: mpsc::UnboundedSender<Job>,
     counts: Arc<Counts>,
+    /// The loop's wake-up: jobs were written pending for it.
+    wake: Arc<Notify>,
 }
 
 #[derive(Default)]
@@ -83,12 +85,30 @@ impl Dispatch {
         Dispatch { lease, loops: RwLock::new(HashMap::new()) }
     }
 
-    /// The loop of `destination` takes handed jobs from now on (offering no room yet).
-    pub(super) fn register(&self, destination: &Destination) -> Inbox {
+    /// The loop of `destination` takes handed jobs from now on (offering no room yet), and is woken
+    /// through `wake` when jobs are written pending for it.
+    pub(super) fn register(&self, destination: &Destination, wake: Arc<Notify>) -> Inbox {
         let (tx, rx) = mpsc::unbounded_channel();
         let counts = Arc::new(Counts::default());
-        self.write().insert(destination.clone(), Slot { tx, counts: counts.clone() });
+        self.write().insert(destination.clone(), Slot { tx, counts: counts.clone(), wake });
         Inbox { rx, counts }
+    }
+
+    /// Wakes the loops of `destinations`, which jobs were just written pending for, to lease them.
+    /// Only theirs: beside a hung endpoint, every intake batch writes its jobs pending, and waking
+    /// every loop made each working one run a lease that found nothing (on PostgreSQL, a statement
+    /// per intake batch per loop). False when one of them has no loop here (not started yet, or
+    /// stopped): the caller then wakes every loop.
+    pub fn wake(&self, destinations: &[&Destination]) -> bool {
+        let loops = self.read();
+        let mut all_found = true;
+        for d in destinations {
+            match loops.get(*d) {
+                Some(slot) => slot.wake.notify_one(),
+                None => all_found = false,
+            }
+        }
+        all_found
     }
 
     /// The loop of `destination` is stopping: no more jobs are claimed for it.
@@ -195,8 +215,8 @@ mod tests {
         let (tickets, crm, gone) =
             (Destination::downstream("tickets"), Destination::downstream("crm"), Destination::downstream("gone"));
         let dispatch = Dispatch::new(Duration::from_secs(60));
-        let inbox = dispatch.register(&tickets);
-        let full = dispatch.register(&crm);
+        let inbox = dispatch.register(&tickets, Arc::default());
+        let full = dispatch.register(&crm, Arc::default());
         inbox.offer(2);
         full.offer(0);
 
@@ -234,7 +254,7 @@ mod tests {
     async fn hands_the_leased_jobs_with_their_payloads() {
         let tickets = Destination::downstream("tickets");
         let dispatch = Dispatch::new(Duration::from_secs(60));
-        let mut inbox = dispatch.register(&tickets);
+        let mut inbox = dispatch.register(&tickets, Arc::default());
         inbox.offer(4);
         let mut jobs = vec![job("a", &tickets), job("b", &tickets)];
         dispatch.claim(&mut jobs, 1_000);
@@ -258,5 +278,29 @@ mod tests {
         dispatch.unregister(&tickets);
         let unhanded = dispatch.hand(&CaseId("c2".to_owned()), 2_000, &mut late, &[("c".to_owned(), JobId(8))]);
         assert_eq!(unhanded, vec![JobId(8)]);
+    }
+
+    #[tokio::test]
+    async fn wakes_only_the_loops_of_the_destinations_named() {
+        let (tickets, crm, gone) =
+            (Destination::downstream("tickets"), Destination::downstream("crm"), Destination::downstream("gone"));
+        let dispatch = Dispatch::new(Duration::from_secs(60));
+        let (wake_tickets, wake_crm) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+        let _a = dispatch.register(&tickets, wake_tickets.clone());
+        let _b = dispatch.register(&crm, wake_crm.clone());
+
+        assert!(dispatch.wake(&[&crm]), "every destination named has a loop");
+        let woken = |n: &Arc<Notify>| {
+            let n = n.clone();
+            async move { tokio::time::timeout(Duration::from_millis(50), n.notified()).await.is_ok() }
+        };
+        assert!(woken(&wake_crm).await, "crm's loop is woken");
+        assert!(!woken(&wake_tickets).await, "tickets' loop is left alone");
+
+        // A destination without a loop: the caller is told, to wake every loop instead.
+        assert!(!dispatch.wake(&[&tickets, &gone]));
+        assert!(woken(&wake_tickets).await, "the known one is still woken");
+        dispatch.unregister(&crm);
+        assert!(!dispatch.wake(&[&crm]), "a stopped loop counts as none");
     }
 }
