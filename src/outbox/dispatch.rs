@@ -1,7 +1,7 @@
 //! New cases' jobs handed straight from the intake to their destination's delivery loop.
 //!
 //! Why: a job written pending costs the store a lease before it can be sent (an update through the
-//! due index, and its payload read back), and the intake's wake-up makes every loop look. The first
+//! due index, and its payload read back), and the intake's wake-up makes its loop look. The first
 //! job of a new case to a destination has nothing ahead of it in its case, so when that destination's
 //! loop has room and its last lease found nothing more due, the intake writes the job already leased
 //! ([`crate::store::NewJob::lease_until`]) and hands it to the loop once the commit has returned.

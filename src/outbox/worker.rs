@@ -1,5 +1,5 @@
 //! The outbox's tasks: one delivery loop per destination, the outcome recorder, the retention
-//! sweep, and the fan-out of "new jobs" wake-ups to every loop.
+//! sweep, and the fan-out of "new jobs" wake-ups that name no destination to every loop.
 
 use std::sync::Arc;
 
@@ -160,7 +160,9 @@ pub async fn run_workers(
         wakes.push(w.clone());
         loops.spawn(destination::run(spec, shared.clone(), w, shutdown.clone()));
     }
-    // Intake wakes one Notify after a commit that wrote jobs pending; every loop has to look.
+    // The intake wakes the loops of the destinations it wrote pending jobs for through `dispatch`;
+    // this one Notify is for the rest (a replay, a release, a destination with no loop yet): every
+    // loop has to look.
     let fan_out = {
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
