@@ -84,7 +84,7 @@ fn start_margin(lease: Duration, deadline: Duration) -> Duration {
 }
 
 /// Runs until `shutdown`, then hands its queued jobs back and waits for its sends to end.
-pub async fn run(spec: Spec, shared: Arc<Shared>, wake: Arc<Notify>, shutdown: CancellationToken) {
+pub async fn run(spec: Spec, shared: Arc<Shared>, shutdown: CancellationToken) {
     // The metrics' label and the logs' field.
     let dest = spec.destination.to_string();
     let lease_ms = shared.settings.lease.as_millis() as i64;
@@ -100,6 +100,8 @@ pub async fn run(spec: Spec, shared: Arc<Shared>, wake: Arc<Notify>, shutdown: C
     set_breaker_gauge(&dest, false);
     let meters = Arc::new(Meters::new(&dest));
     let in_flight = metrics::gauge!("earshot_outbox_in_flight", "destination" => dest.clone());
+    // Woken by the intake (through `dispatch`) and by the recorder after a delivered job.
+    let wake = Arc::new(Notify::new());
     let mut inbox = shared.dispatch.register(&spec.destination, wake.clone());
     // A steady clock, not a sleep restarted on every turn: a loop kept busy by handed jobs still
     // looks for retries that have come due.

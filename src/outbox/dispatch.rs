@@ -111,6 +111,12 @@ impl Dispatch {
         all_found
     }
 
+    /// Wakes every registered loop (a replay or a release, which may have made any destination's
+    /// jobs due).
+    pub(super) fn wake_all(&self) {
+        self.read().values().for_each(|slot| slot.wake.notify_one());
+    }
+
     /// The loop of `destination` is stopping: no more jobs are claimed for it.
     pub(super) fn unregister(&self, destination: &Destination) {
         self.write().remove(destination);

@@ -150,25 +150,22 @@ pub async fn run_workers(
     let (tx, rx) = mpsc::unbounded_channel();
     let recorder = tokio::spawn(super::recorder::run(store.clone(), rx, settings.record_window));
     let retention = tokio::spawn(super::retention::run(store.clone(), settings.keep_done, shutdown.clone()));
-    let shared = Arc::new(Shared { store, deliverer, settings, recorder: tx, dispatch });
+    let shared = Arc::new(Shared { store, deliverer, settings, recorder: tx, dispatch: dispatch.clone() });
 
     let mut loops = JoinSet::new();
-    let mut wakes: Vec<Arc<Notify>> = Vec::new();
     for spec in specs {
         tracing::debug!(destination = %spec.destination, max_in_flight = spec.max_in_flight, deadline_ms = spec.deadline.as_millis() as u64, "Outbox destination.");
-        let w = Arc::new(Notify::new());
-        wakes.push(w.clone());
-        loops.spawn(destination::run(spec, shared.clone(), w, shutdown.clone()));
+        loops.spawn(destination::run(spec, shared.clone(), shutdown.clone()));
     }
     // The intake wakes the loops of the destinations it wrote pending jobs for through `dispatch`;
     // this one Notify is for the rest (a replay, a release, a destination with no loop yet): every
-    // loop has to look.
+    // loop has to look. (A loop not registered yet misses it, and needs not: it leases on its first turn.)
     let fan_out = {
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
             loop {
                 tokio::select! {
-                    _ = wake.notified() => wakes.iter().for_each(|w| w.notify_one()),
+                    _ = wake.notified() => dispatch.wake_all(),
                     _ = shutdown.cancelled() => return,
                 }
             }
